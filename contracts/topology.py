@@ -1,0 +1,109 @@
+"""The JetStream topology as data: streams and consumers, applied by `ops.provision`.
+
+Per-symbol order: the `ALERTS` stream appends a partition token to every stored
+subject (`alerts.in.<account>.<symbol>.<p>`, a server-side subject transform
+hashing account and symbol). Each partition has one durable pull consumer with
+`max_ack_pending=1`, so alerts of one symbol reach the broker one after another,
+while the partitions, and so different symbols, proceed in parallel. Every
+worker process pulls from every partition consumer, so any worker can take over.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from contracts.subjects import (
+    ALERTS_PREFIX,
+    ALERTS_STREAM,
+    EVENTS_PREFIX,
+    EVENTS_STREAM,
+    partition_filter,
+)
+
+DAY: Final = 86_400.0
+
+
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a stream must look like; `ops.provision` makes it so."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_age: float
+    duplicate_window: float = 0.0
+    allow_direct: bool = False
+    replicas: int = 1
+    # (source filter, destination) of a server-side subject transform.
+    transform: tuple[str, str] | None = None
+
+
+class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A durable, explicit-ack pull consumer."""
+
+    stream: str
+    durable: str
+    filter_subject: str
+    max_deliver: int
+    # How long a delivery may stay unacknowledged (a crashed worker's alert comes
+    # back after this). Retries use `nak(delay)`, not consumer `backoff`: one mechanism.
+    ack_wait: float
+    max_ack_pending: int = 1
+    replicas: int = 1
+
+
+class Topology(msgspec.Struct, frozen=True, kw_only=True):
+    """Every stream and consumer the pipeline needs."""
+
+    streams: tuple[StreamSpec, ...]
+    consumers: tuple[ConsumerSpec, ...]
+
+
+def partition_durable(partition: int) -> str:
+    """The durable name of one partition's consumer."""
+    return f"worker-p{partition}"
+
+
+def topology(
+    *,
+    partitions: int,
+    replicas: int,
+    alerts_max_age: float,
+    duplicate_window: float,
+    max_deliver: int,
+    ack_wait: float,
+) -> Topology:
+    """The streams and consumers for these settings."""
+    alerts = StreamSpec(
+        name=ALERTS_STREAM,
+        subjects=(f"{ALERTS_PREFIX}.*.*",),
+        max_age=alerts_max_age,
+        duplicate_window=duplicate_window,
+        allow_direct=True,
+        replicas=replicas,
+        transform=(
+            f"{ALERTS_PREFIX}.*.*",
+            f"{ALERTS_PREFIX}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+            f".{{{{partition({partitions},1,2)}}}}",
+        ),
+    )
+    events = StreamSpec(
+        name=EVENTS_STREAM,
+        subjects=(f"{EVENTS_PREFIX}.>",),
+        max_age=alerts_max_age,
+        duplicate_window=duplicate_window,
+        allow_direct=True,
+        replicas=replicas,
+    )
+    consumers = tuple(
+        ConsumerSpec(
+            stream=ALERTS_STREAM,
+            durable=partition_durable(p),
+            filter_subject=partition_filter(p),
+            max_deliver=max_deliver,
+            ack_wait=ack_wait,
+            replicas=replicas,
+        )
+        for p in range(partitions)
+    )
+    return Topology(streams=(alerts, events), consumers=consumers)

@@ -1,0 +1,1 @@
+"""The webhook receiver: authenticate, parse, validate, publish, answer fast and truthfully."""

@@ -1,0 +1,122 @@
+"""The Litestar app: `POST /webhook[/{secret}]`, `/healthz`, `/readyz`.
+
+Answers (all JSON):
+  200 {"ok": true, "id", "duplicate"}  only after JetStream acknowledged the alert
+  401 bad or missing secret            413 body over the size cap
+  422 invalid alert, field by field    503 NATS down or slow: the sender retries
+Never 504: TradingView does not resend a 504.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from litestar import Litestar, get, post
+from litestar.response import Response
+
+from ingress.parse import FieldError, InvalidAlertError, decode_body, pop_secret, to_alert
+from ingress.publisher import Publisher, UnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from ops.settings import IngressSettings, Secret
+
+log = logging.getLogger("ingress")
+
+_encoder: Final = msgspec.json.Encoder()
+_JSON: Final = "application/json"
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    """The answer to a stored alert."""
+
+    ok: bool
+    id: str
+    duplicate: bool
+
+
+class Refused(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The answer to an alert that was not stored; the sender learns why."""
+
+    ok: bool
+    error: str
+    errors: list[FieldError] = msgspec.field(default_factory=list)
+
+
+def _answer(status: int, body: msgspec.Struct) -> Response[bytes]:
+    return Response(_encoder.encode(body), status_code=status, media_type=_JSON)
+
+
+def _refuse(status: int, error: str, errors: list[FieldError] | None = None) -> Response[bytes]:
+    return _answer(status, Refused(ok=False, error=error, errors=errors or []))
+
+
+def authenticate(secrets: tuple[Secret, ...], candidate: str | None) -> bool:
+    """Constant-time check against every configured secret (rotation: any may match)."""
+    if candidate is None:
+        return False
+    given = candidate.encode()
+    matched = False
+    for secret in secrets:
+        matched |= secret.matches(given)  # no short-circuit: time does not tell which
+    return matched
+
+
+def create_app(settings: IngressSettings, publisher: Publisher | None = None) -> Litestar:
+    """Build the ingress app around a publisher (a real one unless a test passes its own)."""
+    pub = publisher or Publisher(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await pub.start()
+        try:
+            yield
+        finally:
+            await pub.stop()
+
+    @post(["/webhook", "/webhook/{secret:str}"], status_code=200)
+    async def webhook(body: bytes, secret: str | None = None) -> Response[bytes]:
+        received_at = datetime.now(UTC)
+        try:
+            payload = decode_body(body)
+        except InvalidAlertError as exc:
+            return _refuse(422, "invalid alert", exc.errors)
+        body_secret = pop_secret(payload)
+        if not authenticate(settings.secrets, secret if secret is not None else body_secret):
+            return _refuse(401, "missing or wrong secret")
+        try:
+            alert = to_alert(payload, received_at=received_at)
+        except InvalidAlertError as exc:
+            return _refuse(422, "invalid alert", exc.errors)
+        try:
+            duplicate = await pub.publish(alert)
+        except UnavailableError as exc:
+            log.warning("alert %s not stored: %s", alert.id, exc)
+            return _refuse(503, "temporarily unavailable, retry")
+        log.info("alert %s accepted (duplicate=%s)", alert.id, duplicate)
+        return _answer(200, Accepted(ok=True, id=alert.id, duplicate=duplicate))
+
+    @get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @get("/readyz")
+    async def readyz() -> Response[bytes]:
+        problems = await pub.ready()
+        return Response(
+            _encoder.encode({"ok": not problems, "problems": problems}),
+            status_code=503 if problems else 200,
+            media_type=_JSON,
+        )
+
+    return Litestar(
+        route_handlers=[webhook, healthz, readyz],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=None,
+    )

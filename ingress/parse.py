@@ -1,0 +1,202 @@
+"""Turn a TradingView webhook body into an `Alert`, or into field-level reasons why not.
+
+Users bring templates from other tools, so several field names mean the same
+thing (`ticker`/`symbol`, `action`/`side`/`strategy.order_action`, ...). The
+first name present in `ALIASES` wins; every field not consumed stays in `extras`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import msgspec
+
+from contracts.messages import Alert
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+SECRET_KEYS: Final = ("secret", "passphrase", "key", "token")
+
+# canonical field -> names accepted, in priority order; "a.b" reads nested objects.
+ALIASES: Final[dict[str, tuple[str, ...]]] = {
+    "id": ("id",),
+    "account": ("account",),
+    "symbol": ("symbol", "ticker"),
+    "side": ("side", "action", "order_action", "strategy.order_action"),
+    "quantity": ("quantity", "qty", "contracts", "order_contracts", "strategy.order_contracts"),
+    "order_type": ("order_type", "type"),
+    "price": ("price", "order_price", "strategy.order_price", "close"),
+    "limit_price": ("limit_price", "limit"),
+    "stop_price": ("stop_price", "stop"),
+    "take_profit": ("take_profit", "tp"),
+    "stop_loss": ("stop_loss", "sl"),
+    "tag": ("tag", "order_id", "strategy.order_id"),
+    "comment": ("comment", "order_comment", "strategy.order_comment"),
+    "time": ("time",),
+    "timenow": ("timenow",),
+}
+
+SIDES: Final = {
+    "buy": "buy", "long": "buy",
+    "sell": "sell", "short": "sell",
+    "close": "close", "exit": "close", "flat": "close",
+}  # fmt: skip
+ORDER_TYPES: Final = {"market": "market", "limit": "limit", "stop": "stop"}
+
+# No control characters: ids travel in a header, names in subjects and logs.
+_PRINTABLE: Final = r"^[^\x00-\x1f\x7f]+$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_PRINTABLE)]
+Text = Annotated[str, msgspec.Meta(max_length=256)]
+AlertId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_PRINTABLE)]
+# Positive and finite: JSON has no NaN, but numeric strings such as "inf" do.
+Amount = Annotated[float, msgspec.Meta(gt=0, lt=1e15)]
+
+FIELD_TYPES: Final[dict[str, Any]] = {
+    "id": AlertId | int,
+    "account": Name,
+    "symbol": Name,
+    "quantity": Amount,
+    "price": Amount,
+    "limit_price": Amount,
+    "stop_price": Amount,
+    "take_profit": Amount,
+    "stop_loss": Amount,
+    "tag": Text,
+    "comment": Text,
+}
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    """Why one field was refused."""
+
+    field: str
+    reason: str
+
+
+class InvalidAlertError(Exception):
+    """The body cannot become an alert; `errors` says why, field by field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
+        self.errors = errors
+
+
+_json_decoder: Final = msgspec.json.Decoder()
+_canonical: Final = msgspec.json.Encoder(order="sorted")
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Decode the raw body as a JSON object (whatever the Content-Type said)."""
+    try:
+        value = _json_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidAlertError([FieldError("body", f"a JSON object is required: {exc}")]) from None
+    if not isinstance(value, dict):
+        raise InvalidAlertError([FieldError("body", "a JSON object is required, not a JSON value")])
+    return value
+
+
+def pop_secret(payload: dict[str, Any]) -> str | None:
+    """Remove every secret-bearing key; return the first one's value when it is a string."""
+    found: str | None = None
+    for key in SECRET_KEYS:
+        value = payload.pop(key, None)
+        if found is None and isinstance(value, str):
+            found = value
+    return found
+
+
+def alert_id(payload: Mapping[str, Any]) -> str:
+    """A stable id for a body without `id`: TradingView's resends carry the same fields."""
+    return hashlib.sha256(_canonical.encode(payload)).hexdigest()[:32]
+
+
+def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
+    """Normalize a decoded body (secret already removed) into an `Alert`."""
+    extras = dict(payload)
+    raw = {field: _take(extras, names) for field, names in ALIASES.items()}
+    errors: list[FieldError] = []
+    values: dict[str, Any] = {}
+    for field, value in raw.items():
+        if value is None:
+            continue
+        try:
+            values[field] = _convert(field, value)
+        except ValueError as exc:
+            errors.append(FieldError(field, str(exc)))
+    for field in ("symbol", "side"):
+        if field not in values and not any(e.field == field for e in errors):
+            names = " / ".join(ALIASES[field])
+            errors.append(FieldError(field, f"required (as one of: {names})"))
+    errors += _check_order_type(values)
+    if errors:
+        raise InvalidAlertError(errors)
+    values["id"] = str(values["id"]) if "id" in values else alert_id(payload)
+    return Alert(**values, received_at=received_at, extras=extras)
+
+
+def _take(payload: dict[str, Any], names: tuple[str, ...]) -> Any:
+    """The first present alias; top-level keys found are consumed (removed from extras)."""
+    for name in names:
+        head, _, tail = name.partition(".")
+        if not tail:
+            if name in payload:
+                return payload.pop(name)
+            continue
+        nested = payload.get(head)
+        if isinstance(nested, dict) and tail in nested:
+            return nested[tail]  # nested objects stay whole in extras for the audit trail
+    return None
+
+
+def _convert(field: str, value: Any) -> Any:
+    if field == "side":
+        return _choice(value, SIDES)
+    if field == "order_type":
+        return _choice(value, ORDER_TYPES)
+    if field in ("time", "timenow"):
+        return _timestamp(value)
+    try:
+        return msgspec.convert(value, FIELD_TYPES[field], strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc).replace(" - at `$`", "")) from None
+
+
+def _choice(value: Any, table: Mapping[str, str]) -> str:
+    if isinstance(value, str) and value.strip().lower() in table:
+        return table[value.strip().lower()]
+    raise ValueError(f"must be one of {', '.join(sorted(table))}; got {value!r}"[:200])
+
+
+def _timestamp(value: Any) -> datetime:
+    """An RFC 3339 string, or epoch seconds or milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be an RFC 3339 time or epoch seconds/milliseconds")
+    if isinstance(value, int | float):
+        seconds = value / 1000 if value > 1e11 else value
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"epoch time out of range: {value!r}") from None
+    try:
+        moment = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        raise ValueError(
+            f"must be an RFC 3339 time such as 2025-01-15T14:30:01Z; got {value!r}"[:200]
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _check_order_type(values: dict[str, Any]) -> list[FieldError]:
+    kind = values.setdefault(
+        "order_type",
+        "limit" if "limit_price" in values else ("stop" if "stop_price" in values else "market"),
+    )
+    if kind == "limit" and "limit_price" not in values:
+        return [FieldError("limit_price", "required for a limit order")]
+    if kind == "stop" and "stop_price" not in values:
+        return [FieldError("stop_price", "required for a stop order")]
+    return []

@@ -1,0 +1,90 @@
+"""The ingress's side of NATS: one connection, publish with dedup, bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from nats.errors import ConnectionClosedError, OutboundBufferLimitError
+from nats.js.errors import APIError, NoStreamResponseError, TooManyStalledMsgsError
+
+from contracts.headers import MSG_ID
+from contracts.messages import Alert, alert_encoder
+from contracts.subjects import alert_subject
+from ops import provision
+from ops.natsconn import connect
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.client import JetStreamContext
+
+    from ops.settings import IngressSettings
+
+log = logging.getLogger(__name__)
+
+
+class UnavailableError(Exception):
+    """The alert could not be stored in time; the sender should retry (503)."""
+
+
+class Publisher:
+    """Publishes alerts to `ALERTS` and reports whether the server already had them."""
+
+    def __init__(self, settings: IngressSettings) -> None:
+        self._settings = settings
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect in the background: the ingress answers (503) even while NATS is down."""
+        self._connecting = asyncio.create_task(self._connect_until_up())
+
+    async def _connect_until_up(self) -> None:
+        # connect() retries forever (max_reconnect_attempts=-1), first connect included.
+        self._nc = await connect(self._settings.nats_url, name="alertbridge-ingress")
+        self._js = self._nc.jetstream()
+
+    async def stop(self) -> None:
+        """Flush what is in flight and close."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+
+    async def publish(self, alert: Alert) -> bool:
+        """Store the alert; return True when it was a duplicate. Raise UnavailableError."""
+        js = self._js
+        if js is None:
+            raise UnavailableError("not connected to NATS")
+        timeout = self._settings.publish_timeout
+        subject = alert_subject(alert.account, alert.symbol)
+        try:
+            future = await js.publish_async(
+                subject,
+                alert_encoder.encode(alert),
+                wait_stall=timeout,
+                headers={MSG_ID: alert.id},
+            )
+            ack = await asyncio.wait_for(future, timeout)
+        except (TimeoutError, TooManyStalledMsgsError) as exc:
+            raise UnavailableError(f"no acknowledgement from JetStream within {timeout}s") from exc
+        except (ConnectionClosedError, OutboundBufferLimitError, NoStreamResponseError) as exc:
+            raise UnavailableError(f"JetStream unavailable: {type(exc).__name__}") from exc
+        except APIError as exc:
+            raise UnavailableError(f"JetStream refused the message: {exc.description}") from exc
+        return bool(ack.duplicate)
+
+    async def ready(self) -> list[str]:
+        """Why the ingress is not ready (empty when it is)."""
+        if self._nc is None or self._js is None or not self._nc.is_connected:
+            return ["nats: not connected"]
+        try:
+            missing = await provision.missing_streams(self._js, self._settings.topology())
+        except (TimeoutError, APIError) as exc:
+            return [f"nats: {type(exc).__name__}"]
+        return [f"stream {name}: missing" for name in missing]

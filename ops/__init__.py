@@ -1,0 +1,1 @@
+"""The platform: settings, NATS connection, provisioning, the local stack and the CLI."""

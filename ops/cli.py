@@ -1,0 +1,177 @@
+"""The `alertbridge` command: run the local stack, send test alerts, look at orders.
+
+Data goes to stdout (`--json` for scripts), messages to stderr. Exit codes:
+0 ok, 1 the operation failed (e.g. the ingress refused the alert), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import msgspec
+
+from contracts.messages import Executed
+from ops.events import read_events
+from ops.natsconn import connect
+from ops.paths import read_secret, secret_file, var_dir
+from ops.settings import Common, SettingsError, load
+from ops.stack import Stack, run
+
+EXIT_FAILED = 1
+
+
+@click.group()
+def cli() -> None:
+    """alertbridge: TradingView alerts to broker orders over NATS JetStream."""
+
+
+@cli.command()
+@click.option("--ingress", "ingresses", default=1, show_default=True, help="ingress processes")
+@click.option("--workers", default=1, show_default=True, help="worker processes")
+@click.option("--port", "http_port", default=8080, show_default=True, help="ingress HTTP port")
+@click.option("--nats-port", default=4222, show_default=True)
+def up(ingresses: int, workers: int, http_port: int, nats_port: int) -> None:
+    """Run nats-server, provisioning, worker(s) and ingress in the foreground."""
+    stack = Stack(
+        var=var_dir(), http_port=http_port, nats_port=nats_port,
+        ingresses=ingresses, workers=workers,
+    )  # fmt: skip
+    sys.exit(run(stack))
+
+
+@cli.command()
+def provision() -> None:
+    """Create or update the streams and consumers (idempotent)."""
+    from ops import provision as prov
+
+    settings = _settings()
+
+    async def apply() -> None:
+        nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-cli"), 10)
+        try:
+            await prov.apply(nc.jetstream(), settings.topology())
+        finally:
+            await nc.close()
+
+    asyncio.run(apply())
+    click.echo("topology applied", err=True)
+
+
+@cli.command()
+@click.option("--url", default="http://127.0.0.1:8080/webhook", show_default=True)
+@click.option(
+    "--secret-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="default: the local stack's generated secret (var/secret)",
+)
+@click.option(
+    "--file",
+    "body_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="send this file's bytes as the body (the secret goes in the URL path)",
+)
+@click.option("--symbol", default="NASDAQ:AAPL", show_default=True)
+@click.option("--side", default="buy", show_default=True)
+@click.option("--qty", type=float, default=1.0, show_default=True)
+@click.option("--price", type=float, default=None)
+@click.option("--id", "alert_id", default=None, help="alert id (default: a hash of the body)")
+@click.option("--account", default=None)
+def send(
+    url: str,
+    secret_file: Path | None,
+    body_file: Path | None,
+    symbol: str,
+    side: str,
+    qty: float,
+    price: float | None,
+    alert_id: str | None,
+    account: str | None,
+) -> None:
+    """Post an alert exactly as TradingView would; print the ingress's answer."""
+    secret = read_secret(secret_file or _default_secret_file())
+    if body_file is not None:
+        body = body_file.read_bytes()
+        url = f"{url.rstrip('/')}/{secret}"
+    else:
+        fields: dict[str, Any] = {"secret": secret, "symbol": symbol, "side": side, "qty": qty}
+        # Like TradingView's {{timenow}}: two sends a second apart are two alerts.
+        fields["timenow"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        optional = {"price": price, "id": alert_id, "account": account}
+        fields.update({k: v for k, v in optional.items() if v is not None})
+        body = json.dumps(fields).encode()
+    try:
+        json.loads(body)
+        content_type = "application/json"  # TradingView: only when the body is valid JSON
+    except ValueError:
+        content_type = "text/plain; charset=utf-8"
+    try:
+        response = httpx.post(url, content=body, headers={"Content-Type": content_type}, timeout=5)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the ingress at {url}: {exc}") from None
+    click.echo(f"{response.status_code} {response.text}")
+    if response.status_code != 200:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.option("--alert", "alert_id", default=None, help="only this alert's order")
+def orders(as_json: bool, alert_id: str | None) -> None:
+    """List executed orders (from the EVENTS stream), oldest first."""
+    settings = _settings()
+
+    async def fetch() -> list[Executed]:
+        nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-cli"), 10)
+        try:
+            events = await read_events(nc.jetstream(), "events.executed.>")
+        finally:
+            await nc.close()
+        return [e for e in events if isinstance(e, Executed)]
+
+    rows = [e for e in asyncio.run(fetch()) if alert_id in (None, e.alert_id)]
+    if as_json:
+        for row in rows:
+            click.echo(msgspec.json.encode(row).decode())
+        return
+    header = ("at", "alert id", "account", "symbol", "side", "qty", "fill", "status", "order id")
+    table = [header] + [
+        (
+            e.at.strftime("%Y-%m-%d %H:%M:%S"), e.alert_id, e.account, e.symbol, e.side,
+            f"{e.quantity:g}", "" if e.fill_price is None else f"{e.fill_price:g}", e.status,
+            e.client_order_id,
+        )
+        for e in rows
+    ]  # fmt: skip
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
+    for r in table:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    if not rows:
+        click.echo("no orders yet", err=True)
+
+
+def _settings() -> Common:
+    try:
+        return load(Common, os.environ)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _default_secret_file() -> Path:
+    path = secret_file(var_dir())
+    if not path.exists():
+        raise click.UsageError(f"no {path}: run `just up` once, or pass --secret-file")
+    return path
+
+
+def main() -> None:
+    """Entry point of the `alertbridge` script."""
+    cli()

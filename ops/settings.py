@@ -1,0 +1,141 @@
+"""Settings: one frozen Struct per process, read from the environment in one place.
+
+Every variable is `ALERTBRIDGE_<FIELD>`; lists are comma-separated. A bad value
+stops the process with a `SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
+
+import msgspec
+
+from contracts.topology import DAY, Topology, topology
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+PREFIX: Final = "ALERTBRIDGE_"
+MIN_SECRET_LENGTH: Final = 8
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65_535)]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Secret:
+    """A secret value that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value.encode()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def matches(self, candidate: bytes) -> bool:
+        """Constant-time comparison."""
+        return hmac.compare_digest(self._value, candidate)
+
+
+class Common(msgspec.Struct, frozen=True, kw_only=True):
+    """What every process shares: where NATS is and what the topology looks like."""
+
+    nats_url: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    alerts_max_age: Positive = 30 * DAY
+    duplicate_window: Annotated[float, msgspec.Meta(ge=0.1)] = 3_600.0
+    max_deliver: Annotated[int, msgspec.Meta(ge=1)] = 5
+    ack_wait: Positive = 30.0
+
+    def topology(self) -> Topology:
+        """The streams and consumers these settings describe."""
+        return topology(
+            partitions=self.partitions,
+            replicas=self.replicas,
+            alerts_max_age=self.alerts_max_age,
+            duplicate_window=self.duplicate_window,
+            max_deliver=self.max_deliver,
+            ack_wait=self.ack_wait,
+        )
+
+
+class IngressSettings(Common, frozen=True, kw_only=True):
+    """The webhook receiver."""
+
+    http_host: str = "127.0.0.1"
+    http_port: Port = 8080
+    secrets: tuple[Secret, ...] = ()
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
+    # TradingView cancels at 3 s and does not resend timeouts: answer 503 well before.
+    publish_timeout: Annotated[float, msgspec.Meta(gt=0, le=2.5)] = 1.0
+
+
+class WorkerSettings(Common, frozen=True, kw_only=True):
+    """The order executor."""
+
+    broker: str = "paper"
+    paper_db: str = "var/paper.db"
+    default_quantity: Positive | None = None
+    retry_backoff: tuple[Positive, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
+    fetch_timeout: Annotated[float, msgspec.Meta(gt=0, le=30)] = 2.0
+    shutdown_grace: Positive = 10.0
+    health_port: Port | None = None
+
+
+S = TypeVar("S", bound=Common)
+
+
+def load(cls: type[S], env: Mapping[str, str]) -> S:
+    """Read `cls` from `env`; raise SettingsError naming the first bad variable."""
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(cls):
+        var = PREFIX + field.name.upper()
+        if field.name == "secrets":
+            values["secrets"] = _secrets(env)
+            continue
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        value: Any = raw.strip()
+        if _is_sequence(field.type):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        try:
+            values[field.name] = msgspec.convert(value, field.type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"{var}={raw!r} is invalid: {exc}") from None
+    settings = cls(**values)
+    if isinstance(settings, IngressSettings) and not settings.secrets:
+        raise SettingsError(
+            f"{PREFIX}SECRETS (comma-separated) or {PREFIX}SECRETS_FILE must give at least "
+            "one webhook secret; there is no default secret"
+        )
+    return settings
+
+
+def _is_sequence(tp: Any) -> bool:
+    return getattr(tp, "__origin__", None) is tuple
+
+
+def _secrets(env: Mapping[str, str]) -> tuple[Secret, ...]:
+    values = [s.strip() for s in env.get(PREFIX + "SECRETS", "").split(",") if s.strip()]
+    if path := env.get(PREFIX + "SECRETS_FILE", "").strip():
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(f"{PREFIX}SECRETS_FILE={path!r} cannot be read: {exc}") from None
+        values += [line.strip() for line in text.splitlines() if line.strip()]
+    for i, value in enumerate(values):
+        if len(value) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                f"webhook secret #{i + 1} (from {PREFIX}SECRETS or {PREFIX}SECRETS_FILE) "
+                f"is shorter than {MIN_SECRET_LENGTH} characters"
+            )
+    return tuple(Secret(v) for v in values)

@@ -1,0 +1,140 @@
+"""`alertbridge up`: the whole local stack as child processes, stopped in order.
+
+nats-server (JetStream, storage under var/nats) → provisioning → worker(s) →
+ingress(es). Ctrl-C (or SIGTERM) stops the ingresses first (no new alerts), then
+the workers (finish in-flight orders), then nats-server. Data stays in var/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import click
+
+from ops import provision
+from ops.natsconn import connect
+from ops.paths import ensure_secret, nats_server_binary
+from ops.settings import WorkerSettings, load
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@dataclass
+class Stack:
+    """What `up` runs."""
+
+    var: Path
+    nats_port: int = 4222
+    monitor_port: int = 8222
+    http_port: int = 8080
+    ingresses: int = 1
+    workers: int = 1
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    @property
+    def nats_url(self) -> str:
+        """The local server's client URL."""
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The children's environment: the caller's, plus the stack's settings."""
+        env = dict(os.environ)
+        env.setdefault("ALERTBRIDGE_NATS_URL", self.nats_url)
+        env.setdefault("ALERTBRIDGE_PAPER_DB", str(self.var / "paper.db"))
+        env.setdefault("ALERTBRIDGE_DEFAULT_QUANTITY", "1")
+        env.update(extra)
+        return env
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        """Start a child in its own process group, so Ctrl-C reaches only us."""
+        proc = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
+        self.children.append((name, proc))
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the children in reverse start order: ingress, worker, then nats-server."""
+        for name, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    click.echo(f"{name} did not stop in {grace}s; killing it", err=True)
+                    proc.kill()
+                    proc.wait()
+
+
+def run(stack: Stack) -> int:
+    """Run the stack in the foreground until Ctrl-C or a child dies."""
+    secret, created = ensure_secret(stack.var)
+    click.echo(
+        f"webhook secret: {'generated in' if created else 'read from'} {secret} "
+        "(alertbridge send uses it)",
+        err=True,
+    )
+    stop_requested = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        _start(stack, secret)
+        click.echo(
+            f"alertbridge up: POST http://127.0.0.1:{stack.http_port}/webhook, "
+            f"nats {stack.nats_url}, data in {stack.var}. Ctrl-C stops.",
+            err=True,
+        )
+        while not stop_requested:
+            for name, proc in stack.children:
+                if proc.poll() is not None:
+                    click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
+                    stop_requested = True
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+    click.echo("alertbridge stopped; data kept in " + str(stack.var), err=True)
+    return 0
+
+
+def _start(stack: Stack, secret: Path) -> None:
+    store = stack.var / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    stack.spawn(
+        "nats-server",
+        [
+            nats_server_binary(), "--jetstream", "--store_dir", str(store),
+            "--addr", "127.0.0.1", "--port", str(stack.nats_port),
+            "--http_port", str(stack.monitor_port), "--server_name", "alertbridge-local",
+        ],
+        stack.env(),
+    )  # fmt: skip
+    settings = load(WorkerSettings, stack.env())
+    asyncio.run(_provision(settings))
+    for i in range(stack.workers):
+        stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], stack.env())
+    for i in range(stack.ingresses):
+        env = stack.env(ALERTBRIDGE_SECRETS_FILE=str(secret))
+        env.setdefault("ALERTBRIDGE_HTTP_PORT", str(stack.http_port))
+        stack.spawn(f"ingress-{i}", [sys.executable, "-m", "ingress"], env)
+
+
+async def _provision(settings: WorkerSettings, wait: float = 15.0) -> None:
+    """Wait for the server to accept connections, then apply the topology."""
+    try:
+        nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-provision"), wait)
+    except TimeoutError:
+        raise click.ClickException(f"nats-server at {settings.nats_url} did not come up") from None
+    try:
+        await provision.apply(nc.jetstream(), settings.topology())
+    finally:
+        await nc.close()

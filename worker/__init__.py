@@ -1,0 +1,1 @@
+"""The order executor: consume alerts per partition, call the broker, record events."""

@@ -1,0 +1,1 @@
+"""Broker adapters: one module each, one small protocol (`worker.brokers.base`)."""

@@ -1,0 +1,133 @@
+"""The paper broker: an embedded SQLite book that behaves like a real broker.
+
+Client order ids are UNIQUE, so a redelivered alert can never create a second
+order: the second insert fails and the caller is told `DuplicateOrderError`,
+just as Alpaca or Binance answer. Fills are simulated at the alert's price when
+it has one (limit orders at their limit). `close` flattens the paper position.
+Several worker processes may share the file (WAL, busy timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from worker.brokers.base import Order, OrderResult
+from worker.errors import DuplicateOrderError, OrderRejectedError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from contracts.messages import Side
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_order_id TEXT NOT NULL UNIQUE,
+    broker_order_id TEXT NOT NULL,
+    account TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    quantity REAL NOT NULL,
+    order_type TEXT NOT NULL,
+    limit_price REAL, stop_price REAL, take_profit REAL, stop_loss REAL,
+    fill_price REAL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+_COLUMNS: Final = "client_order_id, broker_order_id, status, side, quantity, fill_price"
+
+
+class PaperBroker:
+    """A SQLite-backed paper book."""
+
+    name = "paper"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = asyncio.Lock()
+
+    async def place(self, order: Order) -> OrderResult:
+        """Insert the order; a known client order id raises DuplicateOrderError."""
+        async with self._lock:
+            return await asyncio.to_thread(self._place, order)
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        """The order with this client order id."""
+        async with self._lock:
+            return await asyncio.to_thread(self._lookup, client_order_id)
+
+    async def close(self) -> None:
+        """Close the file."""
+        self._db.close()
+
+    def _place(self, order: Order) -> OrderResult:
+        side, quantity = order.side, order.quantity
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._lookup(order.client_order_id) is not None:
+                raise DuplicateOrderError(order.client_order_id)
+            if side == "close":
+                side, quantity = self._closing(order.account, order.symbol)
+            fill = order.limit_price if order.order_type == "limit" else order.reference_price
+            status = "filled" if fill is not None or order.order_type == "market" else "accepted"
+            broker_order_id = uuid.uuid4().hex
+            self._db.execute(
+                "INSERT INTO orders (client_order_id, broker_order_id, account, symbol, side,"
+                " quantity, order_type, limit_price, stop_price, take_profit, stop_loss,"
+                " fill_price, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    order.client_order_id, broker_order_id, order.account, order.symbol, side,
+                    quantity, order.order_type, order.limit_price, order.stop_price,
+                    order.take_profit, order.stop_loss, fill, status,
+                    datetime.now(UTC).isoformat(),
+                ),
+            )  # fmt: skip
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return OrderResult(
+            client_order_id=order.client_order_id,
+            broker_order_id=broker_order_id,
+            status=status,
+            side=side,
+            quantity=quantity,
+            fill_price=fill,
+        )
+
+    def _closing(self, account: str, symbol: str) -> tuple[Side, float]:
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(CASE side WHEN 'buy' THEN quantity ELSE -quantity END), 0)"
+            " FROM orders WHERE account = ? AND symbol = ?",
+            (account, symbol),
+        ).fetchone()
+        position = float(row[0])
+        if abs(position) < 1e-12:
+            raise OrderRejectedError(f"no open paper position in {symbol} to close")
+        return ("sell" if position > 0 else "buy"), abs(position)
+
+    def _lookup(self, client_order_id: str) -> OrderResult | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM orders WHERE client_order_id = ?",  # noqa: S608 - constant columns
+            (client_order_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return OrderResult(
+            client_order_id=row[0],
+            broker_order_id=row[1],
+            status=row[2],
+            side=row[3],
+            quantity=row[4],
+            fill_price=row[5],
+        )
