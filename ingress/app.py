@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from litestar import Litestar, get, post
+from litestar.params import FromPath, RawBody
 from litestar.response import Response
 
 from ingress.parse import FieldError, InvalidAlertError, decode_body, pop_secret, to_alert
@@ -67,6 +68,31 @@ def authenticate(secrets: tuple[Secret, ...], candidate: str | None) -> bool:
     return matched
 
 
+async def receive(
+    body: bytes, path_secret: str | None, secrets: tuple[Secret, ...], publisher: Publisher
+) -> Response[bytes]:
+    """Authenticate, validate and store one webhook; the answer says what happened."""
+    received_at = datetime.now(UTC)
+    try:
+        payload = decode_body(body)
+    except InvalidAlertError as exc:
+        return _refuse(422, "invalid alert", exc.errors)
+    body_secret = pop_secret(payload)
+    if not authenticate(secrets, path_secret if path_secret is not None else body_secret):
+        return _refuse(401, "missing or wrong secret")
+    try:
+        alert = to_alert(payload, received_at=received_at)
+    except InvalidAlertError as exc:
+        return _refuse(422, "invalid alert", exc.errors)
+    try:
+        duplicate = await publisher.publish(alert)
+    except UnavailableError as exc:
+        log.warning("alert %s not stored: %s", alert.id, exc)
+        return _refuse(503, "temporarily unavailable, retry")
+    log.info("alert %s accepted (duplicate=%s)", alert.id, duplicate)
+    return _answer(200, Accepted(ok=True, id=alert.id, duplicate=duplicate))
+
+
 def create_app(settings: IngressSettings, publisher: Publisher | None = None) -> Litestar:
     """Build the ingress app around a publisher (a real one unless a test passes its own)."""
     pub = publisher or Publisher(settings)
@@ -79,27 +105,13 @@ def create_app(settings: IngressSettings, publisher: Publisher | None = None) ->
         finally:
             await pub.stop()
 
-    @post(["/webhook", "/webhook/{secret:str}"], status_code=200)
-    async def webhook(body: bytes, secret: str | None = None) -> Response[bytes]:
-        received_at = datetime.now(UTC)
-        try:
-            payload = decode_body(body)
-        except InvalidAlertError as exc:
-            return _refuse(422, "invalid alert", exc.errors)
-        body_secret = pop_secret(payload)
-        if not authenticate(settings.secrets, secret if secret is not None else body_secret):
-            return _refuse(401, "missing or wrong secret")
-        try:
-            alert = to_alert(payload, received_at=received_at)
-        except InvalidAlertError as exc:
-            return _refuse(422, "invalid alert", exc.errors)
-        try:
-            duplicate = await pub.publish(alert)
-        except UnavailableError as exc:
-            log.warning("alert %s not stored: %s", alert.id, exc)
-            return _refuse(503, "temporarily unavailable, retry")
-        log.info("alert %s accepted (duplicate=%s)", alert.id, duplicate)
-        return _answer(200, Accepted(ok=True, id=alert.id, duplicate=duplicate))
+    @post("/webhook", status_code=200)
+    async def webhook(body: RawBody) -> Response[bytes]:
+        return await receive(body, None, settings.secrets, pub)
+
+    @post("/webhook/{secret:str}", status_code=200)
+    async def webhook_path_secret(body: RawBody, secret: FromPath[str]) -> Response[bytes]:
+        return await receive(body, secret, settings.secrets, pub)
 
     @get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -115,7 +127,7 @@ def create_app(settings: IngressSettings, publisher: Publisher | None = None) ->
         )
 
     return Litestar(
-        route_handlers=[webhook, healthz, readyz],
+        route_handlers=[webhook, webhook_path_secret, healthz, readyz],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,

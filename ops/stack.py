@@ -1,7 +1,7 @@
 """`alertbridge up`: the whole local stack as child processes, stopped in order.
 
 nats-server (JetStream, storage under var/nats) → provisioning → worker(s) →
-ingress(es). Ctrl-C (or SIGTERM) stops the ingresses first (no new alerts), then
+ingress. Ctrl-C (or SIGTERM) stops the ingress first (no new alerts), then
 the workers (finish in-flight orders), then nats-server. Data stays in var/.
 """
 
@@ -35,7 +35,6 @@ class Stack:
     nats_port: int = 4222
     monitor_port: int = 8222
     http_port: int = 8080
-    ingresses: int = 1
     workers: int = 1
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
@@ -47,7 +46,7 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """The children's environment: the caller's, plus the stack's settings."""
         env = dict(os.environ)
-        env.setdefault("ALERTBRIDGE_NATS_URL", self.nats_url)
+        env["ALERTBRIDGE_NATS_URL"] = self.nats_url  # the stack's own server, always
         env.setdefault("ALERTBRIDGE_PAPER_DB", str(self.var / "paper.db"))
         env.setdefault("ALERTBRIDGE_DEFAULT_QUANTITY", "1")
         env.update(extra)
@@ -122,10 +121,10 @@ def _start(stack: Stack, secret: Path) -> None:
     asyncio.run(_provision(settings))
     for i in range(stack.workers):
         stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], stack.env())
-    for i in range(stack.ingresses):
-        env = stack.env(ALERTBRIDGE_SECRETS_FILE=str(secret))
-        env.setdefault("ALERTBRIDGE_HTTP_PORT", str(stack.http_port))
-        stack.spawn(f"ingress-{i}", [sys.executable, "-m", "ingress"], env)
+    env = stack.env(
+        ALERTBRIDGE_SECRETS_FILE=str(secret), ALERTBRIDGE_HTTP_PORT=str(stack.http_port)
+    )
+    stack.spawn("ingress", [sys.executable, "-m", "ingress"], env)
 
 
 async def _provision(settings: WorkerSettings, wait: float = 15.0) -> None:

@@ -1,0 +1,50 @@
+"""Fixtures: a real nats-server per test module, fresh streams per test."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from contracts.subjects import ALERTS_STREAM, EVENTS_STREAM
+from ops import provision
+from ops.settings import WorkerSettings, load
+from tests.support import NatsServer
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real JetStream server for the module, on a free port with a temp store."""
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def worker_env(nats_server: NatsServer, tmp_path: Path) -> dict[str, str]:
+    """Environment for a worker (and the topology) against the module's server."""
+    return {
+        "ALERTBRIDGE_NATS_URL": nats_server.url,
+        "ALERTBRIDGE_PARTITIONS": "4",
+        "ALERTBRIDGE_PAPER_DB": str(tmp_path / "paper.db"),
+        "ALERTBRIDGE_FETCH_TIMEOUT": "0.5",
+        "ALERTBRIDGE_RETRY_BACKOFF": "0.2,0.4",
+    }
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer, worker_env: dict[str, str]) -> AsyncIterator[Client]:
+    """A connection to the module's server, with the streams freshly (re)created."""
+    client = await nats.connect(nats_server.url)
+    js = client.jetstream()
+    for stream in (ALERTS_STREAM, EVENTS_STREAM):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(stream)
+    await provision.apply(js, load(WorkerSettings, worker_env).topology())
+    yield client
+    await client.close()

@@ -1,0 +1,255 @@
+"""The worker against a real nats-server: execute, redeliver, terminate, retry, order, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from contracts.headers import MSG_ID
+from contracts.messages import Alert, AttemptFailed, Event, Executed, Rejected
+from contracts.subjects import ALERTS_STREAM, alert_subject
+from contracts.topology import partition_durable
+from ops.events import read_events
+from ops.settings import WorkerSettings, load
+from tests.support import ROOT, eventually, python_module
+from worker.brokers.base import Broker, Order, OrderResult
+from worker.brokers.paper import PaperBroker
+from worker.consumer import Worker
+from worker.errors import RetryableError
+from worker.execute import client_order_id
+
+
+def make_alert(alert_id: str, symbol: str = "NASDAQ:AAPL", **fields: Any) -> Alert:
+    defaults: dict[str, Any] = {"side": "buy", "quantity": 1.0, "price": 100.0}
+    return Alert(
+        id=alert_id, symbol=symbol, received_at=datetime.now(UTC), **{**defaults, **fields}
+    )
+
+
+async def publish(js: JetStreamContext, alert: Alert) -> int:
+    ack = await js.publish(
+        alert_subject(alert.account, alert.symbol),
+        msgspec.json.encode(alert),
+        headers={MSG_ID: alert.id},
+    )
+    return ack.seq
+
+
+async def events_of(js: JetStreamContext, kind: str = ">") -> list[Event]:
+    return await read_events(js, f"events.{kind}" if kind == ">" else f"events.{kind}.>")
+
+
+async def terminal_events(js: JetStreamContext, n: int) -> list[Event] | None:
+    found: list[Event] = [e for e in await events_of(js) if isinstance(e, Executed | Rejected)]
+    return found if len(found) >= n else None
+
+
+class FlakyBroker:
+    """A broker boundary that times out `failures` times, then delegates to the paper book."""
+
+    name = "flaky-paper"
+
+    def __init__(self, inner: PaperBroker, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.calls = 0
+
+    async def place(self, order: Order) -> OrderResult:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RetryableError("broker timed out")
+        return await self.inner.place(order)
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        return await self.inner.lookup(client_order_id)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.fixture
+def settings(worker_env: dict[str, str]) -> WorkerSettings:
+    return load(WorkerSettings, worker_env)
+
+
+@pytest.fixture
+async def paper(settings: WorkerSettings) -> AsyncIterator[PaperBroker]:
+    broker = PaperBroker(Path(settings.paper_db))
+    yield broker
+    await broker.close()
+
+
+async def run_worker(nc: Client, broker: Broker, settings: WorkerSettings) -> Worker:
+    worker = Worker(nc.jetstream(), broker, settings)
+    task = asyncio.create_task(worker.run())
+    worker_tasks.add(task)
+    task.add_done_callback(worker_tasks.discard)
+    return worker
+
+
+worker_tasks: set[asyncio.Task[None]] = set()
+
+
+@pytest.fixture(autouse=True)
+async def _stop_workers() -> AsyncIterator[None]:
+    yield
+    for task in list(worker_tasks):
+        task.cancel()
+    await asyncio.gather(*worker_tasks, return_exceptions=True)
+
+
+def paper_rows(db: str) -> list[tuple[str, str, str, float]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT client_order_id, symbol, side, quantity FROM orders ORDER BY seq"
+        ).fetchall()
+
+
+async def test_alert_becomes_one_order_and_one_executed_event(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    seq = await publish(js, make_alert("a-1", quantity=3.0, price=189.4))
+    worker = await run_worker(nc, paper, settings)
+    events = await eventually(lambda: terminal_events(js, 1))
+    worker.stop()
+    (event,) = events
+    assert isinstance(event, Executed)
+    assert (event.alert_id, event.quantity, event.fill_price, event.stream_seq) == (
+        "a-1",
+        3.0,
+        189.4,
+        seq,
+    )
+    assert event.client_order_id == client_order_id("default", "a-1")
+    assert event.already_done is False and event.attempts == 1
+    assert paper_rows(settings.paper_db) == [(event.client_order_id, "NASDAQ:AAPL", "buy", 3.0)]
+
+
+async def test_redelivery_after_a_crash_does_not_place_a_second_order(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    """A worker placed the order, then died before its ack: the redelivery finds it."""
+    js = nc.jetstream()
+    alert = make_alert("crash-1")
+    await paper.place(
+        Order(client_order_id=client_order_id("default", "crash-1"), account="default",
+              symbol=alert.symbol, side="buy", quantity=1.0, order_type="market",
+              reference_price=100.0)
+    )  # fmt: skip
+    await publish(js, alert)
+    await run_worker(nc, paper, settings)
+    (event,) = await eventually(lambda: terminal_events(js, 1))
+    assert isinstance(event, Executed) and event.already_done is True
+    assert len(paper_rows(settings.paper_db)) == 1
+
+
+async def test_terminal_failure_is_rejected_and_terminated_not_retried(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    await publish(js, make_alert("no-qty", quantity=None))  # no default quantity configured
+    await run_worker(nc, paper, settings)
+    (event,) = await eventually(lambda: terminal_events(js, 1))
+    assert isinstance(event, Rejected) and "no quantity" in event.reason
+
+    async def settled() -> bool | None:
+        infos = [await js.consumer_info(ALERTS_STREAM, partition_durable(p)) for p in range(4)]
+        done = all(i.num_ack_pending == 0 and i.num_pending == 0 for i in infos)
+        return True if done else None
+
+    await eventually(settled)
+    assert paper_rows(settings.paper_db) == []
+    assert [e for e in await events_of(js) if isinstance(e, AttemptFailed)] == []
+
+
+async def test_retryable_failure_is_redelivered_by_the_server(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    flaky = FlakyBroker(paper, failures=2)
+    await publish(js, make_alert("flaky-1"))
+    await run_worker(nc, flaky, settings)
+    (event,) = await eventually(lambda: terminal_events(js, 1))
+    assert isinstance(event, Executed) and event.attempts == 3
+    failed = [e for e in await events_of(js) if isinstance(e, AttemptFailed)]
+    assert [e.attempts for e in failed] == [1, 2]
+    assert "broker timed out" in failed[0].error
+    assert len(paper_rows(settings.paper_db)) == 1
+
+
+async def test_alerts_of_one_symbol_execute_in_arrival_order(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    symbols = ["NASDAQ:AAPL", "BRK.B", "BTC/USDT", "ES1!", "ETHUSD"]
+    expected: dict[str, list[str]] = {s: [] for s in symbols}
+    for i in range(40):
+        symbol = symbols[i % len(symbols)]
+        alert = make_alert(f"o-{i}", symbol=symbol)
+        expected[symbol].append(client_order_id("default", alert.id))
+        await publish(js, alert)
+    flaky = FlakyBroker(paper, failures=1)  # the first alert retries and holds its symbol back
+    await run_worker(nc, flaky, settings)
+    await run_worker(nc, paper, settings)  # a second consumer loop competes for the partitions
+    await eventually(lambda: terminal_events(js, 40), within=30)
+    rows = paper_rows(settings.paper_db)
+    assert len(rows) == 40
+    for symbol in symbols:
+        assert [r[0] for r in rows if r[1] == symbol] == expected[symbol]
+
+
+async def test_worker_process_stops_cleanly_on_sigterm(
+    nc: Client, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    js = nc.jetstream()
+    log = tmp_path / "worker.log"
+    proc = python_module("worker", {**worker_env, "ALERTBRIDGE_DEFAULT_QUANTITY": "1"}, log)
+    try:
+        await publish(js, make_alert("proc-1", quantity=None))
+        await eventually(lambda: terminal_events(js, 1), within=20)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, log.read_text()
+    assert "worker stopped" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("module", "env", "needle"),
+    [
+        ("worker", {"ALERTBRIDGE_PARTITIONS": "many"}, "ALERTBRIDGE_PARTITIONS"),
+        ("worker", {"ALERTBRIDGE_BROKER": "nope"}, "ALERTBRIDGE_BROKER"),
+        ("ingress", {"ALERTBRIDGE_SECRETS": ""}, "ALERTBRIDGE_SECRETS"),
+        ("ingress", {"ALERTBRIDGE_SECRETS": "longenough", "ALERTBRIDGE_HTTP_PORT": "x"},
+         "ALERTBRIDGE_HTTP_PORT"),
+    ],
+)  # fmt: skip
+def test_bad_setting_stops_the_process_naming_the_variable(
+    module: str, env: dict[str, str], needle: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        env={"PATH": "/usr/bin:/bin", "ALERTBRIDGE_NATS_URL": "nats://127.0.0.1:1", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert needle in result.stderr
