@@ -1,0 +1,271 @@
+"""The paper broker on a real SQLite file, and `worker.execute` against it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from contracts.messages import Alert
+from worker.brokers.base import Order, OrderResult
+from worker.brokers.paper import PaperBroker
+from worker.errors import DuplicateOrderError, OrderRejectedError, TerminalError
+from worker.execute import client_order_id, execute, to_order
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+RECEIVED = datetime(2025, 1, 15, 14, 30, 2, tzinfo=UTC)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "book" / "paper.db"
+
+
+@pytest.fixture
+async def broker(db_path: Path) -> AsyncIterator[PaperBroker]:
+    book = PaperBroker(db_path)
+    yield book
+    await book.close()
+
+
+def _order(coid: str = "ab-1", **fields: Any) -> Order:
+    values: dict[str, Any] = {
+        "client_order_id": coid,
+        "account": "default",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": 10.0,
+        "order_type": "market",
+        "reference_price": 190.25,
+    }
+    values.update(fields)
+    return Order(**values)
+
+
+def _alert(**fields: Any) -> Alert:
+    values: dict[str, Any] = {
+        "id": "alert-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": 5.0,
+        "price": 190.25,
+        "received_at": RECEIVED,
+    }
+    values.update(fields)
+    return Alert(**values)
+
+
+def _rows(path: Path) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(
+            "SELECT client_order_id, side, quantity, fill_price, status FROM orders ORDER BY seq"
+        ).fetchall()
+
+
+# --- PaperBroker -----------------------------------------------------------------
+
+
+async def test_market_order_fills_at_the_reference_price(broker: PaperBroker) -> None:
+    result = await broker.place(_order())
+    assert result.client_order_id == "ab-1"
+    assert result.status == "filled"
+    assert result.side == "buy"
+    assert result.quantity == 10.0
+    assert result.fill_price == 190.25
+    assert result.broker_order_id
+
+
+async def test_limit_order_fills_at_the_limit_price(broker: PaperBroker, db_path: Path) -> None:
+    result = await broker.place(_order(order_type="limit", limit_price=185.5))
+    assert result.status == "filled"
+    assert result.fill_price == 185.5
+    assert _rows(db_path) == [("ab-1", "buy", 10.0, 185.5, "filled")]
+
+
+async def test_a_second_place_with_the_same_id_is_a_duplicate(
+    broker: PaperBroker, db_path: Path
+) -> None:
+    first = await broker.place(_order())
+    with pytest.raises(DuplicateOrderError):
+        await broker.place(_order(quantity=99.0, side="sell"))
+    assert _rows(db_path) == [("ab-1", "buy", 10.0, 190.25, "filled")]
+    # The book still works after the rolled-back duplicate.
+    second = await broker.place(_order("ab-2"))
+    assert second.broker_order_id != first.broker_order_id
+    assert len(_rows(db_path)) == 2
+
+
+async def test_lookup_finds_a_placed_order(broker: PaperBroker) -> None:
+    placed = await broker.place(_order(side="sell", quantity=3.0))
+    assert await broker.lookup("ab-1") == placed
+    assert await broker.lookup("ab-unknown") is None
+
+
+async def test_close_flattens_a_long_position(broker: PaperBroker, db_path: Path) -> None:
+    await broker.place(_order("ab-1", quantity=10.0))
+    await broker.place(_order("ab-2", quantity=5.0))
+    await broker.place(_order("ab-3", side="sell", quantity=3.0))
+    # Another symbol and another account do not count.
+    await broker.place(_order("ab-4", symbol="MSFT", quantity=100.0))
+    await broker.place(_order("ab-5", account="other", quantity=100.0))
+    result = await broker.place(_order("ab-close", side="close", quantity=0.0))
+    assert result.side == "sell"
+    assert result.quantity == 12.0
+    assert result.status == "filled"
+    assert await broker.lookup("ab-close") == result
+    assert _rows(db_path)[-1] == ("ab-close", "sell", 12.0, 190.25, "filled")
+    with pytest.raises(OrderRejectedError, match="AAPL"):
+        await broker.place(_order("ab-close-again", side="close", quantity=0.0))
+
+
+async def test_close_flattens_a_short_position(broker: PaperBroker) -> None:
+    await broker.place(_order("ab-1", side="sell", quantity=4.0))
+    result = await broker.place(_order("ab-close", side="close", quantity=0.0))
+    assert (result.side, result.quantity) == ("buy", 4.0)
+
+
+async def test_close_when_flat_is_rejected(broker: PaperBroker, db_path: Path) -> None:
+    with pytest.raises(OrderRejectedError):
+        await broker.place(_order("ab-close", side="close", quantity=0.0))
+    assert _rows(db_path) == []
+    assert await broker.lookup("ab-close") is None
+
+
+async def test_two_brokers_on_one_file_share_uniqueness(db_path: Path) -> None:
+    first, second = PaperBroker(db_path), PaperBroker(db_path)
+    try:
+        placed = await first.place(_order("ab-shared"))
+        with pytest.raises(DuplicateOrderError):
+            await second.place(_order("ab-shared"))
+        assert await second.lookup("ab-shared") == placed
+        other = await second.place(_order("ab-other"))
+        assert await first.lookup("ab-other") == other
+    finally:
+        await first.close()
+        await second.close()
+    assert [row[0] for row in _rows(db_path)] == ["ab-shared", "ab-other"]
+
+
+async def test_two_brokers_racing_on_one_id_place_it_once(db_path: Path) -> None:
+    first, second = PaperBroker(db_path), PaperBroker(db_path)
+    try:
+        outcomes = await asyncio.gather(
+            *(book.place(_order("ab-race")) for book in (first, second, first, second)),
+            return_exceptions=True,
+        )
+    finally:
+        await first.close()
+        await second.close()
+    placed = [o for o in outcomes if isinstance(o, OrderResult)]
+    duplicates = [o for o in outcomes if isinstance(o, DuplicateOrderError)]
+    assert (len(placed), len(duplicates)) == (1, 3), outcomes
+    assert len(_rows(db_path)) == 1
+
+
+async def test_an_unfilled_order_is_no_position(broker: PaperBroker) -> None:
+    # A stop order without a price is only accepted, not filled: nothing to close.
+    pending = await broker.place(
+        _order("ab-stop", order_type="stop", stop_price=200.0, reference_price=None)
+    )
+    assert (pending.status, pending.fill_price) == ("accepted", None)
+    with pytest.raises(OrderRejectedError):
+        await broker.place(_order("ab-close", side="close", quantity=0.0))
+
+
+async def test_the_book_survives_a_restart(db_path: Path) -> None:
+    book = PaperBroker(db_path)
+    placed = await book.place(_order("ab-1"))
+    await book.close()
+    reopened = PaperBroker(db_path)
+    try:
+        assert await reopened.lookup("ab-1") == placed
+        with pytest.raises(DuplicateOrderError):
+            await reopened.place(_order("ab-1"))
+    finally:
+        await reopened.close()
+
+
+# --- worker.execute --------------------------------------------------------------
+
+
+def test_client_order_id_is_deterministic_and_short() -> None:
+    coid = client_order_id("default", "alert-1")
+    assert coid == client_order_id("default", "alert-1")
+    assert len(coid) <= 36
+    assert coid.startswith("ab-")
+    assert set(coid) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    long_id = client_order_id("an-account-with-a-long-name", "x" * 128)
+    assert len(long_id) <= 36
+
+
+def test_client_order_id_differs_per_account_and_alert() -> None:
+    ids = {
+        client_order_id("default", "alert-1"),
+        client_order_id("paper-1", "alert-1"),
+        client_order_id("default", "alert-2"),
+        # The separator keeps ("a", "bc") and ("ab", "c") apart.
+        client_order_id("a", "bc"),
+        client_order_id("ab", "c"),
+    }
+    assert len(ids) == 5
+
+
+def test_to_order_without_quantity_or_default_is_terminal() -> None:
+    with pytest.raises(TerminalError, match="quantity"):
+        to_order(_alert(quantity=None), None)
+
+
+def test_to_order_uses_the_default_quantity() -> None:
+    order = to_order(_alert(quantity=None), 7.0)
+    assert order.quantity == 7.0
+    assert to_order(_alert(quantity=2.0), 7.0).quantity == 2.0
+
+
+def test_to_order_carries_the_alert() -> None:
+    alert = _alert(
+        account="paper-1",
+        order_type="limit",
+        limit_price=189.4,
+        take_profit=195.5,
+        stop_loss=185.2,
+    )
+    order = to_order(alert, None)
+    assert order.client_order_id == client_order_id("paper-1", "alert-1")
+    assert (order.account, order.symbol, order.side) == ("paper-1", "AAPL", "buy")
+    assert (order.order_type, order.limit_price) == ("limit", 189.4)
+    assert (order.take_profit, order.stop_loss) == (195.5, 185.2)
+    assert order.reference_price == 190.25
+
+
+def test_close_needs_no_quantity() -> None:
+    assert to_order(_alert(side="close", quantity=None), None).side == "close"
+
+
+async def test_execute_places_then_reports_a_redelivery_as_already_done(
+    broker: PaperBroker, db_path: Path
+) -> None:
+    alert = _alert()
+    result, already_done = await execute(alert, broker, None)
+    assert already_done is False
+    assert result.client_order_id == client_order_id("default", "alert-1")
+    assert result.quantity == 5.0
+    again, already_done = await execute(alert, broker, None)
+    assert already_done is True
+    assert again == result
+    assert len(_rows(db_path)) == 1
+
+
+async def test_execute_same_alert_id_in_two_accounts_places_two_orders(
+    broker: PaperBroker, db_path: Path
+) -> None:
+    _, first_done = await execute(_alert(account="a1"), broker, None)
+    _, second_done = await execute(_alert(account="a2"), broker, None)
+    assert (first_done, second_done) == (False, False)
+    assert len(_rows(db_path)) == 2
