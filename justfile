@@ -1,6 +1,9 @@
-# alertbridge — `uv run just <recipe>` (uv installs everything, just included, into .venv)
+# alertbridge: `uv run just <recipe>` (uv installs everything, just included, into .venv)
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The project's tools come from .venv (uv run puts it on PATH; this covers a bare `just`).
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
 
 # list the recipes
 default:
@@ -8,22 +11,22 @@ default:
 
 # run the local stack: nats-server, provisioning, worker, ingress on :8080 (Ctrl-C stops)
 up *ARGS:
-    uv run alertbridge up {{ARGS}}
+    alertbridge up {{ARGS}}
 
 # the whole test suite (starts its own nats-servers on free ports)
 test *ARGS:
-    uv run pytest {{ARGS}}
+    pytest {{ARGS}}
 
 # lint and type-check
 lint:
-    uv run ruff check .
-    uv run ruff format --check .
-    uv run mypy
+    ruff check .
+    ruff format --check .
+    mypy
 
 # what CI runs
 ci: lint test
 
-# format the code
+# format the code and apply safe fixes
 fmt:
-    uv run ruff format .
-    uv run ruff check --fix .
+    ruff format .
+    ruff check --fix .

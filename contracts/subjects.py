@@ -52,6 +52,7 @@ def event_subject(kind: str, account: str, symbol: str) -> str:
 def split_alert_subject(subject: str) -> tuple[str, str]:
     """Return (account, symbol) of a published or stored alert subject."""
     parts = subject.split(".")
-    if len(parts) < 4 or ".".join(parts[:2]) != ALERTS_PREFIX:
+    stored = len(parts) == 5 and parts[4].isdigit()  # the stream appends the partition
+    if not (len(parts) == 4 or stored) or ".".join(parts[:2]) != ALERTS_PREFIX:
         raise ValueError(f"not an alert subject: {subject!r}")
     return decode_token(parts[2]), decode_token(parts[3])

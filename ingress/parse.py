@@ -47,7 +47,7 @@ SIDES: Final = {
 ORDER_TYPES: Final = {"market": "market", "limit": "limit", "stop": "stop"}
 
 # No control characters: ids travel in a header, names in subjects and logs.
-_PRINTABLE: Final = r"^[^\x00-\x1f\x7f]+$"
+_PRINTABLE: Final = r"\A[^\x00-\x1f\x7f]+\Z"  # \Z: `$` would let a final newline in
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_PRINTABLE)]
 Text = Annotated[str, msgspec.Meta(max_length=256)]
 AlertId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_PRINTABLE)]

@@ -47,7 +47,7 @@ class Secret:
 class Common(msgspec.Struct, frozen=True, kw_only=True):
     """What every process shares: where NATS is and what the topology looks like."""
 
-    nats_url: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    nats_url: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("nats://127.0.0.1:4222",)
     partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     alerts_max_age: Positive = 30 * DAY
@@ -84,7 +84,9 @@ class WorkerSettings(Common, frozen=True, kw_only=True):
     broker: str = "paper"
     paper_db: str = "var/paper.db"
     default_quantity: Positive | None = None
-    retry_backoff: tuple[Positive, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
+    retry_backoff: Annotated[tuple[Positive, ...], msgspec.Meta(min_length=1)] = (
+        1.0, 2.0, 5.0, 10.0, 30.0,
+    )  # fmt: skip
     fetch_timeout: Annotated[float, msgspec.Meta(gt=0, le=30)] = 2.0
     shutdown_grace: Positive = 10.0
     health_port: Port | None = None
@@ -121,6 +123,8 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
 
 
 def _is_sequence(tp: Any) -> bool:
+    if getattr(tp, "__metadata__", None) is not None:  # Annotated[tuple[...], Meta(...)]
+        tp = tp.__origin__
     return getattr(tp, "__origin__", None) is tuple
 
 

@@ -108,7 +108,7 @@ class PaperBroker:
     def _closing(self, account: str, symbol: str) -> tuple[Side, float]:
         row = self._db.execute(
             "SELECT COALESCE(SUM(CASE side WHEN 'buy' THEN quantity ELSE -quantity END), 0)"
-            " FROM orders WHERE account = ? AND symbol = ?",
+            " FROM orders WHERE account = ? AND symbol = ? AND status = 'filled'",
             (account, symbol),
         ).fetchone()
         position = float(row[0])
