@@ -38,17 +38,29 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, tag="alert"):
     received_at: datetime
     # Every other field of the body, untouched, for the audit trail.
     extras: dict[str, Any] = msgspec.field(default_factory=dict)
+    # How many times an operator re-queued it from the DLQ, and when they last did.
+    replay: int = 0
+    replayed_at: datetime | None = None
 
 
-# --- EVENTS ----------------------------------------------------------------------
+# --- EVENTS: what happened to each alert -------------------------------------------
+# Every alert ends in exactly one terminal event (executed, rejected, expired,
+# dead_lettered) per delivery round; attempt_failed and replayed come in between.
 
 
-class Executed(msgspec.Struct, frozen=True, kw_only=True, tag="executed"):
-    """The broker accepted the order (or already had it: a redelivery)."""
+class EventBase(msgspec.Struct, frozen=True, kw_only=True):
+    """Fields every event carries: whose alert, which round, when."""
 
     alert_id: str
     account: str
     symbol: str
+    at: datetime
+    replay: int = 0
+
+
+class Executed(EventBase, frozen=True, kw_only=True, tag="executed"):
+    """The broker accepted the order (or already had it: a redelivery or a replay)."""
+
     side: Side
     quantity: float
     order_type: OrderType
@@ -59,44 +71,68 @@ class Executed(msgspec.Struct, frozen=True, kw_only=True, tag="executed"):
     fill_price: float | None = None
     attempts: int
     stream_seq: int
-    at: datetime
     already_done: bool = False
+    # Seconds from the alert's reference time (timenow, else receipt) to the broker's answer.
+    latency: float | None = None
 
 
-class Rejected(msgspec.Struct, frozen=True, kw_only=True, tag="rejected"):
-    """A terminal failure: the order can never succeed as sent."""
+class Rejected(EventBase, frozen=True, kw_only=True, tag="rejected"):
+    """A terminal failure: the order can never succeed as sent. It is in the DLQ."""
 
-    alert_id: str
-    account: str
-    symbol: str
     reason: str
     attempts: int
     stream_seq: int
-    at: datetime
 
 
-class AttemptFailed(msgspec.Struct, frozen=True, kw_only=True, tag="attempt_failed"):
+class Expired(EventBase, frozen=True, kw_only=True, tag="expired"):
+    """Too old to execute: never sent to the broker. It is in the DLQ."""
+
+    age: float
+    max_age: float
+    attempts: int
+    stream_seq: int
+
+
+class DeadLettered(EventBase, frozen=True, kw_only=True, tag="dead_lettered"):
+    """Every delivery failed (max deliveries) or it was terminated from outside."""
+
+    reason: str
+    deliveries: int
+    last_error: str | None = None
+    stream_seq: int
+    dlq_seq: int
+
+
+class AttemptFailed(EventBase, frozen=True, kw_only=True, tag="attempt_failed"):
     """A retryable failure; the server redelivers the alert later."""
 
-    alert_id: str
-    account: str
-    symbol: str
     error: str
     attempts: int
     stream_seq: int
-    at: datetime
 
 
-Event = Executed | Rejected | AttemptFailed
+class Replayed(EventBase, frozen=True, kw_only=True, tag="replayed"):
+    """An operator re-queued the alert from the DLQ (`replay` is the new round)."""
 
-EVENT_KINDS: Final[dict[type[Event], str]] = {
+    dlq_seq: int
+    stream_seq: int
+
+
+Event = Executed | Rejected | Expired | DeadLettered | AttemptFailed | Replayed
+TerminalEvent = Executed | Rejected | Expired | DeadLettered
+
+EVENT_KINDS: Final[dict[type[EventBase], str]] = {
     Executed: "executed",
     Rejected: "rejected",
+    Expired: "expired",
+    DeadLettered: "dead_lettered",
     AttemptFailed: "attempt_failed",
+    Replayed: "replayed",
 }
 
 alert_encoder: Final = msgspec.json.Encoder()
 alert_decoder: Final = msgspec.json.Decoder(Alert)
+event_encoder: Final = msgspec.json.Encoder()
 event_decoder: Final = msgspec.json.Decoder(Event)
 
 
@@ -107,6 +143,27 @@ def event_kind(event: Event) -> str:
 
 def event_msg_id(event: Event) -> str:
     """The `Nats-Msg-Id` of an event: a redelivered alert never records a fact twice."""
-    if isinstance(event, AttemptFailed):
-        return f"{event.alert_id}:{event_kind(event)}:{event.attempts}"
-    return f"{event.alert_id}:{event_kind(event)}"
+    base = f"{event.alert_id}:{event.replay}:{event_kind(event)}"
+    return f"{base}:{event.attempts}" if isinstance(event, AttemptFailed) else base
+
+
+def replay_msg_id(alert: Alert) -> str:
+    """The `Nats-Msg-Id` of a replayed alert: new per round, the same for a repeated command."""
+    return alert.id if alert.replay == 0 else f"{alert.id}:replay:{alert.replay}"
+
+
+# --- ADVISORIES: the server's own word (lenient: only the fields we use) -----------
+
+
+class Advisory(msgspec.Struct, frozen=True, kw_only=True):
+    """`$JS.EVENT.ADVISORY.CONSUMER.{MAX_DELIVERIES,MSG_TERMINATED}.<stream>.<consumer>`."""
+
+    type: str
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int = 0
+    reason: str = ""
+
+
+advisory_decoder: Final = msgspec.json.Decoder(Advisory)

@@ -17,9 +17,16 @@ _SAFE: Final = "!#&'()+,-/:;=@[]^_`{|}~"
 
 ALERTS_STREAM: Final = "ALERTS"
 EVENTS_STREAM: Final = "EVENTS"
+DLQ_STREAM: Final = "DLQ"
+ADVISORIES_STREAM: Final = "ADVISORIES"
 
 ALERTS_PREFIX: Final = "alerts.in"
 EVENTS_PREFIX: Final = "events"
+DLQ_PREFIX: Final = "dlq.alerts"
+
+# The server's advisories about the ALERTS consumers (core NATS, fire-and-forget).
+MAX_DELIVERIES_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{ALERTS_STREAM}.*"
+TERMINATED_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{ALERTS_STREAM}.*"
 
 
 def encode_token(value: str) -> str:
@@ -47,6 +54,11 @@ def partition_filter(partition: int) -> str:
 def event_subject(kind: str, account: str, symbol: str) -> str:
     """Where the worker records what happened: `events.<kind>.<account>.<symbol>`."""
     return f"{EVENTS_PREFIX}.{kind}.{encode_token(account)}.{encode_token(symbol)}"
+
+
+def dlq_subject(account: str, symbol: str) -> str:
+    """Where a dead alert is kept: `dlq.alerts.<account>.<symbol>`."""
+    return f"{DLQ_PREFIX}.{encode_token(account)}.{encode_token(symbol)}"
 
 
 def split_alert_subject(subject: str) -> tuple[str, str]:

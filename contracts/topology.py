@@ -15,14 +15,20 @@ from typing import Final
 import msgspec
 
 from contracts.subjects import (
+    ADVISORIES_STREAM,
     ALERTS_PREFIX,
     ALERTS_STREAM,
+    DLQ_PREFIX,
+    DLQ_STREAM,
     EVENTS_PREFIX,
     EVENTS_STREAM,
+    MAX_DELIVERIES_ADVISORY,
+    TERMINATED_ADVISORY,
     partition_filter,
 )
 
 DAY: Final = 86_400.0
+DLQ_ROUTER: Final = "dlq-router"
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,7 +49,7 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     stream: str
     durable: str
-    filter_subject: str
+    filter_subject: str | None = None
     max_deliver: int
     # How long a delivery may stay unacknowledged (a crashed worker's alert comes
     # back after this). Retries use `nak(delay)`, not consumer `backoff`: one mechanism.
@@ -95,7 +101,23 @@ def topology(
         allow_direct=True,
         replicas=replicas,
     )
-    consumers = tuple(
+    dlq = StreamSpec(
+        name=DLQ_STREAM,
+        subjects=(f"{DLQ_PREFIX}.>",),
+        max_age=alerts_max_age,
+        # One entry per ALERTS sequence (`Nats-Msg-Id: ALERTS:<seq>`), even if the
+        # router crashes between writing it and acking the advisory. DLQ traffic is small.
+        duplicate_window=DAY,
+        allow_direct=True,
+        replicas=replicas,
+    )
+    advisories = StreamSpec(
+        name=ADVISORIES_STREAM,
+        subjects=(MAX_DELIVERIES_ADVISORY, TERMINATED_ADVISORY),
+        max_age=DAY,  # read within seconds by the router; a day covers an outage
+        replicas=replicas,
+    )
+    partition_consumers = tuple(
         ConsumerSpec(
             stream=ALERTS_STREAM,
             durable=partition_durable(p),
@@ -106,4 +128,14 @@ def topology(
         )
         for p in range(partitions)
     )
-    return Topology(streams=(alerts, events), consumers=consumers)
+    router = ConsumerSpec(
+        stream=ADVISORIES_STREAM,
+        durable=DLQ_ROUTER,
+        max_deliver=-1,  # an advisory is retried until its DLQ entry is written
+        ack_wait=ack_wait,
+        max_ack_pending=64,
+        replicas=replicas,
+    )
+    return Topology(
+        streams=(alerts, events, dlq, advisories), consumers=(*partition_consumers, router)
+    )

@@ -6,9 +6,7 @@ Data goes to stdout (`--json` for scripts), messages to stderr. Exit codes:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,13 +14,12 @@ from typing import Any
 
 import click
 import httpx
-import msgspec
 
 from contracts.messages import Executed
+from ops.cli_dlq import dlq_group
+from ops.cli_support import emit_json, emit_table, settings_from_env, with_js
 from ops.events import read_events
-from ops.natsconn import connect
 from ops.paths import read_secret, secret_file, var_dir
-from ops.settings import Common, SettingsError, load
 from ops.stack import Stack, run
 
 EXIT_FAILED = 1
@@ -52,16 +49,8 @@ def provision() -> None:
     """Create or update the streams and consumers (idempotent)."""
     from ops import provision as prov
 
-    settings = _settings()
-
-    async def apply() -> None:
-        nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-cli"), 10)
-        try:
-            await prov.apply(nc.jetstream(), settings.topology())
-        finally:
-            await nc.close()
-
-    asyncio.run(apply())
+    topology = settings_from_env().topology()
+    with_js(lambda js: prov.apply(js, topology))
     click.echo("topology applied", err=True)
 
 
@@ -127,42 +116,24 @@ def send(
 @click.option("--alert", "alert_id", default=None, help="only this alert's order")
 def orders(as_json: bool, alert_id: str | None) -> None:
     """List executed orders (from the EVENTS stream), oldest first."""
-    settings = _settings()
-
-    async def fetch() -> list[Executed]:
-        nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-cli"), 10)
-        try:
-            events = await read_events(nc.jetstream(), "events.executed.>")
-        finally:
-            await nc.close()
-        return [e for e in events if isinstance(e, Executed)]
-
-    rows = [e for e in asyncio.run(fetch()) if alert_id in (None, e.alert_id)]
+    events = with_js(lambda js: read_events(js, "events.executed.>"))
+    rows = [e for e in events if isinstance(e, Executed) and alert_id in (None, e.alert_id)]
     if as_json:
-        for row in rows:
-            click.echo(msgspec.json.encode(row).decode())
+        emit_json(rows)
         return
-    header = ("at", "alert id", "account", "symbol", "side", "qty", "fill", "status", "order id")
-    table = [header] + [
-        (
-            e.at.strftime("%Y-%m-%d %H:%M:%S"), e.alert_id, e.account, e.symbol, e.side,
-            f"{e.quantity:g}", "" if e.fill_price is None else f"{e.fill_price:g}", e.status,
-            e.client_order_id,
-        )
-        for e in rows
-    ]  # fmt: skip
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
-    for r in table:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    if not rows:
-        click.echo("no orders yet", err=True)
+    emit_table(
+        ("at", "alert id", "account", "symbol", "side", "qty", "fill", "status", "order id"),
+        [
+            (e.at.strftime("%Y-%m-%d %H:%M:%S"), e.alert_id, e.account, e.symbol, e.side,
+             f"{e.quantity:g}", "" if e.fill_price is None else f"{e.fill_price:g}",
+             e.status, e.client_order_id)
+            for e in rows
+        ],
+        empty="no orders yet",
+    )  # fmt: skip
 
 
-def _settings() -> Common:
-    try:
-        return load(Common, os.environ)
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+cli.add_command(dlq_group)
 
 
 def _default_secret_file() -> Path:

@@ -88,6 +88,11 @@ class WorkerSettings(Common, frozen=True, kw_only=True):
         1.0, 2.0, 5.0, 10.0, 30.0,
     )  # fmt: skip
     fetch_timeout: Annotated[float, msgspec.Meta(gt=0, le=30)] = 2.0
+    # An alert older than this at execution time is never sent to the broker
+    # (measured from the sender's `timenow`, else the ingress's receipt). 0 disables.
+    max_alert_age: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # A broker call slower than this counts as a retryable timeout.
+    broker_timeout: Positive = 10.0
     shutdown_grace: Positive = 10.0
     health_port: Port | None = None
 

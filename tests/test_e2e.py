@@ -63,8 +63,11 @@ def start(var: Path, http: int, nats: int, monitor: int) -> Up:
     env = {
         **os.environ,
         "ALERTBRIDGE_VAR": str(var),
-        "ALERTBRIDGE_SECRETS": "7f3c9a1e,abcdefgh",
-    }  # the samples' own secrets, plus var/secret
+        "ALERTBRIDGE_SECRETS": "7f3c9a1e,abcdefgh",  # the samples' own, plus var/secret
+        # The samples carry their 2025 `timenow`: the stale-alert guard (tested in
+        # test_worker.py) would rightly expire them.
+        "ALERTBRIDGE_MAX_ALERT_AGE": "0",
+    }
     with log.open("w") as out:
         proc = subprocess.Popen(
             [ALERTBRIDGE, "up", "--port", str(http), "--nats-port", str(nats),

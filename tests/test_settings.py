@@ -216,5 +216,8 @@ def test_unicode_secret_matches_its_utf8_bytes() -> None:
 def test_topology_follows_the_settings() -> None:
     settings = load(WorkerSettings, {"ALERTBRIDGE_PARTITIONS": "3", "ALERTBRIDGE_MAX_DELIVER": "7"})
     topo = settings.topology()
-    assert [c.durable for c in topo.consumers] == ["worker-p0", "worker-p1", "worker-p2"]
-    assert {c.max_deliver for c in topo.consumers} == {7}
+    partitions = [c for c in topo.consumers if c.stream == "ALERTS"]
+    assert [c.durable for c in partitions] == ["worker-p0", "worker-p1", "worker-p2"]
+    assert {c.max_deliver for c in partitions} == {7}
+    assert [c.durable for c in topo.consumers if c.stream == "ADVISORIES"] == ["dlq-router"]
+    assert [s.name for s in topo.streams] == ["ALERTS", "EVENTS", "DLQ", "ADVISORIES"]

@@ -1,8 +1,12 @@
 """The consume loop: one task per partition consumer, explicit ack after the broker call.
 
-For each delivery: decode → execute → record the event (awaiting its PubAck) →
-ack / nak(delay) / term. If recording the event fails nothing is acked and the
-server redelivers after `ack_wait`; the broker call is idempotent, so that is safe.
+For each delivery (see `worker.errors` for the outcome → action table):
+  undecodable or terminal  → DLQ entry, `rejected` event, then term with the reason
+  too old (stale guard)    → DLQ entry, `expired` event, then term; no broker call
+  retryable or unknown     → `attempt_failed` event, nak(delay=backoff(n))
+  success                  → `executed` event, then ack
+Nothing is acked before its event is stored: if recording fails the server
+redelivers after `ack_wait`, and the broker call is idempotent, so that is safe.
 """
 
 from __future__ import annotations
@@ -16,41 +20,67 @@ from typing import TYPE_CHECKING
 import msgspec
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from contracts.headers import MSG_ID
 from contracts.messages import (
     Alert,
     AttemptFailed,
     Event,
     Executed,
+    Expired,
     Rejected,
     alert_decoder,
-    event_kind,
-    event_msg_id,
 )
-from contracts.subjects import ALERTS_STREAM, event_subject, split_alert_subject
+from contracts.subjects import ALERTS_STREAM, split_alert_subject
 from contracts.topology import partition_durable
+from worker.dlq import DeadLetters, Router
 from worker.errors import RetryableError, TerminalError, backoff
+from worker.events import EventLog
 from worker.execute import execute
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
     from ops.settings import WorkerSettings
-    from worker.brokers.base import Broker
+    from worker.brokers.base import Broker, OrderResult
 
 log = logging.getLogger("worker")
-_event_encoder = msgspec.json.Encoder()
+
+
+def reference_time(alert: Alert) -> datetime:
+    """What an alert's age counts from: the replay, else the sender's fire time, else receipt."""
+    return alert.replayed_at or alert.timenow or alert.received_at
+
+
+@contextlib.asynccontextmanager
+async def working(msg: Msg, every: float) -> AsyncIterator[None]:
+    """Tell the server we are still on it (+WPI) while a slow broker call runs."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Worker:
-    """Pulls from every partition consumer until told to stop."""
+    """Pulls from every partition consumer, and routes advisories, until told to stop."""
 
     def __init__(self, js: JetStreamContext, broker: Broker, settings: WorkerSettings) -> None:
         self._js = js
         self._broker = broker
         self._settings = settings
         self._stopping = asyncio.Event()
+        self._events = EventLog(js)
+        self._dlq = DeadLetters(js)
 
     def stop(self) -> None:
         """Stop fetching; deliveries already fetched are finished."""
@@ -58,19 +88,20 @@ class Worker:
 
     async def run(self) -> None:
         """Consume until `stop()`; then let in-flight work finish within the grace period."""
+        router = Router(self._js, self._dlq, self._events)
         loops = [
             asyncio.create_task(self._partition_loop(p), name=f"partition-{p}")
             for p in range(self._settings.partitions)
         ]
+        loops.append(asyncio.create_task(router.run(self._stopping, self._settings.fetch_timeout)))
         await self._stopping.wait()
         done, pending = await asyncio.wait(loops, timeout=self._settings.shutdown_grace)
         for task in pending:
             task.cancel()
         for task in done:
             if not task.cancelled() and (exc := task.exception()) is not None:
-                log.error("partition loop failed: %r", exc)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*pending, return_exceptions=True)
+                log.error("consume loop failed: %r", exc)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _partition_loop(self, partition: int) -> None:
         sub = await self._js.pull_subscribe_bind(
@@ -88,88 +119,103 @@ class Worker:
                     await asyncio.sleep(min(timeout, 1.0))
                     continue
                 for msg in msgs:
-                    await self._handle(msg)
+                    await self.handle(msg)
         finally:
             # A pull subscription left to `drain()` waits on status messages nobody
             # reads (drain then times out after 30 s): end it here.
             await sub.unsubscribe()
 
-    async def _handle(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> None:
+        """Take one delivery to exactly one outcome."""
         meta = msg.metadata
         attempts, seq = meta.num_delivered, meta.sequence.stream
         try:
             alert = alert_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            await self._poison(msg, seq, attempts, f"undecodable alert: {exc}")
-            return
-        now = datetime.now(UTC)
-        try:
-            result, already_done = await execute(
-                alert, self._broker, self._settings.default_quantity
-            )
-        except TerminalError as exc:
-            event: Event = Rejected(
-                alert_id=alert.id, account=alert.account, symbol=alert.symbol,
-                reason=str(exc), attempts=attempts, stream_seq=seq, at=now,
+            account, symbol = split_alert_subject(msg.subject)
+            reason = f"undecodable alert: {exc}"
+            rejected = Rejected(
+                alert_id=f"seq:{seq}", account=account, symbol=symbol, at=datetime.now(UTC),
+                reason=reason, attempts=attempts, stream_seq=seq,
             )  # fmt: skip
-            if await self._record(event):
-                await _term(msg, str(exc))
+            await self._dead_end(msg, rejected, f"terminated: {reason}", reason)
+            return
+        started = datetime.now(UTC)
+        age = (started - reference_time(alert)).total_seconds()
+        max_age = self._settings.max_alert_age
+        if max_age and age > max_age:
+            expired = Expired(
+                alert_id=alert.id, account=alert.account, symbol=alert.symbol, at=started,
+                replay=alert.replay, age=age, max_age=max_age, attempts=attempts, stream_seq=seq,
+            )  # fmt: skip
+            await self._dead_end(msg, expired, "expired", f"{age:.1f}s old, max {max_age:g}s")
+            return
+        try:
+            result, already_done = await self._execute(msg, alert)
+        except TerminalError as exc:
+            rejected = Rejected(
+                alert_id=alert.id, account=alert.account, symbol=alert.symbol,
+                at=datetime.now(UTC), replay=alert.replay, reason=str(exc),
+                attempts=attempts, stream_seq=seq,
+            )  # fmt: skip
+            await self._dead_end(msg, rejected, f"terminated: {exc}", str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - unknown failures are retried (see errors)
             await self._retry(msg, alert, seq, attempts, exc)
             return
-        event = Executed(
-            alert_id=alert.id, account=alert.account, symbol=alert.symbol,
-            side=result.side, quantity=result.quantity, order_type=alert.order_type,
-            client_order_id=result.client_order_id, broker=self._broker.name,
-            broker_order_id=result.broker_order_id, status=result.status,
-            fill_price=result.fill_price, attempts=attempts, stream_seq=seq,
-            at=datetime.now(UTC), already_done=already_done,
+        done = datetime.now(UTC)
+        executed = Executed(
+            alert_id=alert.id, account=alert.account, symbol=alert.symbol, at=done,
+            replay=alert.replay, side=result.side, quantity=result.quantity,
+            order_type=alert.order_type, client_order_id=result.client_order_id,
+            broker=self._broker.name, broker_order_id=result.broker_order_id,
+            status=result.status, fill_price=result.fill_price, attempts=attempts,
+            stream_seq=seq, already_done=already_done,
+            latency=(done - reference_time(alert)).total_seconds(),
         )  # fmt: skip
-        if await self._record(event):
+        if await self._events.record(executed):
             await msg.ack()
             log.info("alert %s executed as %s", alert.id, result.client_order_id)
+
+    async def _execute(self, msg: Msg, alert: Alert) -> tuple[OrderResult, bool]:
+        settings = self._settings
+        async with working(msg, every=settings.ack_wait / 3):
+            try:
+                return await asyncio.wait_for(
+                    execute(alert, self._broker, settings.default_quantity),
+                    settings.broker_timeout,
+                )
+            except TimeoutError:
+                raise RetryableError(
+                    f"broker call timed out after {settings.broker_timeout:g}s"
+                ) from None
 
     async def _retry(self, msg: Msg, alert: Alert, seq: int, attempts: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, RetryableError):
             log.exception("unexpected failure executing alert %s (retrying)", alert.id)
-        await self._record(
-            AttemptFailed(
-                alert_id=alert.id,
-                account=alert.account,
-                symbol=alert.symbol,
-                error=error,
-                attempts=attempts,
-                stream_seq=seq,
-                at=datetime.now(UTC),
-            )
-        )
+        failed = AttemptFailed(
+            alert_id=alert.id, account=alert.account, symbol=alert.symbol, at=datetime.now(UTC),
+            replay=alert.replay, error=error, attempts=attempts, stream_seq=seq,
+        )  # fmt: skip
+        await self._events.record(failed)
         await msg.nak(delay=backoff(attempts, self._settings.retry_backoff))
 
-    async def _poison(self, msg: Msg, seq: int, attempts: int, reason: str) -> None:
-        account, symbol = split_alert_subject(msg.subject)
-        event = Rejected(
-            alert_id=f"seq:{seq}", account=account, symbol=symbol, reason=reason,
-            attempts=attempts, stream_seq=seq, at=datetime.now(UTC),
-        )  # fmt: skip
-        if await self._record(event):
-            await _term(msg, reason)
-
-    async def _record(self, event: Event) -> bool:
-        """Publish the event and wait for its PubAck; False when it could not be stored."""
-        account, symbol = event.account, event.symbol
+    async def _dead_end(self, msg: Msg, event: Event, reason: str, error: str) -> None:
+        """DLQ entry first, then the event, then term: a crash in between redelivers."""
+        meta = msg.metadata
         try:
-            await self._js.publish(
-                event_subject(event_kind(event), account, symbol),
-                _event_encoder.encode(event),
-                timeout=5,
-                headers={MSG_ID: event_msg_id(event)},
-            )
-        except Exception as exc:  # noqa: BLE001 - unrecorded: leave unacked, server redelivers
-            log.warning("could not record %s for %s: %r", event_kind(event), event.alert_id, exc)
-            return False
-        return True
+            await self._dlq.write(
+                data=msg.data, original_headers=msg.headers, subject=msg.subject,
+                seq=meta.sequence.stream, reason=reason, deliveries=meta.num_delivered,
+                last_error=error,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - not dead-lettered yet: leave it unacked
+            log.warning("could not dead-letter ALERTS seq %d: %r", meta.sequence.stream, exc)
+            return
+        if await self._events.record(event):
+            await _term(msg, reason)
+            log.info("alert %s dead-lettered: %s", event.alert_id, reason)
 
 
 async def _term(msg: Msg, reason: str) -> None:

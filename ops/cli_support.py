@@ -1,0 +1,63 @@
+"""What every `alertbridge` subcommand shares: a NATS connection, tables, JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+import msgspec
+
+from ops.natsconn import connect
+from ops.settings import Common, SettingsError, load
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from nats.js.client import JetStreamContext
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+
+
+def settings_from_env() -> Common:
+    """The shared settings; a bad variable is a usage error (exit 2)."""
+    try:
+        return load(Common, os.environ)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def with_js(work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    """Run `work` with a JetStream context on the configured server."""
+    settings = settings_from_env()
+
+    async def run_it() -> T:
+        try:
+            nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-cli"), 10)
+        except TimeoutError:
+            raise click.ClickException(f"cannot reach NATS at {settings.nats_url}") from None
+        try:
+            return await work(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run_it())
+
+
+def emit_json(rows: Sequence[msgspec.Struct]) -> None:
+    """One JSON object per line, for scripts."""
+    for row in rows:
+        click.echo(_encoder.encode(row).decode())
+
+
+def emit_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, empty: str) -> None:
+    """Aligned columns for people; `empty` goes to stderr when there are no rows."""
+    if not rows:
+        click.echo(empty, err=True)
+        return
+    table = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

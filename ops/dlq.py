@@ -1,0 +1,128 @@
+"""The operators' side of the dead-letter stream: list, show, replay, purge.
+
+A replay re-publishes the original alert with `replay` + 1 and a new
+`Nats-Msg-Id` (`<id>:replay:<n>`), so the same command run twice stores it once;
+the alert id, and so the broker's client order id, stay the same: an alert whose
+order did go through is found by the broker, never doubled. Its age counts from
+the replay. Every replay is a `replayed` event; the DLQ entry is then removed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+from nats.js.errors import NotFoundError
+
+from contracts import headers as h
+from contracts.messages import (
+    Alert,
+    Replayed,
+    alert_decoder,
+    alert_encoder,
+    event_encoder,
+    event_msg_id,
+    replay_msg_id,
+)
+from contracts.subjects import DLQ_PREFIX, DLQ_STREAM, alert_subject, event_subject
+from ops.streams import read_all
+
+if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
+
+
+class DlqError(Exception):
+    """An operator's request on the DLQ cannot be done (the message says why)."""
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """One DLQ entry as operators see it."""
+
+    dlq_seq: int
+    alert_id: str
+    account: str
+    symbol: str
+    reason: str
+    deliveries: int
+    last_error: str | None
+    stream_seq: int
+    subject: str
+    at: str
+    alert: Alert | None
+
+
+def _entry(seq: int, data: bytes, headers: dict[str, str] | None) -> DeadLetter:
+    hdr = headers or {}
+    try:
+        alert: Alert | None = alert_decoder.decode(data)
+    except msgspec.DecodeError:
+        alert = None
+    return DeadLetter(
+        dlq_seq=seq,
+        alert_id=alert.id if alert else "",
+        account=alert.account if alert else "",
+        symbol=alert.symbol if alert else "",
+        reason=hdr.get(h.DLQ_REASON, ""),
+        deliveries=int(hdr.get(h.DLQ_DELIVERIES, "0") or 0),
+        last_error=hdr.get(h.DLQ_LAST_ERROR),
+        stream_seq=int(hdr.get(h.DLQ_STREAM_SEQ, "0") or 0),
+        subject=hdr.get(h.DLQ_SUBJECT, ""),
+        at=hdr.get(h.DLQ_AT, ""),
+        alert=alert,
+    )
+
+
+async def entries(js: JetStreamContext, reason: str | None = None) -> list[DeadLetter]:
+    """Every DLQ entry, oldest first; `reason` keeps those whose reason starts with it."""
+    found = [
+        _entry(msg.metadata.sequence.stream, msg.data, msg.headers)
+        for msg in await read_all(js, DLQ_STREAM, f"{DLQ_PREFIX}.>")
+    ]
+    return [e for e in found if reason is None or e.reason.startswith(reason)]
+
+
+async def _get(js: JetStreamContext, dlq_seq: int) -> tuple[DeadLetter, dict[str, str]]:
+    try:
+        raw = await js.get_msg(DLQ_STREAM, seq=dlq_seq, direct=True)
+    except NotFoundError:
+        raise DlqError(f"no DLQ entry {dlq_seq}") from None
+    return _entry(dlq_seq, raw.data or b"", raw.headers), raw.headers or {}
+
+
+async def entry(js: JetStreamContext, dlq_seq: int) -> DeadLetter:
+    """One entry by its DLQ sequence."""
+    return (await _get(js, dlq_seq))[0]
+
+
+async def replay(js: JetStreamContext, dlq_seq: int) -> Replayed:
+    """Re-queue one entry's alert; record the replay; remove the entry."""
+    dead, stored_headers = await _get(js, dlq_seq)
+    if dead.alert is None:
+        raise DlqError(f"DLQ entry {dlq_seq} holds no decodable alert; it cannot be replayed")
+    now = datetime.now(UTC)
+    again = msgspec.structs.replace(dead.alert, replay=dead.alert.replay + 1, replayed_at=now)
+    headers = {h.MSG_ID: replay_msg_id(again)}
+    headers.update({k: v for k, v in stored_headers.items() if k in h.TRACE_HEADERS})
+    ack = await js.publish(
+        alert_subject(again.account, again.symbol), alert_encoder.encode(again), headers=headers
+    )
+    event = Replayed(
+        alert_id=again.id, account=again.account, symbol=again.symbol, at=now,
+        replay=again.replay, dlq_seq=dlq_seq, stream_seq=ack.seq,
+    )  # fmt: skip
+    await js.publish(
+        event_subject("replayed", again.account, again.symbol),
+        event_encoder.encode(event),
+        headers={h.MSG_ID: event_msg_id(event)},
+    )
+    await js.delete_msg(DLQ_STREAM, dlq_seq)
+    return event
+
+
+async def purge(js: JetStreamContext, dlq_seq: int) -> None:
+    """Remove one entry for good."""
+    try:
+        await js.delete_msg(DLQ_STREAM, dlq_seq)
+    except NotFoundError:
+        raise DlqError(f"no DLQ entry {dlq_seq}") from None

@@ -1,0 +1,187 @@
+"""The dead-letter stream: the original alert untouched, plus why it died.
+
+Two writers, one entry per ALERTS sequence (`Nats-Msg-Id: ALERTS:<seq>`):
+- the worker, for terminal failures and expired alerts, *before* it terms them;
+- the router, for alerts that ran out of deliveries. The server announces those
+  only by a core-NATS advisory; the `ADVISORIES` stream captures it, and the
+  router's durable consumer fetches the original by sequence (direct get), writes
+  the entry, records `dead_lettered`, and only then acks. A crash anywhere in
+  between redelivers the advisory, and dedup keeps the entry single.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError
+
+from contracts import headers as h
+from contracts.messages import (
+    Alert,
+    AttemptFailed,
+    DeadLettered,
+    advisory_decoder,
+    alert_decoder,
+    event_decoder,
+)
+from contracts.subjects import (
+    ADVISORIES_STREAM,
+    ALERTS_STREAM,
+    EVENTS_STREAM,
+    dlq_subject,
+    event_subject,
+    split_alert_subject,
+)
+from contracts.topology import DLQ_ROUTER
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+    from worker.events import EventLog
+
+log = logging.getLogger("worker.dlq")
+
+
+def _clean(value: str, limit: int = 500) -> str:
+    """A header value: one line, bounded."""
+    return " ".join(value.split())[:limit]
+
+
+class DeadLetters:
+    """Writes DLQ entries, once per ALERTS sequence."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def write(
+        self,
+        *,
+        data: bytes,
+        original_headers: dict[str, str] | None,
+        subject: str,
+        seq: int,
+        reason: str,
+        deliveries: int,
+        last_error: str | None,
+    ) -> tuple[int, bool]:
+        """Store the entry; return (DLQ sequence, whether it was already there)."""
+        account, symbol = split_alert_subject(subject)
+        headers = {
+            h.MSG_ID: f"{ALERTS_STREAM}:{seq}",
+            h.DLQ_REASON: _clean(reason),
+            h.DLQ_DELIVERIES: str(deliveries),
+            h.DLQ_STREAM_SEQ: str(seq),
+            h.DLQ_SUBJECT: subject,
+            h.DLQ_AT: datetime.now(UTC).isoformat(),
+        }
+        if last_error:
+            headers[h.DLQ_LAST_ERROR] = _clean(last_error)
+        for name in h.TRACE_HEADERS:
+            if original_headers and name in original_headers:
+                headers[name] = original_headers[name]
+        ack = await self._js.publish(dlq_subject(account, symbol), data, headers=headers, timeout=5)
+        return ack.seq, bool(ack.duplicate)
+
+
+class Router:
+    """Turns max-deliveries (and outside `term`) advisories into DLQ entries."""
+
+    def __init__(self, js: JetStreamContext, dead_letters: DeadLetters, events: EventLog) -> None:
+        self._js = js
+        self._dlq = dead_letters
+        self._events = events
+
+    async def run(self, stopping: asyncio.Event, fetch_timeout: float) -> None:
+        """Route advisories until `stopping` is set."""
+        sub = await self._js.pull_subscribe_bind(durable=DLQ_ROUTER, stream=ADVISORIES_STREAM)
+        try:
+            while not stopping.is_set():
+                try:
+                    msgs = await sub.fetch(16, timeout=fetch_timeout)
+                except NatsTimeoutError:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - outlive NATS hiccups
+                    log.warning("advisory fetch failed: %r", exc)
+                    await asyncio.sleep(min(fetch_timeout, 1.0))
+                    continue
+                for msg in msgs:
+                    await self.route(msg)
+        finally:
+            await sub.unsubscribe()
+
+    async def route(self, msg: Msg) -> None:
+        """Handle one advisory; ack only once its DLQ entry (and event) are stored."""
+        try:
+            advisory = advisory_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.error("undecodable advisory on %s; dropped", msg.subject)
+            await msg.term()
+            return
+        try:
+            original = await self._js.get_msg(ALERTS_STREAM, seq=advisory.stream_seq, direct=True)
+        except NotFoundError:
+            # e.g. "Message deleted by stream limits": nothing left to keep.
+            log.warning("advisory for ALERTS seq %d: the message is gone", advisory.stream_seq)
+            await msg.ack()
+            return
+        max_deliveries = ".MAX_DELIVERIES." in msg.subject
+        reason = "max_deliveries" if max_deliveries else f"terminated: {advisory.reason}"
+        data = original.data or b""
+        subject = original.subject or ""
+        alert = _decode(data)
+        last_error = await self._last_error(alert) if alert and max_deliveries else None
+        dlq_seq, duplicate = await self._dlq.write(
+            data=data,
+            original_headers=original.headers,
+            subject=subject,
+            seq=advisory.stream_seq,
+            reason=reason,
+            deliveries=advisory.deliveries,
+            last_error=last_error,
+        )
+        # A worker that terminated the alert wrote the entry and its event first
+        # (duplicate here); max deliveries are ours alone, and re-recording is deduped.
+        if max_deliveries or not duplicate:
+            account, symbol = split_alert_subject(subject)
+            event = DeadLettered(
+                alert_id=alert.id if alert else f"seq:{advisory.stream_seq}",
+                account=account, symbol=symbol, at=datetime.now(UTC),
+                replay=alert.replay if alert else 0, reason=reason,
+                deliveries=advisory.deliveries, last_error=last_error,
+                stream_seq=advisory.stream_seq, dlq_seq=dlq_seq,
+            )  # fmt: skip
+            if not await self._events.record(event):
+                return  # unacked: the advisory comes back and we try again
+        log.info("ALERTS seq %d dead-lettered (%s) as DLQ %d", advisory.stream_seq, reason, dlq_seq)
+        await msg.ack()
+
+    async def _last_error(self, alert: Alert) -> str | None:
+        """The alert's last recorded failure (one alert per symbol is in flight at a time)."""
+        subject = event_subject("attempt_failed", alert.account, alert.symbol)
+        try:
+            last = await self._js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+        except NotFoundError:
+            return None
+        try:
+            event = event_decoder.decode(last.data or b"")
+        except msgspec.DecodeError:
+            return None
+        if isinstance(event, AttemptFailed) and (event.alert_id, event.replay) == (
+            alert.id,
+            alert.replay,
+        ):
+            return event.error
+        return None
+
+
+def _decode(data: bytes) -> Alert | None:
+    try:
+        return alert_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
