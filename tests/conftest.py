@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVE
 from ops import provision
 from ops.settings import WorkerSettings, load
 from tests.support import NatsServer
+from tests.workers import worker_tasks
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +50,13 @@ async def nc(nats_server: NatsServer, worker_env: dict[str, str]) -> AsyncIterat
     await provision.apply(js, load(WorkerSettings, worker_env).topology())
     yield client
     await client.close()
+
+
+@pytest.fixture(autouse=True)
+async def _stop_workers() -> AsyncIterator[None]:
+    """Workers a test started in-process end with the test."""
+    yield
+    tasks = list(worker_tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

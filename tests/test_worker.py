@@ -4,79 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import pytest
 from nats.aio.client import Client
-from nats.js.client import JetStreamContext
 
-from contracts.headers import MSG_ID
-from contracts.messages import Alert, AttemptFailed, Event, Executed, Rejected
-from contracts.subjects import ALERTS_STREAM, alert_subject
+from contracts.messages import AttemptFailed, Executed, Rejected
+from contracts.subjects import ALERTS_STREAM
 from contracts.topology import partition_durable
-from ops.events import read_events
 from ops.settings import WorkerSettings, load
 from tests.support import ROOT, eventually, python_module
-from worker.brokers.base import Broker, Order, OrderResult
+from tests.workers import (
+    FlakyBroker,
+    events_of,
+    make_alert,
+    paper_rows,
+    publish,
+    run_worker,
+    terminal_events,
+)
+from worker.brokers.base import Order
 from worker.brokers.paper import PaperBroker
-from worker.consumer import Worker
-from worker.errors import RetryableError
 from worker.execute import client_order_id
-
-
-def make_alert(alert_id: str, symbol: str = "NASDAQ:AAPL", **fields: Any) -> Alert:
-    defaults: dict[str, Any] = {"side": "buy", "quantity": 1.0, "price": 100.0}
-    return Alert(
-        id=alert_id, symbol=symbol, received_at=datetime.now(UTC), **{**defaults, **fields}
-    )
-
-
-async def publish(js: JetStreamContext, alert: Alert) -> int:
-    ack = await js.publish(
-        alert_subject(alert.account, alert.symbol),
-        msgspec.json.encode(alert),
-        headers={MSG_ID: alert.id},
-    )
-    return ack.seq
-
-
-async def events_of(js: JetStreamContext, kind: str = ">") -> list[Event]:
-    return await read_events(js, f"events.{kind}" if kind == ">" else f"events.{kind}.>")
-
-
-async def terminal_events(js: JetStreamContext, n: int) -> list[Event] | None:
-    found: list[Event] = [e for e in await events_of(js) if isinstance(e, Executed | Rejected)]
-    return found if len(found) >= n else None
-
-
-class FlakyBroker:
-    """A broker boundary that times out `failures` times, then delegates to the paper book."""
-
-    name = "flaky-paper"
-
-    def __init__(self, inner: PaperBroker, failures: int) -> None:
-        self.inner = inner
-        self.failures = failures
-        self.calls = 0
-
-    async def place(self, order: Order) -> OrderResult:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise RetryableError("broker timed out")
-        return await self.inner.place(order)
-
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
-        return await self.inner.lookup(client_order_id)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @pytest.fixture
@@ -89,32 +41,6 @@ async def paper(settings: WorkerSettings) -> AsyncIterator[PaperBroker]:
     broker = PaperBroker(Path(settings.paper_db))
     yield broker
     await broker.close()
-
-
-async def run_worker(nc: Client, broker: Broker, settings: WorkerSettings) -> Worker:
-    worker = Worker(nc.jetstream(), broker, settings)
-    task = asyncio.create_task(worker.run())
-    worker_tasks.add(task)
-    task.add_done_callback(worker_tasks.discard)
-    return worker
-
-
-worker_tasks: set[asyncio.Task[None]] = set()
-
-
-@pytest.fixture(autouse=True)
-async def _stop_workers() -> AsyncIterator[None]:
-    yield
-    for task in list(worker_tasks):
-        task.cancel()
-    await asyncio.gather(*worker_tasks, return_exceptions=True)
-
-
-def paper_rows(db: str) -> list[tuple[str, str, str, float]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT client_order_id, symbol, side, quantity FROM orders ORDER BY seq"
-        ).fetchall()
 
 
 async def test_alert_becomes_one_order_and_one_executed_event(

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
+from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from contracts.messages import (
@@ -74,7 +75,15 @@ async def working(msg: Msg, every: float) -> AsyncIterator[None]:
 class Worker:
     """Pulls from every partition consumer, and routes advisories, until told to stop."""
 
-    def __init__(self, js: JetStreamContext, broker: Broker, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        broker: Broker,
+        settings: WorkerSettings,
+        *,
+        with_router: bool = True,
+    ) -> None:
+        self._with_router = with_router
         self._js = js
         self._broker = broker
         self._settings = settings
@@ -114,6 +123,8 @@ class Worker:
                     msgs = await sub.fetch(1, timeout=timeout)
                 except NatsTimeoutError:
                     continue
+                except ConnectionClosedError:
+                    return  # closed for good (shutdown): nothing more to fetch
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive NATS hiccups
                     log.warning("fetch on partition %d failed: %r", partition, exc)
                     await asyncio.sleep(min(timeout, 1.0))
@@ -123,7 +134,8 @@ class Worker:
         finally:
             # A pull subscription left to `drain()` waits on status messages nobody
             # reads (drain then times out after 30 s): end it here.
-            await sub.unsubscribe()
+            with contextlib.suppress(ConnectionClosedError):
+                await sub.unsubscribe()
 
     async def handle(self, msg: Msg) -> None:
         """Take one delivery to exactly one outcome."""

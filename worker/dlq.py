@@ -12,11 +12,13 @@ Two writers, one entry per ALERTS sequence (`Nats-Msg-Id: ALERTS:<seq>`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
+from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
@@ -106,6 +108,8 @@ class Router:
                     msgs = await sub.fetch(16, timeout=fetch_timeout)
                 except NatsTimeoutError:
                     continue
+                except ConnectionClosedError:
+                    return  # closed for good (shutdown): nothing more to fetch
                 except Exception as exc:  # noqa: BLE001 - outlive NATS hiccups
                     log.warning("advisory fetch failed: %r", exc)
                     await asyncio.sleep(min(fetch_timeout, 1.0))
@@ -113,7 +117,8 @@ class Router:
                 for msg in msgs:
                     await self.route(msg)
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(ConnectionClosedError):
+                await sub.unsubscribe()
 
     async def route(self, msg: Msg) -> None:
         """Handle one advisory; ack only once its DLQ entry (and event) are stored."""

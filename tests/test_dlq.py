@@ -1,0 +1,261 @@
+"""Dead letters against a real nats-server: max deliveries via the advisory, terminal,
+expired, the router's crash safety, and replay (executed once, never doubled)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from contracts import headers as h
+from contracts.messages import DeadLettered, Event, Executed, Expired, Rejected, Replayed
+from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM
+from contracts.topology import DLQ_ROUTER
+from ops import dlq
+from ops.events import read_events
+from ops.settings import WorkerSettings, load
+from tests.support import NatsServer, eventually
+from tests.workers import FlakyBroker, make_alert, paper_rows, publish, run_worker
+from worker.brokers.base import Order, OrderResult
+from worker.brokers.paper import PaperBroker
+from worker.dlq import DeadLetters, Router
+from worker.errors import RetryableError
+from worker.events import EventLog
+
+ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
+
+
+@pytest.fixture
+def settings(worker_env: dict[str, str]) -> WorkerSettings:
+    return load(WorkerSettings, {**worker_env, "ALERTBRIDGE_MAX_DELIVER": "2"})
+
+
+@pytest.fixture
+async def nc(nc: Client, settings: WorkerSettings) -> AsyncIterator[Client]:
+    """The module's fresh streams, with consumers for max_deliver=2."""
+    from ops import provision
+
+    await provision.apply(nc.jetstream(), settings.topology())
+    yield nc
+
+
+@pytest.fixture
+async def paper(settings: WorkerSettings) -> AsyncIterator[PaperBroker]:
+    broker = PaperBroker(Path(settings.paper_db))
+    yield broker
+    await broker.close()
+
+
+class PlacesThenTimesOut(FlakyBroker):
+    """The broker took the order, but its answer never arrived: the worst case for doubling."""
+
+    async def place(self, order: Order) -> OrderResult:
+        self.calls += 1
+        if self.calls == 1:
+            await self.inner.place(order)
+        raise RetryableError("read timeout")
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        raise RetryableError("read timeout")
+
+
+async def dlq_entries(js: JetStreamContext, n: int) -> list[dlq.DeadLetter] | None:
+    found = await dlq.entries(js)
+    return found if len(found) >= n else None
+
+
+async def all_events(js: JetStreamContext) -> list[Event]:
+    return await read_events(js)
+
+
+async def test_max_deliveries_reach_the_dlq_through_the_advisory(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    seq = await publish(js, make_alert("md-1"))
+    await run_worker(nc, FlakyBroker(paper, failures=99), settings)
+    (entry,) = await eventually(lambda: dlq_entries(js, 1), within=20)
+    assert (entry.alert_id, entry.reason, entry.deliveries, entry.stream_seq) == (
+        "md-1", "max_deliveries", 2, seq,
+    )  # fmt: skip
+    assert entry.last_error == "RetryableError: broker timed out"
+    assert entry.subject.startswith("alerts.in.default.NASDAQ:AAPL.")
+    original = await js.get_msg(ALERTS_STREAM, seq=seq, direct=True)
+    stored = await js.get_msg(DLQ_STREAM, seq=entry.dlq_seq, direct=True)
+    assert stored.data == original.data  # the original alert, untouched
+    assert stored.headers is not None and stored.headers[h.MSG_ID] == f"ALERTS:{seq}"
+
+    async def dead_lettered() -> list[Event] | None:
+        found = [e for e in await all_events(js) if isinstance(e, DeadLettered)]
+        return found or None
+
+    (event,) = await eventually(dead_lettered)
+    assert isinstance(event, DeadLettered) and event.dlq_seq == entry.dlq_seq
+    assert paper_rows(settings.paper_db) == []
+
+
+async def test_terminal_failure_is_dead_lettered_once_with_its_reason(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    await publish(js, make_alert("close-flat", side="close"))  # nothing to close
+    await run_worker(nc, paper, settings)
+    (entry,) = await eventually(lambda: dlq_entries(js, 1))
+    assert entry.reason == "terminated: no open paper position in NASDAQ:AAPL to close"
+    # The TERMINATED advisory reaches the router too: it must not add a second entry.
+    await _advisories_consumed(js)
+    assert len(await dlq.entries(js)) == 1
+    kinds = [type(e) for e in await all_events(js)]
+    assert kinds == [Rejected]
+
+
+async def test_a_stale_alert_is_expired_without_a_broker_call(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    old = datetime.now(UTC) - timedelta(seconds=settings.max_alert_age + 5)
+    await publish(js, make_alert("stale-1", timenow=old))
+    broker = FlakyBroker(paper, failures=0)
+    await run_worker(nc, broker, settings)
+    (entry,) = await eventually(lambda: dlq_entries(js, 1))
+    assert entry.reason == "expired" and entry.last_error is not None
+    assert "max 60s" in entry.last_error
+    assert broker.calls == 0
+    (event,) = await all_events(js)
+    assert isinstance(event, Expired) and event.age > 60
+
+
+async def test_the_router_writes_one_entry_even_if_it_crashed_half_way(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    seq = await publish(js, make_alert("crashy"))
+    await run_worker(nc, FlakyBroker(paper, failures=99), settings, with_router=False)
+    sub = await js.pull_subscribe_bind(durable=DLQ_ROUTER, stream=ADVISORIES_STREAM)
+    (advisory,) = await sub.fetch(1, timeout=20)
+    assert ".MAX_DELIVERIES." in advisory.subject
+    original = await js.get_msg(ALERTS_STREAM, seq=seq, direct=True)
+    # The router wrote the entry, then "crashed" before its event and its ack.
+    await DeadLetters(js).write(
+        data=original.data or b"", original_headers=None, subject=original.subject or "",
+        seq=seq, reason="max_deliveries", deliveries=2, last_error=None,
+    )  # fmt: skip
+    await advisory.nak()
+    await sub.unsubscribe()
+    router = Router(js, DeadLetters(js), EventLog(js))
+    stopping = asyncio.Event()
+    task = asyncio.create_task(router.run(stopping, fetch_timeout=0.5))
+    try:
+        await _advisories_consumed(js)
+    finally:
+        stopping.set()
+        await task
+    assert len(await dlq.entries(js)) == 1
+    assert [type(e) for e in await all_events(js) if not isinstance(e, Executed)].count(
+        DeadLettered
+    ) == 1
+
+
+async def test_replay_executes_once_and_never_doubles(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    js = nc.jetstream()
+    await publish(js, make_alert("replay-me", quantity=4.0))
+    await publish(js, make_alert("went-through", symbol="BRK.B"))
+    # The first alert always fails; the second reached the broker, but never heard back.
+    flaky = FlakyBroker(paper, failures=99)
+    silent = PlacesThenTimesOut(paper, failures=0)
+    worker = await run_worker(nc, RoutingBroker(flaky, silent), settings)
+    entries = await eventually(lambda: dlq_entries(js, 2), within=20)
+    worker.stop()
+    assert len(paper_rows(settings.paper_db)) == 1  # went-through is in the book already
+    replayed = [await dlq.replay(js, e.dlq_seq) for e in entries]
+    assert {r.alert_id for r in replayed} == {"replay-me", "went-through"}
+    assert all(r.replay == 1 for r in replayed)
+    with pytest.raises(dlq.DlqError, match="no DLQ entry"):
+        await dlq.replay(js, entries[0].dlq_seq)  # gone once replayed
+    await run_worker(nc, paper, settings)
+
+    async def executed() -> list[Executed] | None:
+        found = [e for e in await all_events(js) if isinstance(e, Executed)]
+        return found if len(found) == 2 else None
+
+    done = {e.alert_id: e for e in await eventually(executed)}
+    assert done["replay-me"].already_done is False and done["replay-me"].replay == 1
+    assert done["went-through"].already_done is True  # found by client order id
+    rows = paper_rows(settings.paper_db)
+    assert sorted(r[1] for r in rows) == ["BRK.B", "NASDAQ:AAPL"]  # one order each
+    assert await dlq.entries(js) == []
+    assert len([e for e in await all_events(js) if isinstance(e, Replayed)]) == 2
+
+
+class RoutingBroker(FlakyBroker):
+    """Sends NASDAQ:AAPL to one broker boundary and everything else to another."""
+
+    def __init__(self, aapl: FlakyBroker, rest: FlakyBroker) -> None:
+        self.aapl, self.rest = aapl, rest
+
+    async def place(self, order: Order) -> OrderResult:
+        return await (self.aapl if order.symbol == "NASDAQ:AAPL" else self.rest).place(order)
+
+    async def lookup(self, client_order_id: str) -> OrderResult | None:
+        return await self.rest.lookup(client_order_id)
+
+
+async def _advisories_consumed(js: JetStreamContext) -> None:
+    async def consumed() -> bool | None:
+        info = await js.consumer_info(ADVISORIES_STREAM, DLQ_ROUTER)
+        stream = await js.stream_info(ADVISORIES_STREAM)
+        done = info.delivered.stream_seq >= stream.state.last_seq and info.num_ack_pending == 0
+        return True if done and stream.state.messages else None
+
+    await eventually(consumed, within=20)
+
+
+def cli(server: NatsServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ALERTBRIDGE_NATS_URL": server.url}
+    return subprocess.run(
+        [ALERTBRIDGE, *args], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+async def test_dlq_cli_lists_shows_replays_and_purges(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings, nats_server: NatsServer
+) -> None:
+    js = nc.jetstream()
+    await publish(js, make_alert("cli-1", quantity=None))  # no default quantity: terminal
+    await publish(js, make_alert("cli-2", symbol="ES1!", side="close"))  # nothing to close
+    worker = await run_worker(nc, paper, settings)
+    await eventually(lambda: dlq_entries(js, 2))
+    worker.stop()
+    listed = await asyncio.to_thread(cli, nats_server, "dlq", "ls")
+    assert listed.returncode == 0 and "cli-1" in listed.stdout and "cli-2" in listed.stdout
+    rows = [
+        json.loads(x)
+        for x in (
+            await asyncio.to_thread(cli, nats_server, "dlq", "ls", "--json")
+        ).stdout.splitlines()
+    ]
+    ids = {r["alert_id"]: r["dlq_seq"] for r in rows}
+    shown = await asyncio.to_thread(cli, nats_server, "dlq", "show", str(ids["cli-1"]))
+    assert "no quantity" in shown.stdout
+    missing = await asyncio.to_thread(cli, nats_server, "dlq", "show", "999")
+    assert missing.returncode == 1 and "no DLQ entry 999" in missing.stderr
+    purged = await asyncio.to_thread(cli, nats_server, "dlq", "purge", str(ids["cli-2"]))
+    assert purged.returncode == 0 and "purged 1 entry" in purged.stdout
+    again = await asyncio.to_thread(
+        cli, nats_server, "dlq", "replay", "--all", "--reason", "terminated"
+    )
+    assert again.returncode == 0 and "cli-1" in again.stdout
+    assert await dlq.entries(js) == []
+    usage = await asyncio.to_thread(cli, nats_server, "dlq", "replay")
+    assert usage.returncode == 2
