@@ -95,7 +95,7 @@ async def test_max_deliveries_reach_the_dlq_through_the_advisory(
     assert stored.headers is not None and stored.headers[h.MSG_ID] == f"ALERTS:{seq}"
 
     async def dead_lettered() -> list[Event] | None:
-        found = [e for e in await all_events(js) if isinstance(e, DeadLettered)]
+        found: list[Event] = [e for e in await all_events(js) if isinstance(e, DeadLettered)]
         return found or None
 
     (event,) = await eventually(dead_lettered)
