@@ -104,6 +104,7 @@ def create_app(settings: IngressSettings, publisher: Publisher | None = None) ->
             yield
         finally:
             await pub.stop()
+            log.info("ingress stopped")
 
     @post("/webhook", status_code=200)
     async def webhook(body: RawBody) -> Response[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,14 @@ def run(stack: Stack) -> int:
     return 0
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def _start(stack: Stack, secret: Path) -> None:
     store = stack.var / "nats"
     store.mkdir(parents=True, exist_ok=True)
@@ -118,7 +127,7 @@ def _start(stack: Stack, secret: Path) -> None:
         stack.env(),
     )  # fmt: skip
     settings = load(WorkerSettings, stack.env())
-    asyncio.run(_provision(settings))
+    asyncio.run(_provision(settings, stack.nats_port))
     for i in range(stack.workers):
         stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], stack.env())
     env = stack.env(
@@ -127,12 +136,14 @@ def _start(stack: Stack, secret: Path) -> None:
     stack.spawn("ingress", [sys.executable, "-m", "ingress"], env)
 
 
-async def _provision(settings: WorkerSettings, wait: float = 15.0) -> None:
+async def _provision(settings: WorkerSettings, port: int, wait: float = 15.0) -> None:
     """Wait for the server to accept connections, then apply the topology."""
-    try:
-        nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-provision"), wait)
-    except TimeoutError:
-        raise click.ClickException(f"nats-server at {settings.nats_url} did not come up") from None
+    deadline = time.monotonic() + wait
+    while not _listening(port):  # quietly: the client would log each refused attempt
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"nats-server at {settings.nats_url} did not come up")
+        await asyncio.sleep(0.05)
+    nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-provision"), wait)
     try:
         await provision.apply(nc.jetstream(), settings.topology())
     finally:
