@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import uvicorn
 
 from ingress.app import create_app
+from ops import logs, telemetry
 from ops.settings import IngressSettings, SettingsError, load
 
 
 def main() -> int:
     """Run until SIGINT/SIGTERM; exit 2 on a bad setting."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("alertbridge-ingress")
     try:
         settings = load(IngressSettings, os.environ)
     except SettingsError as exc:
         print(f"ingress: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    providers = telemetry.setup("alertbridge-ingress")
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,  # keep ops.logs' handler
+            log_level="warning",
+            access_log=False,  # an access log would print a secret carried in the URL path
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        providers.shutdown()
     return 0
 
 

@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from litestar import Litestar, get, post
 from litestar.params import FromPath, RawBody
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.response import Response
 
 from ingress.parse import FieldError, InvalidAlertError, decode_body, pop_secret, to_alert
 from ingress.publisher import Publisher, UnavailableError
+from ingress.telemetry import CountRequests, IngressMetrics
+from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -93,9 +96,10 @@ async def receive(
     return _answer(200, Accepted(ok=True, id=alert.id, duplicate=duplicate))
 
 
-def create_app(settings: IngressSettings, publisher: Publisher | None = None) -> Litestar:
-    """Build the ingress app around a publisher (a real one unless a test passes its own)."""
-    pub = publisher or Publisher(settings)
+def create_app(settings: IngressSettings) -> Litestar:
+    """Build the ingress app; the process's telemetry must be set up before."""
+    instruments = IngressMetrics()
+    pub = Publisher(settings, instruments)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -114,6 +118,10 @@ def create_app(settings: IngressSettings, publisher: Publisher | None = None) ->
     async def webhook_path_secret(body: RawBody, secret: FromPath[str]) -> Response[bytes]:
         return await receive(body, secret, settings.secrets, pub)
 
+    @get("/metrics", media_type=PROMETHEUS_CONTENT_TYPE)
+    async def prometheus() -> bytes:
+        return metrics_text()
+
     @get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
@@ -128,8 +136,11 @@ def create_app(settings: IngressSettings, publisher: Publisher | None = None) ->
         )
 
     return Litestar(
-        route_handlers=[webhook, webhook_path_secret, healthz, readyz],
+        route_handlers=[webhook, webhook_path_secret, healthz, readyz, prometheus],
         lifespan=[lifespan],
+        middleware=[CountRequests(instruments)],
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(exclude=["/metrics", "/healthz"]))],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
+        logging_config=None,  # the process's own (ops.logs): JSON lines with trace ids
     )

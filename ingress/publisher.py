@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.js.errors import APIError, NoStreamResponseError, TooManyStalledMsgsError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from contracts import tracing
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder
-from contracts.subjects import alert_subject
+from contracts.subjects import ALERTS_STREAM, alert_subject
 from ops import provision
 from ops.natsconn import connect
 
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
+    from ingress.telemetry import IngressMetrics
     from ops.settings import IngressSettings
 
 log = logging.getLogger(__name__)
@@ -32,8 +37,10 @@ class UnavailableError(Exception):
 class Publisher:
     """Publishes alerts to `ALERTS` and reports whether the server already had them."""
 
-    def __init__(self, settings: IngressSettings) -> None:
+    def __init__(self, settings: IngressSettings, instruments: IngressMetrics) -> None:
         self._settings = settings
+        self._metrics = instruments
+        self._tracer = trace.get_tracer("alertbridge.ingress")
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -58,17 +65,45 @@ class Publisher:
 
     async def publish(self, alert: Alert) -> bool:
         """Store the alert; return True when it was a duplicate. Raise UnavailableError."""
+        subject = alert_subject(alert.account, alert.symbol)
+        with self._tracer.start_as_current_span(
+            f"publish {tracing.ALERTS_TEMPLATE}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                tracing.SYSTEM: "nats",
+                tracing.OPERATION_NAME: "publish",
+                tracing.OPERATION_TYPE: "send",
+                tracing.DESTINATION: subject,
+                tracing.DESTINATION_TEMPLATE: tracing.ALERTS_TEMPLATE,
+                tracing.MESSAGE_ID: alert.id,
+            },
+        ) as span:
+            headers = tracing.inject({MSG_ID: alert.id})
+            started = time.perf_counter()
+            try:
+                duplicate = await self._publish(subject, alert, headers)
+            except UnavailableError as exc:
+                self._metrics.unavailable.add(1)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise
+            self._metrics.publish_duration.record(time.perf_counter() - started)
+            if duplicate:
+                self._metrics.duplicates.add(1)
+            span.set_attribute("messaging.nats.duplicate", duplicate)
+            return duplicate
+
+    async def _publish(self, subject: str, alert: Alert, headers: dict[str, str]) -> bool:
         js = self._js
         if js is None:
             raise UnavailableError("not connected to NATS")
         timeout = self._settings.publish_timeout
-        subject = alert_subject(alert.account, alert.symbol)
         try:
             future = await js.publish_async(
                 subject,
                 alert_encoder.encode(alert),
                 wait_stall=timeout,
-                headers={MSG_ID: alert.id},
+                stream=ALERTS_STREAM,
+                headers=headers,
             )
             ack = await asyncio.wait_for(future, timeout)
         except (TimeoutError, TooManyStalledMsgsError) as exc:

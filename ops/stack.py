@@ -129,7 +129,8 @@ def _start(stack: Stack, secret: Path) -> None:
     settings = load(WorkerSettings, stack.env())
     asyncio.run(_provision(settings, stack.nats_port))
     for i in range(stack.workers):
-        stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], stack.env())
+        env = stack.env(ALERTBRIDGE_HEALTH_PORT=str(stack.http_port + 1 + i))
+        stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], env)
     env = stack.env(
         ALERTBRIDGE_SECRETS_FILE=str(secret), ALERTBRIDGE_HTTP_PORT=str(stack.http_port)
     )

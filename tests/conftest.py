@@ -36,6 +36,7 @@ def worker_env(nats_server: NatsServer, tmp_path: Path) -> dict[str, str]:
         "ALERTBRIDGE_PAPER_DB": str(tmp_path / "paper.db"),
         "ALERTBRIDGE_FETCH_TIMEOUT": "0.5",
         "ALERTBRIDGE_RETRY_BACKOFF": "0.2,0.4",
+        "ALERTBRIDGE_HEALTH_PORT": "0",  # tests that want it pick a free port
     }
 
 

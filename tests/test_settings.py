@@ -40,7 +40,7 @@ def test_worker_defaults() -> None:
     assert settings.broker == "paper"
     assert settings.default_quantity is None
     assert settings.retry_backoff == (1.0, 2.0, 5.0, 10.0, 30.0)
-    assert settings.health_port is None
+    assert settings.health_port == 8081
 
 
 def test_ingress_defaults() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -10,13 +11,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ops import provision
+from ops import logs, provision, telemetry
+from ops.healthserver import health_server
 from ops.natsconn import connect
 from ops.settings import SettingsError, WorkerSettings, load
 from worker.brokers.paper import PaperBroker
 from worker.consumer import Worker
 
 if TYPE_CHECKING:
+    from uvicorn import Server
+
     from worker.brokers.base import Broker
 
 log = logging.getLogger("worker")
@@ -34,29 +38,62 @@ async def serve(settings: WorkerSettings) -> None:
     broker = make_broker(settings)
     nc = await connect(settings.nats_url, name="alertbridge-worker")
     js = nc.jetstream()
-    await provision.apply(js, settings.topology())
+    topology = settings.topology()
+    await provision.apply(js, topology)
     worker = Worker(js, broker, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+
+    async def ready() -> list[str]:
+        if not nc.is_connected:
+            return ["nats: not connected"]
+        return [f"stream {name}: missing" for name in await provision.missing_streams(js, topology)]
+
+    background = [asyncio.create_task(worker.depth.poll(js, topology))]
+    server = None
+    if settings.health_port:
+        server = health_server(ready, settings.health_host, settings.health_port)
+        background.append(asyncio.create_task(_serve_health(server, settings.health_port)))
     log.info("worker consuming %d partitions with the %s broker", settings.partitions, broker.name)
     try:
         await worker.run()
     finally:
+        if server is not None:
+            server.should_exit = True
+        for task in background[:1]:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*background)
         await nc.drain()
         await broker.close()
         log.info("worker stopped")
 
 
+async def _serve_health(server: Server, port: int) -> None:
+    # uvicorn exits the process when it cannot bind; orders matter more than probes.
+    try:
+        await server.serve()
+    except SystemExit:
+        log.error("health/metrics port %d unavailable; the worker goes on without it", port)
+
+
 def main() -> int:
     """Run the worker; exit 2 on a bad setting."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("alertbridge-worker")
     try:
         settings = load(WorkerSettings, os.environ)
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    providers = telemetry.setup("alertbridge-worker")
+    try:
         asyncio.run(serve(settings))
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
+    finally:
+        providers.shutdown()
     return 0
 
 

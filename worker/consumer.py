@@ -14,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from contracts import tracing
+from contracts.headers import MSG_ID
 from contracts.messages import (
     Alert,
     AttemptFailed,
@@ -36,6 +41,7 @@ from worker.dlq import DeadLetters, Router
 from worker.errors import RetryableError, TerminalError, backoff
 from worker.events import EventLog
 from worker.execute import execute
+from worker.telemetry import QueueDepth, WorkerMetrics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -84,12 +90,19 @@ class Worker:
         with_router: bool = True,
     ) -> None:
         self._with_router = with_router
+        self._tracer = trace.get_tracer("alertbridge.worker")
+        self._metrics = WorkerMetrics()
         self._js = js
         self._broker = broker
         self._settings = settings
         self._stopping = asyncio.Event()
         self._events = EventLog(js)
         self._dlq = DeadLetters(js)
+
+    @property
+    def depth(self) -> QueueDepth:
+        """The queue-depth poller behind this worker's gauges."""
+        return self._metrics.depth
 
     def stop(self) -> None:
         """Stop fetching; deliveries already fetched are finished."""
@@ -138,7 +151,37 @@ class Worker:
                 await sub.unsubscribe()
 
     async def handle(self, msg: Msg) -> None:
-        """Take one delivery to exactly one outcome."""
+        """Take one delivery to exactly one outcome, in a CONSUMER span of the alert's trace.
+
+        The producer's context is the parent (one trace per alert, retries included) and
+        also a link, as the messaging conventions advise for single-message processing.
+        """
+        parent = tracing.extract(msg.headers)
+        producer = trace.get_current_span(parent).get_span_context()
+        meta = msg.metadata
+        if meta.num_delivered > 1:
+            self._metrics.redeliveries.add(1)
+        with self._tracer.start_as_current_span(
+            f"process {tracing.ALERTS_TEMPLATE}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=[trace.Link(producer)] if producer.is_valid else [],
+            attributes={
+                tracing.SYSTEM: "nats",
+                tracing.OPERATION_NAME: "process",
+                tracing.OPERATION_TYPE: "process",
+                tracing.DESTINATION: msg.subject,
+                tracing.DESTINATION_TEMPLATE: tracing.ALERTS_TEMPLATE,
+                tracing.MESSAGE_ID: (msg.headers or {}).get(MSG_ID, ""),
+                tracing.CONSUMER_GROUP: meta.consumer or "",
+                tracing.DELIVERY_COUNT: meta.num_delivered,
+            },
+        ) as span:
+            outcome = await self._handle(msg)
+            span.set_attribute("alertbridge.outcome", outcome)
+            self._metrics.outcomes.add(1, {"outcome": outcome})
+
+    async def _handle(self, msg: Msg) -> str:
         meta = msg.metadata
         attempts, seq = meta.num_delivered, meta.sequence.stream
         try:
@@ -151,7 +194,7 @@ class Worker:
                 reason=reason, attempts=attempts, stream_seq=seq,
             )  # fmt: skip
             await self._dead_end(msg, rejected, f"terminated: {reason}", reason)
-            return
+            return "rejected"
         started = datetime.now(UTC)
         age = (started - reference_time(alert)).total_seconds()
         max_age = self._settings.max_alert_age
@@ -161,7 +204,7 @@ class Worker:
                 replay=alert.replay, age=age, max_age=max_age, attempts=attempts, stream_seq=seq,
             )  # fmt: skip
             await self._dead_end(msg, expired, "expired", f"{age:.1f}s old, max {max_age:g}s")
-            return
+            return "expired"
         try:
             result, already_done = await self._execute(msg, alert)
         except TerminalError as exc:
@@ -171,10 +214,10 @@ class Worker:
                 attempts=attempts, stream_seq=seq,
             )  # fmt: skip
             await self._dead_end(msg, rejected, f"terminated: {exc}", str(exc))
-            return
+            return "rejected"
         except Exception as exc:  # noqa: BLE001 - unknown failures are retried (see errors)
             await self._retry(msg, alert, seq, attempts, exc)
-            return
+            return "retried"
         done = datetime.now(UTC)
         executed = Executed(
             alert_id=alert.id, account=alert.account, symbol=alert.symbol, at=done,
@@ -185,22 +228,46 @@ class Worker:
             stream_seq=seq, already_done=already_done,
             latency=(done - reference_time(alert)).total_seconds(),
         )  # fmt: skip
+        self._metrics.alert_age.record(executed.latency or 0.0)
         if await self._events.record(executed):
             await msg.ack()
             log.info("alert %s executed as %s", alert.id, result.client_order_id)
+        return "executed"
 
     async def _execute(self, msg: Msg, alert: Alert) -> tuple[OrderResult, bool]:
-        settings = self._settings
-        async with working(msg, every=settings.ack_wait / 3):
+        settings, broker = self._settings, self._broker
+        outcome = "error"
+        started = time.perf_counter()
+        with self._tracer.start_as_current_span(
+            f"{broker.name} place order",
+            kind=SpanKind.CLIENT,
+            attributes={"alertbridge.broker": broker.name, "alertbridge.alert_id": alert.id},
+        ) as span:
             try:
-                return await asyncio.wait_for(
-                    execute(alert, self._broker, settings.default_quantity),
-                    settings.broker_timeout,
-                )
+                async with working(msg, every=settings.ack_wait / 3):
+                    result, already_done = await asyncio.wait_for(
+                        execute(alert, broker, settings.default_quantity), settings.broker_timeout
+                    )
+                outcome = "duplicate" if already_done else "ok"
+                span.set_attribute("alertbridge.client_order_id", result.client_order_id)
+                return result, already_done
             except TimeoutError:
+                outcome = "timeout"
                 raise RetryableError(
                     f"broker call timed out after {settings.broker_timeout:g}s"
                 ) from None
+            except TerminalError:
+                outcome = "rejected"
+                raise
+            except RetryableError:
+                outcome = "retryable"
+                raise
+            finally:
+                if outcome not in ("ok", "duplicate"):
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+                self._metrics.broker_duration.record(
+                    time.perf_counter() - started, {"broker": broker.name, "outcome": outcome}
+                )
 
     async def _retry(self, msg: Msg, alert: Alert, seq: int, attempts: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from contracts import tracing
 from contracts.headers import MSG_ID
 from contracts.messages import Event, event_encoder, event_kind, event_msg_id
 from contracts.subjects import event_subject
@@ -30,7 +31,7 @@ class EventLog:
                 event_subject(kind, event.account, event.symbol),
                 event_encoder.encode(event),
                 timeout=self._timeout,
-                headers={MSG_ID: event_msg_id(event)},
+                headers=tracing.inject({MSG_ID: event_msg_id(event)}),
             )
         except Exception as exc:  # noqa: BLE001 - unrecorded: leave unacked, server redelivers
             log.warning("could not record %s for %s: %r", kind, event.alert_id, exc)
