@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +75,7 @@ def _wait_ready(base: str, within: float = 30) -> None:
         time.sleep(0.1)
 
 
-def _post(base: str, body: dict[str, object], path: str = "/webhook") -> httpx.Response:
+def _post(base: str, body: Mapping[str, object], path: str = "/webhook") -> httpx.Response:
     return httpx.post(f"{base}{path}", content=json.dumps(body), timeout=5)
 
 
