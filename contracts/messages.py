@@ -72,7 +72,7 @@ class Executed(EventBase, frozen=True, kw_only=True, tag="executed"):
     attempts: int
     stream_seq: int
     already_done: bool = False
-    # Seconds from the alert's reference time (timenow, else receipt) to the broker's answer.
+    # Seconds from the ingress's receipt (or the replay) to the broker's answer.
     latency: float | None = None
 
 

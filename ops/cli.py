@@ -17,6 +17,7 @@ import httpx
 
 from contracts.messages import Executed
 from ops.cli_dlq import dlq_group
+from ops.cli_inspect import alerts_group, status_command
 from ops.cli_support import emit_json, emit_table, settings_from_env, with_js
 from ops.events import read_events
 from ops.paths import read_secret, secret_file, var_dir
@@ -134,6 +135,8 @@ def orders(as_json: bool, alert_id: str | None) -> None:
 
 
 cli.add_command(dlq_group)
+cli.add_command(status_command)
+cli.add_command(alerts_group)
 
 
 def _default_secret_file() -> Path:

@@ -15,6 +15,7 @@ from ops.settings import Common, SettingsError, load
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
 T = TypeVar("T")
@@ -31,6 +32,11 @@ def settings_from_env() -> Common:
 
 def with_js(work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
     """Run `work` with a JetStream context on the configured server."""
+    return with_nc(lambda nc: work(nc.jetstream()))
+
+
+def with_nc(work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run `work` with a connection to the configured server."""
     settings = settings_from_env()
 
     async def run_it() -> T:
@@ -39,7 +45,7 @@ def with_js(work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
         except TimeoutError:
             raise click.ClickException(f"cannot reach NATS at {settings.nats_url}") from None
         try:
-            return await work(nc.jetstream())
+            return await work(nc)
         finally:
             await nc.close()
 

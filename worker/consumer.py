@@ -226,7 +226,7 @@ class Worker:
             broker=self._broker.name, broker_order_id=result.broker_order_id,
             status=result.status, fill_price=result.fill_price, attempts=attempts,
             stream_seq=seq, already_done=already_done,
-            latency=(done - reference_time(alert)).total_seconds(),
+            latency=(done - (alert.replayed_at or alert.received_at)).total_seconds(),
         )  # fmt: skip
         self._metrics.alert_age.record(executed.latency or 0.0)
         if await self._events.record(executed):

@@ -47,7 +47,7 @@ class WorkerMetrics:
         self.alert_age = meter.create_histogram(
             "alertbridge.worker.alert.age",
             unit="s",
-            description="Alert age when the broker answered: end-to-end latency",
+            description="Ingress receipt to broker answer: end-to-end latency",
             explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
         )
         self.depth = QueueDepth()
