@@ -13,6 +13,10 @@ default:
 up *ARGS:
     alertbridge up {{ARGS}}
 
+# write the `nats` CLI context for the local stack (nats --context alertbridge stream info ALERTS)
+nats-context:
+    alertbridge nats-context
+
 # the whole test suite (starts its own nats-servers on free ports)
 test *ARGS:
     pytest {{ARGS}}

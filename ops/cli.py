@@ -20,7 +20,7 @@ from ops.cli_dlq import dlq_group
 from ops.cli_inspect import alerts_group, status_command
 from ops.cli_support import emit_json, emit_table, settings_from_env, with_js
 from ops.events import read_events
-from ops.paths import read_secret, secret_file, var_dir
+from ops.paths import read_secret, secret_file, var_dir, write_nats_context
 from ops.stack import Stack, run
 
 EXIT_FAILED = 1
@@ -132,6 +132,13 @@ def orders(as_json: bool, alert_id: str | None) -> None:
         ],
         empty="no orders yet",
     )  # fmt: skip
+
+
+@cli.command("nats-context")
+@click.option("--url", default="nats://127.0.0.1:4222", show_default=True)
+def nats_context(url: str) -> None:
+    """Write the `nats` CLI context `alertbridge` (then: nats --context alertbridge ...)."""
+    click.echo(f"wrote {write_nats_context(url)}")
 
 
 cli.add_command(dlq_group)

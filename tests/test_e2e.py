@@ -67,6 +67,7 @@ def start(var: Path, http: int, nats: int, monitor: int) -> Up:
         # The samples carry their 2025 `timenow`: the stale-alert guard (tested in
         # test_worker.py) would rightly expire them.
         "ALERTBRIDGE_MAX_ALERT_AGE": "0",
+        "XDG_CONFIG_HOME": str(var.parent / "config"),  # the nats CLI context goes here
     }
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -126,6 +127,8 @@ def test_samples_become_paper_orders_and_survive_a_restart(
     try:
         secret_file = var / "secret"
         assert secret_file.stat().st_mode & 0o777 == 0o600
+        context = json.loads((tmp_path / "config/nats/context/alertbridge.json").read_text())
+        assert context["url"] == f"nats://127.0.0.1:{up.nats}"
         answers = {name: post_sample(up.url, name) for name in EXPECTED}
         for name, (status, _) in EXPECTED.items():
             assert answers[name].status_code == status, (name, answers[name].text)
