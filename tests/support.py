@@ -42,9 +42,10 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 class NatsServer:
     """A real nats-server with JetStream on a free port and a temp store dir."""
 
-    def __init__(self, store: Path, port: int | None = None) -> None:
+    def __init__(self, store: Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.store = store
         self.port = port or free_port()
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +58,7 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(), "--jetstream", "--store_dir", str(self.store),
-                "--addr", "127.0.0.1", "--port", str(self.port),
+                "--addr", "127.0.0.1", "--port", str(self.port), *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -74,6 +75,12 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets but answers nothing (a hung server)."""
@@ -110,3 +117,25 @@ def python_module(module: str, env: dict[str, str], log: Path) -> subprocess.Pop
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def cluster(root: Path, size: int = 3) -> list[NatsServer]:
+    """`size` JetStream servers routed into one cluster on loopback (not started)."""
+    routes = [free_port() for _ in range(size)]
+    route_urls = ",".join(f"nats://127.0.0.1:{p}" for p in routes)
+    return [
+        NatsServer(
+            root / f"n{i}",
+            args=(
+                "--server_name",
+                f"n{i}",
+                "--cluster_name",
+                "alertbridge",
+                "--cluster",
+                f"nats://127.0.0.1:{routes[i]}",
+                "--routes",
+                route_urls,
+            ),
+        )
+        for i in range(size)
+    ]
