@@ -9,6 +9,7 @@ import uvicorn
 
 from ingress.app import create_app
 from ops import logs, telemetry
+from ops.accounts import load_accounts
 from ops.settings import IngressSettings, SettingsError, load
 
 
@@ -17,13 +18,16 @@ def main() -> int:
     logs.setup("alertbridge-ingress")
     try:
         settings = load(IngressSettings, os.environ)
+        accounts = load_accounts(os.environ)
+        if not settings.secrets and not any(accounts.secrets.values()):
+            raise SettingsError("no webhook secret: set ALERTBRIDGE_SECRETS or accounts' own")
     except SettingsError as exc:
         print(f"ingress: {exc}", file=sys.stderr)
         return 2
     providers = telemetry.setup("alertbridge-ingress")
     try:
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, accounts),
             host=settings.http_host,
             port=settings.http_port,
             log_config=None,  # keep ops.logs' handler

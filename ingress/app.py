@@ -20,15 +20,18 @@ from litestar.params import FromPath, RawBody
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.response import Response
 
+from ingress.auth import Gate
 from ingress.parse import FieldError, InvalidAlertError, decode_body, pop_secret, to_alert
 from ingress.publisher import Publisher, UnavailableError
 from ingress.telemetry import CountRequests, IngressMetrics
+from ops.accounts import load_accounts
 from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ops.settings import IngressSettings, Secret
+    from ops.accounts import Accounts
+    from ops.settings import IngressSettings
 
 log = logging.getLogger("ingress")
 
@@ -60,19 +63,8 @@ def _refuse(status: int, error: str, errors: list[FieldError] | None = None) -> 
     return _answer(status, Refused(ok=False, error=error, errors=errors or []))
 
 
-def authenticate(secrets: tuple[Secret, ...], candidate: str | None) -> bool:
-    """Constant-time check against every configured secret (rotation: any may match)."""
-    if candidate is None:
-        return False
-    given = candidate.encode()
-    matched = False
-    for secret in secrets:
-        matched |= secret.matches(given)  # no short-circuit: time does not tell which
-    return matched
-
-
 async def receive(
-    body: bytes, path_secret: str | None, secrets: tuple[Secret, ...], publisher: Publisher
+    body: bytes, path_secret: str | None, gate: Gate, publisher: Publisher
 ) -> Response[bytes]:
     """Authenticate, validate and store one webhook; the answer says what happened."""
     received_at = datetime.now(UTC)
@@ -81,12 +73,16 @@ async def receive(
     except InvalidAlertError as exc:
         return _refuse(422, "invalid alert", exc.errors)
     body_secret = pop_secret(payload)
-    if not authenticate(secrets, path_secret if path_secret is not None else body_secret):
+    account = payload.get("account", "default")
+    account = account if isinstance(account, str) else ""
+    if not gate.admits(account, path_secret if path_secret is not None else body_secret):
         return _refuse(401, "missing or wrong secret")
     try:
         alert = to_alert(payload, received_at=received_at)
     except InvalidAlertError as exc:
         return _refuse(422, "invalid alert", exc.errors)
+    if not gate.known(alert.account):
+        return _refuse(422, "invalid alert", [FieldError("account", "no such account")])
     try:
         duplicate = await publisher.publish(alert)
     except UnavailableError as exc:
@@ -96,8 +92,9 @@ async def receive(
     return _answer(200, Accepted(ok=True, id=alert.id, duplicate=duplicate))
 
 
-def create_app(settings: IngressSettings) -> Litestar:
+def create_app(settings: IngressSettings, accounts: Accounts | None = None) -> Litestar:
     """Build the ingress app; the process's telemetry must be set up before."""
+    gate = Gate(settings.secrets, accounts or load_accounts({}))
     instruments = IngressMetrics()
     pub = Publisher(settings, instruments)
 
@@ -112,11 +109,11 @@ def create_app(settings: IngressSettings) -> Litestar:
 
     @post("/webhook", status_code=200)
     async def webhook(body: RawBody) -> Response[bytes]:
-        return await receive(body, None, settings.secrets, pub)
+        return await receive(body, None, gate, pub)
 
     @post("/webhook/{secret:str}", status_code=200)
     async def webhook_path_secret(body: RawBody, secret: FromPath[str]) -> Response[bytes]:
-        return await receive(body, secret, settings.secrets, pub)
+        return await receive(body, secret, gate, pub)
 
     @get("/metrics", media_type=PROMETHEUS_CONTENT_TYPE)
     async def prometheus() -> bytes:

@@ -7,6 +7,7 @@ Data goes to stdout (`--json` for scripts), messages to stderr. Exit codes:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,11 +17,13 @@ import click
 import httpx
 
 from contracts.messages import Executed
+from ops.accounts import load_accounts
 from ops.cli_dlq import dlq_group
 from ops.cli_inspect import alerts_group, status_command
 from ops.cli_support import emit_json, emit_table, settings_from_env, with_js
 from ops.events import read_events
 from ops.paths import read_secret, secret_file, var_dir, write_nats_context
+from ops.settings import SettingsError
 from ops.stack import Stack, run
 
 EXIT_FAILED = 1
@@ -139,6 +142,28 @@ def orders(as_json: bool, alert_id: str | None) -> None:
 def nats_context(url: str) -> None:
     """Write the `nats` CLI context `alertbridge` (then: nats --context alertbridge ...)."""
     click.echo(f"wrote {write_nats_context(url)}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The accounts file (ALERTBRIDGE_CONFIG, default ./alertbridge.toml)."""
+
+
+@config_group.command("check")
+def config_check() -> None:
+    """Validate the accounts file and the variables it names; start nothing."""
+    try:
+        found = load_accounts(os.environ)
+    except SettingsError as exc:
+        click.echo(f"invalid: {exc}", err=True)
+        sys.exit(2)
+    if found.from_file is None:
+        click.echo("no accounts file: one paper account, `default` (see README: Accounts)")
+        return
+    click.echo(f"{found.from_file}: {len(found.accounts)} account(s) OK")
+    for name, account in found.accounts.items():
+        secrets = len(found.secrets.get(name, ()))
+        click.echo(f"  {name}: {account.broker}, {secrets} own webhook secret(s)")
 
 
 cli.add_command(dlq_group)

@@ -43,6 +43,10 @@ class Secret:
         """Constant-time comparison."""
         return hmac.compare_digest(self._value, candidate)
 
+    def reveal(self) -> str:
+        """The value itself, for the one call that must send it (e.g. the NATS CONNECT)."""
+        return self._value.decode()
+
 
 class Common(msgspec.Struct, frozen=True, kw_only=True):
     """What every process shares: where NATS is and what the topology looks like."""
@@ -54,6 +58,17 @@ class Common(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: Annotated[float, msgspec.Meta(ge=0.1)] = 3_600.0
     max_deliver: Annotated[int, msgspec.Meta(ge=1)] = 5
     ack_wait: Positive = 30.0
+    # Who this process is to NATS (ops/natsconn.py): a user and password (the password
+    # also from ALERTBRIDGE_NATS_PASSWORD_FILE), or a .creds file, or an nkey seed file.
+    nats_user: str | None = None
+    nats_password: Secret | None = None
+    nats_creds: str | None = None
+    nats_nkey: str | None = None
+    # TLS to NATS (tls:// URLs, or a server that requires TLS): the CA that signed the
+    # server's certificate; the client certificate and key when the server verifies them.
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
 
     def topology(self) -> Topology:
         """The streams and consumers these settings describe."""
@@ -81,7 +96,6 @@ class IngressSettings(Common, frozen=True, kw_only=True):
 class WorkerSettings(Common, frozen=True, kw_only=True):
     """The order executor."""
 
-    broker: str = "paper"
     paper_db: str = "var/paper.db"
     default_quantity: Positive | None = None
     retry_backoff: Annotated[tuple[Positive, ...], msgspec.Meta(min_length=1)] = (
@@ -110,6 +124,9 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
         if field.name == "secrets":
             values["secrets"] = _secrets(env)
             continue
+        if field.name == "nats_password":
+            values["nats_password"] = _nats_password(env)
+            continue
         raw = env.get(var)
         if raw is None or raw.strip() == "":
             continue
@@ -121,10 +138,16 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
         except msgspec.ValidationError as exc:
             raise SettingsError(f"{var}={raw!r} is invalid: {exc}") from None
     settings = cls(**values)
-    if isinstance(settings, IngressSettings) and not settings.secrets:
+    _check_nats_auth(settings)
+    # With an accounts file the secrets may be per account (checked with the file).
+    if (
+        isinstance(settings, IngressSettings)
+        and not settings.secrets
+        and not env.get(PREFIX + "CONFIG")
+    ):
         raise SettingsError(
             f"{PREFIX}SECRETS (comma-separated) or {PREFIX}SECRETS_FILE must give at least "
-            "one webhook secret; there is no default secret"
+            f"one webhook secret (or {PREFIX}CONFIG accounts their own); there is no default secret"
         )
     return settings
 
@@ -150,3 +173,50 @@ def _secrets(env: Mapping[str, str]) -> tuple[Secret, ...]:
                 f"is shorter than {MIN_SECRET_LENGTH} characters"
             )
     return tuple(Secret(v) for v in values)
+
+
+def _nats_password(env: Mapping[str, str]) -> Secret | None:
+    value = env.get(PREFIX + "NATS_PASSWORD", "").strip()
+    path = env.get(PREFIX + "NATS_PASSWORD_FILE", "").strip()
+    if value and path:
+        raise SettingsError(
+            f"{PREFIX}NATS_PASSWORD and {PREFIX}NATS_PASSWORD_FILE are both set: give one"
+        )
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise SettingsError(
+                f"{PREFIX}NATS_PASSWORD_FILE={path!r} cannot be read: {exc}"
+            ) from None
+        value = next((line.strip() for line in lines if line.strip()), "")
+        if not value:
+            raise SettingsError(f"{PREFIX}NATS_PASSWORD_FILE={path!r} holds no password")
+    return Secret(value) if value else None
+
+
+def _check_nats_auth(settings: Common) -> None:
+    """One way to authenticate, and a complete one; the files it names exist."""
+    ways = [
+        PREFIX + name
+        for name, given in (
+            ("NATS_USER", settings.nats_user is not None),
+            ("NATS_CREDS", settings.nats_creds is not None),
+            ("NATS_NKEY", settings.nats_nkey is not None),
+        )
+        if given
+    ]
+    if len(ways) > 1:
+        raise SettingsError(f"give one of {' / '.join(ways)}, not several")
+    if settings.nats_user is not None and settings.nats_password is None:
+        raise SettingsError(
+            f"{PREFIX}NATS_USER needs {PREFIX}NATS_PASSWORD or {PREFIX}NATS_PASSWORD_FILE"
+        )
+    if settings.nats_password is not None and settings.nats_user is None:
+        raise SettingsError(f"a NATS password needs {PREFIX}NATS_USER")
+    if settings.nats_tls_key is not None and settings.nats_tls_cert is None:
+        raise SettingsError(f"{PREFIX}NATS_TLS_KEY needs {PREFIX}NATS_TLS_CERT")
+    for name in ("nats_creds", "nats_nkey", "nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
+        path = getattr(settings, name)
+        if path is not None and not Path(path).is_file():
+            raise SettingsError(f"{PREFIX}{name.upper()}={path!r} is not a readable file")

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from contracts.messages import Alert
+from ops.accounts import Account
+from worker.accounts import size
 from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
 from worker.errors import DuplicateOrderError, OrderRejectedError, TerminalError
@@ -217,15 +219,14 @@ def test_client_order_id_differs_per_account_and_alert() -> None:
     assert len(ids) == 5
 
 
-def test_to_order_without_quantity_or_default_is_terminal() -> None:
+async def test_no_quantity_and_no_default_is_terminal(broker: PaperBroker) -> None:
     with pytest.raises(TerminalError, match="quantity"):
-        to_order(_alert(quantity=None), None)
+        await size(_alert(quantity=None), Account(), broker, None)
 
 
-def test_to_order_uses_the_default_quantity() -> None:
-    order = to_order(_alert(quantity=None), 7.0)
-    assert order.quantity == 7.0
-    assert to_order(_alert(quantity=2.0), 7.0).quantity == 2.0
+async def test_sizing_uses_the_default_quantity(broker: PaperBroker) -> None:
+    assert await size(_alert(quantity=None), Account(), broker, 7.0) == 7.0
+    assert await size(_alert(quantity=2.0), Account(), broker, 7.0) == 2.0
 
 
 def test_to_order_carries_the_alert() -> None:
@@ -236,7 +237,7 @@ def test_to_order_carries_the_alert() -> None:
         take_profit=195.5,
         stop_loss=185.2,
     )
-    order = to_order(alert, None)
+    order = to_order(alert, Account(), 5.0)
     assert order.client_order_id == client_order_id("paper-1", "alert-1")
     assert (order.account, order.symbol, order.side) == ("paper-1", "AAPL", "buy")
     assert (order.order_type, order.limit_price) == ("limit", 189.4)
@@ -244,19 +245,19 @@ def test_to_order_carries_the_alert() -> None:
     assert order.reference_price == 190.25
 
 
-def test_close_needs_no_quantity() -> None:
-    assert to_order(_alert(side="close", quantity=None), None).side == "close"
+async def test_close_needs_no_quantity(broker: PaperBroker) -> None:
+    assert await size(_alert(side="close", quantity=None), Account(), broker, None) == 0.0
 
 
 async def test_execute_places_then_reports_a_redelivery_as_already_done(
     broker: PaperBroker, db_path: Path
 ) -> None:
     alert = _alert()
-    result, already_done = await execute(alert, broker, None)
+    result, already_done = await execute(alert, Account(), broker, None)
     assert already_done is False
     assert result.client_order_id == client_order_id("default", "alert-1")
     assert result.quantity == 5.0
-    again, already_done = await execute(alert, broker, None)
+    again, already_done = await execute(alert, Account(), broker, None)
     assert already_done is True
     assert again == result
     assert len(_rows(db_path)) == 1
@@ -265,7 +266,7 @@ async def test_execute_places_then_reports_a_redelivery_as_already_done(
 async def test_execute_same_alert_id_in_two_accounts_places_two_orders(
     broker: PaperBroker, db_path: Path
 ) -> None:
-    _, first_done = await execute(_alert(account="a1"), broker, None)
-    _, second_done = await execute(_alert(account="a2"), broker, None)
+    _, first_done = await execute(_alert(account="a1"), Account(), broker, None)
+    _, second_done = await execute(_alert(account="a2"), Account(), broker, None)
     assert (first_done, second_done) == (False, False)
     assert len(_rows(db_path)) == 2

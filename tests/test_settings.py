@@ -37,7 +37,6 @@ def test_worker_defaults() -> None:
     assert settings.replicas == 1
     assert settings.max_deliver == 5
     assert settings.ack_wait == 30.0
-    assert settings.broker == "paper"
     assert settings.default_quantity is None
     assert settings.retry_backoff == (1.0, 2.0, 5.0, 10.0, 30.0)
     assert settings.health_port == 8081
@@ -131,7 +130,7 @@ def test_ingress_without_a_secret_refuses_to_start() -> None:
 
 
 def test_worker_needs_no_secret() -> None:
-    assert load(WorkerSettings, {}).broker == "paper"
+    assert load(WorkerSettings, {}).paper_db == "var/paper.db"
 
 
 def test_several_secrets_for_rotation() -> None:

@@ -159,7 +159,7 @@ async def test_worker_process_stops_cleanly_on_sigterm(
     ("module", "env", "needle"),
     [
         ("worker", {"ALERTBRIDGE_PARTITIONS": "many"}, "ALERTBRIDGE_PARTITIONS"),
-        ("worker", {"ALERTBRIDGE_BROKER": "nope"}, "ALERTBRIDGE_BROKER"),
+        ("worker", {"ALERTBRIDGE_CONFIG": "/nonexistent/alertbridge.toml"}, "ALERTBRIDGE_CONFIG"),
         ("ingress", {"ALERTBRIDGE_SECRETS": ""}, "ALERTBRIDGE_SECRETS"),
         ("ingress", {"ALERTBRIDGE_SECRETS": "longenough", "ALERTBRIDGE_HTTP_PORT": "x"},
          "ALERTBRIDGE_HTTP_PORT"),

@@ -16,6 +16,7 @@ from contracts.messages import Alert, Event, Executed, Rejected
 from contracts.subjects import alert_subject
 from ops.events import read_events
 from ops.settings import WorkerSettings
+from worker.accounts import Desk
 from worker.brokers.base import Broker, Order, OrderResult
 from worker.brokers.paper import PaperBroker
 from worker.consumer import Worker
@@ -66,6 +67,9 @@ class FlakyBroker:
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         return await self.inner.lookup(client_order_id)
 
+    async def equity(self) -> float | None:
+        return await self.inner.equity()
+
     async def close(self) -> None:
         await self.inner.close()
 
@@ -73,7 +77,7 @@ class FlakyBroker:
 async def run_worker(
     nc: Client, broker: Broker, settings: WorkerSettings, *, with_router: bool = True
 ) -> Worker:
-    worker = Worker(nc.jetstream(), broker, settings, with_router=with_router)
+    worker = Worker(nc.jetstream(), Desk.single(broker), settings, with_router=with_router)
     task = asyncio.create_task(worker.run())
     worker_tasks.add(task)
     task.add_done_callback(worker_tasks.discard)

@@ -8,39 +8,31 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ops import logs, provision, telemetry
+from ops.accounts import load_accounts
 from ops.healthserver import health_server
 from ops.natsconn import connect
 from ops.settings import SettingsError, WorkerSettings, load
-from worker.brokers.paper import PaperBroker
+from worker.accounts import Desk
 from worker.consumer import Worker
 
 if TYPE_CHECKING:
     from uvicorn import Server
 
-    from worker.brokers.base import Broker
 
 log = logging.getLogger("worker")
 
 
-def make_broker(settings: WorkerSettings) -> Broker:
-    """The configured broker adapter."""
-    if settings.broker == "paper":
-        return PaperBroker(Path(settings.paper_db))
-    raise SettingsError(f"ALERTBRIDGE_BROKER={settings.broker!r} is not a known broker (paper)")
-
-
 async def serve(settings: WorkerSettings) -> None:
     """Connect, provision, consume; on a signal stop fetching, finish, drain."""
-    broker = make_broker(settings)
+    desk = Desk.from_accounts(load_accounts(os.environ), os.environ, settings.paper_db)
     nc = await connect(settings.nats_url, name="alertbridge-worker")
     js = nc.jetstream()
     topology = settings.topology()
     await provision.apply(js, topology)
-    worker = Worker(js, broker, settings)
+    worker = Worker(js, desk, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -55,7 +47,7 @@ async def serve(settings: WorkerSettings) -> None:
     if settings.health_port:
         server = health_server(ready, settings.health_host, settings.health_port)
         background.append(asyncio.create_task(_serve_health(server, settings.health_port)))
-    log.info("worker consuming %d partitions with the %s broker", settings.partitions, broker.name)
+    log.info("worker consuming %d partitions", settings.partitions)
     try:
         await worker.run()
     finally:
@@ -66,7 +58,7 @@ async def serve(settings: WorkerSettings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*background)
         await nc.drain()
-        await broker.close()
+        await desk.close()
         log.info("worker stopped")
 
 

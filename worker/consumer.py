@@ -49,7 +49,9 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
+    from ops.accounts import Account
     from ops.settings import WorkerSettings
+    from worker.accounts import Desk
     from worker.brokers.base import Broker, OrderResult
 
 log = logging.getLogger("worker")
@@ -84,7 +86,7 @@ class Worker:
     def __init__(
         self,
         js: JetStreamContext,
-        broker: Broker,
+        desk: Desk,
         settings: WorkerSettings,
         *,
         with_router: bool = True,
@@ -93,7 +95,7 @@ class Worker:
         self._tracer = trace.get_tracer("alertbridge.worker")
         self._metrics = WorkerMetrics()
         self._js = js
-        self._broker = broker
+        self._desk = desk
         self._settings = settings
         self._stopping = asyncio.Event()
         self._events = EventLog(js)
@@ -187,17 +189,23 @@ class Worker:
         try:
             alert = alert_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            account, symbol = split_alert_subject(msg.subject)
+            account_name, symbol = split_alert_subject(msg.subject)
             reason = f"undecodable alert: {exc}"
             rejected = Rejected(
-                alert_id=f"seq:{seq}", account=account, symbol=symbol, at=datetime.now(UTC),
+                alert_id=f"seq:{seq}", account=account_name, symbol=symbol, at=datetime.now(UTC),
                 reason=reason, attempts=attempts, stream_seq=seq,
             )  # fmt: skip
             await self._dead_end(msg, rejected, f"terminated: {reason}", reason)
             return "rejected"
+        try:
+            account, broker = self._desk.for_alert(alert)
+        except TerminalError as exc:
+            return await self._reject(msg, alert, exc)
         started = datetime.now(UTC)
         age = (started - reference_time(alert)).total_seconds()
         max_age = self._settings.max_alert_age
+        if account.max_alert_age is not None:
+            max_age = account.max_alert_age
         if max_age and age > max_age:
             expired = Expired(
                 alert_id=alert.id, account=alert.account, symbol=alert.symbol, at=started,
@@ -206,15 +214,9 @@ class Worker:
             await self._dead_end(msg, expired, "expired", f"{age:.1f}s old, max {max_age:g}s")
             return "expired"
         try:
-            result, already_done = await self._execute(msg, alert)
+            result, already_done = await self._execute(msg, alert, account, broker)
         except TerminalError as exc:
-            rejected = Rejected(
-                alert_id=alert.id, account=alert.account, symbol=alert.symbol,
-                at=datetime.now(UTC), replay=alert.replay, reason=str(exc),
-                attempts=attempts, stream_seq=seq,
-            )  # fmt: skip
-            await self._dead_end(msg, rejected, f"terminated: {exc}", str(exc))
-            return "rejected"
+            return await self._reject(msg, alert, exc)
         except Exception as exc:  # noqa: BLE001 - unknown failures are retried (see errors)
             await self._retry(msg, alert, seq, attempts, exc)
             return "retried"
@@ -223,7 +225,7 @@ class Worker:
             alert_id=alert.id, account=alert.account, symbol=alert.symbol, at=done,
             replay=alert.replay, side=result.side, quantity=result.quantity,
             order_type=alert.order_type, client_order_id=result.client_order_id,
-            broker=self._broker.name, broker_order_id=result.broker_order_id,
+            broker=broker.name, broker_order_id=result.broker_order_id,
             status=result.status, fill_price=result.fill_price, attempts=attempts,
             stream_seq=seq, already_done=already_done,
             latency=(done - (alert.replayed_at or alert.received_at)).total_seconds(),
@@ -234,8 +236,20 @@ class Worker:
             log.info("alert %s executed as %s", alert.id, result.client_order_id)
         return "executed"
 
-    async def _execute(self, msg: Msg, alert: Alert) -> tuple[OrderResult, bool]:
-        settings, broker = self._settings, self._broker
+    async def _reject(self, msg: Msg, alert: Alert, exc: TerminalError) -> str:
+        meta = msg.metadata
+        rejected = Rejected(
+            alert_id=alert.id, account=alert.account, symbol=alert.symbol,
+            at=datetime.now(UTC), replay=alert.replay, reason=str(exc),
+            attempts=meta.num_delivered, stream_seq=meta.sequence.stream,
+        )  # fmt: skip
+        await self._dead_end(msg, rejected, f"terminated: {exc}", str(exc))
+        return "rejected"
+
+    async def _execute(
+        self, msg: Msg, alert: Alert, account: Account, broker: Broker
+    ) -> tuple[OrderResult, bool]:
+        settings = self._settings
         outcome = "error"
         started = time.perf_counter()
         with self._tracer.start_as_current_span(
@@ -246,7 +260,8 @@ class Worker:
             try:
                 async with working(msg, every=settings.ack_wait / 3):
                     result, already_done = await asyncio.wait_for(
-                        execute(alert, broker, settings.default_quantity), settings.broker_timeout
+                        execute(alert, account, broker, settings.default_quantity),
+                        settings.broker_timeout,
                     )
                 outcome = "duplicate" if already_done else "ok"
                 span.set_attribute("alertbridge.client_order_id", result.client_order_id)

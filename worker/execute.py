@@ -1,15 +1,18 @@
-"""Execute one alert against a broker: a plain async function, testable without NATS."""
+"""Execute one alert against its account's broker: plain async functions, testable
+without NATS."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import TYPE_CHECKING
 
+from worker.accounts import check_symbol, size
 from worker.brokers.base import Order, OrderResult
-from worker.errors import DuplicateOrderError, RetryableError, TerminalError
+from worker.errors import DuplicateOrderError, RetryableError
 
 if TYPE_CHECKING:
     from contracts.messages import Alert
+    from ops.accounts import Account
     from worker.brokers.base import Broker
 
 
@@ -22,20 +25,12 @@ def client_order_id(account: str, alert_id: str) -> str:
     return f"ab-{digest[:32]}"
 
 
-def to_order(alert: Alert, default_quantity: float | None) -> Order:
-    """The broker order for an alert; TerminalError when it cannot be sized."""
-    quantity = alert.quantity if alert.quantity is not None else default_quantity
-    if quantity is None:
-        if alert.side != "close":
-            raise TerminalError(
-                "the alert has no quantity and the account has no default quantity "
-                "(set ALERTBRIDGE_DEFAULT_QUANTITY)"
-            )
-        quantity = 0.0  # close: the whole position
+def to_order(alert: Alert, account: Account, quantity: float) -> Order:
+    """The broker order for an alert, in the broker's symbol."""
     return Order(
         client_order_id=client_order_id(alert.account, alert.id),
         account=alert.account,
-        symbol=alert.symbol,
+        symbol=account.broker_symbol(alert.symbol),
         side=alert.side,
         quantity=quantity,
         order_type=alert.order_type,
@@ -48,13 +43,14 @@ def to_order(alert: Alert, default_quantity: float | None) -> Order:
 
 
 async def execute(
-    alert: Alert, broker: Broker, default_quantity: float | None
+    alert: Alert, account: Account, broker: Broker, default_quantity: float | None
 ) -> tuple[OrderResult, bool]:
-    """Place the alert's order; return (result, already_done).
+    """Check, size and place the alert's order; return (result, already_done).
 
     A duplicate client order id means an earlier delivery placed the order: look it up.
     """
-    order = to_order(alert, default_quantity)
+    check_symbol(alert, account)
+    order = to_order(alert, account, await size(alert, account, broker, default_quantity))
     try:
         return await broker.place(order), False
     except DuplicateOrderError:

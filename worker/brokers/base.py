@@ -50,6 +50,10 @@ class Broker(Protocol):
         """The order with this client order id, if the broker has it."""
         ...
 
+    async def equity(self) -> float | None:
+        """The account's equity in its currency, or None if the broker does not report it."""
+        ...
+
     async def close(self) -> None:
         """Release connections and files."""
         ...

@@ -48,7 +48,8 @@ class PaperBroker:
 
     name = "paper"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, equity: float = 100_000.0) -> None:
+        self._equity = equity
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -65,6 +66,10 @@ class PaperBroker:
         """The order with this client order id."""
         async with self._lock:
             return await asyncio.to_thread(self._lookup, client_order_id)
+
+    async def equity(self) -> float:
+        """The paper account's (fixed) equity, for percent-of-equity sizing."""
+        return self._equity
 
     async def close(self) -> None:
         """Close the file."""
