@@ -51,7 +51,7 @@ class Publisher:
 
     async def _connect_until_up(self) -> None:
         # connect() retries forever (max_reconnect_attempts=-1), first connect included.
-        self._nc = await connect(self._settings.nats_url, name="alertbridge-ingress")
+        self._nc = await connect(self._settings, name="alertbridge-ingress")
         self._js = self._nc.jetstream()
 
     async def stop(self) -> None:

@@ -41,7 +41,7 @@ def with_nc(work: Callable[[Client], Awaitable[T]]) -> T:
 
     async def run_it() -> T:
         try:
-            nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-cli"), 10)
+            nc = await asyncio.wait_for(connect(settings, name="alertbridge-cli"), 10)
         except TimeoutError:
             raise click.ClickException(f"cannot reach NATS at {settings.nats_url}") from None
         try:

@@ -1,22 +1,107 @@
-"""Connecting to NATS the way a process that must run unattended needs to."""
+"""Connecting to NATS the way a process that must run unattended needs to.
+
+Who the process is comes from its settings: `ALERTBRIDGE_NATS_USER` with a password
+(`…_PASSWORD` or `…_PASSWORD_FILE`), or a `.creds` file (`…_CREDS`), or an nkey seed
+file (`…_NKEY`); TLS from `ALERTBRIDGE_NATS_TLS_CA` / `…_CERT` / `…_KEY` (and
+`tls://` URLs). Replies come to `_INBOX.<connection name>.>`: deploy/nats-server.conf
+lets each role subscribe to its own replies only.
+
+A server that refuses the credentials, or a certificate that does not verify, at
+first contact is a configuration error (`NatsAuthError`, a `SettingsError`):
+retrying would not fix it. Anything else, then and later, is retried forever.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
+import ssl
 from typing import TYPE_CHECKING
 
-import nats
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+
+from ops.settings import PREFIX, SettingsError
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
+    from ops.settings import Common
 
 log = logging.getLogger(__name__)
 
 
-async def connect(servers: tuple[str, ...], *, name: str) -> Client:
+class NatsAuthError(SettingsError):
+    """The server refused who we are, or we refused its certificate, at first contact."""
+
+
+def inbox_prefix(name: str) -> str:
+    """Where a connection named `name` gets its replies (the server config allows it)."""
+    return f"_INBOX.{name}"
+
+
+def tls_context(settings: Common) -> ssl.SSLContext | None:
+    """The client TLS context the settings ask for; None for plain connections."""
+    wants_tls = any(url.startswith("tls://") for url in settings.nats_url)
+    if not (wants_tls or settings.nats_tls_ca or settings.nats_tls_cert):
+        return None
+    try:
+        # With a CA file only that CA is trusted; without one, the system's CAs.
+        context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"{PREFIX}NATS_TLS_CA={settings.nats_tls_ca!r}: {exc}") from None
+    if settings.nats_tls_cert:
+        try:
+            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"{PREFIX}NATS_TLS_CERT={settings.nats_tls_cert!r} / {PREFIX}NATS_TLS_KEY="
+                f"{settings.nats_tls_key!r}: not a certificate and its key ({exc})"
+            ) from None
+    return context
+
+
+def _identity(settings: Common) -> str:
+    """Who we try to be, naming the variables that say so (never the secret)."""
+    if settings.nats_user is not None:
+        return (
+            f"user {settings.nats_user!r} ({PREFIX}NATS_USER, {PREFIX}NATS_PASSWORD"
+            f" or {PREFIX}NATS_PASSWORD_FILE)"
+        )
+    if settings.nats_creds is not None:
+        return f"the credentials in {PREFIX}NATS_CREDS={settings.nats_creds!r}"
+    if settings.nats_nkey is not None:
+        return f"the nkey in {PREFIX}NATS_NKEY={settings.nats_nkey!r}"
+    return f"an anonymous client (set {PREFIX}NATS_USER and a password, or a creds/nkey file)"
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """Why the server (or we) refused the connection for good, if that is what `exc` says."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate does not verify ({exc.verify_message}); check {PREFIX}NATS_TLS_CA"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason}); check {PREFIX}NATS_TLS_CERT / _KEY / _CA"
+    if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
+        return "Authorization Violation (wrong user or password, or no such user)"
+    return None
+
+
+def _needs_nkeys(settings: Common) -> None:
+    for name, value in (("NATS_CREDS", settings.nats_creds), ("NATS_NKEY", settings.nats_nkey)):
+        if value is not None and importlib.util.find_spec("nkeys") is None:
+            raise SettingsError(
+                f"{PREFIX}{name} needs the `nkeys` package (pip install 'nats-py[nkeys]')"
+            )
+
+
+async def connect(settings: Common, *, name: str) -> Client:
     """Connect, and keep reconnecting forever (the default gives up after two minutes)."""
+    _needs_nkeys(settings)
+    client = Client()
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
+        if not client.is_connected and not refused.done() and (why := _refusal(exc)):
+            refused.set_result(why)
         log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
@@ -25,13 +110,34 @@ async def connect(servers: tuple[str, ...], *, name: str) -> Client:
     async def on_reconnected() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(
-        servers=list(servers),
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1.0,
-        connect_timeout=2,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
+    password = settings.nats_password
+    connecting = asyncio.ensure_future(
+        client.connect(
+            servers=list(settings.nats_url),
+            name=name,
+            inbox_prefix=inbox_prefix(name),
+            user=settings.nats_user,
+            password=password.reveal() if password is not None else None,
+            user_credentials=settings.nats_creds,
+            nkeys_seed=settings.nats_nkey,
+            tls=tls_context(settings),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=2,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
     )
+    try:
+        await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not connecting.done():  # refused, or our caller gave up waiting
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+            await client.close()
+    if refused.done() and not client.is_connected:
+        servers = ", ".join(settings.nats_url)
+        raise NatsAuthError(f"NATS at {servers} refused {_identity(settings)}: {refused.result()}")
+    connecting.result()  # any other failure of the first connect
+    return client

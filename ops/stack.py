@@ -168,7 +168,7 @@ async def _provision(settings: WorkerSettings, port: int, wait: float = 15.0) ->
         if time.monotonic() > deadline:
             raise click.ClickException(f"nats-server at {settings.nats_url} did not come up")
         await asyncio.sleep(0.05)
-    nc = await asyncio.wait_for(connect(settings.nats_url, name="alertbridge-provision"), wait)
+    nc = await asyncio.wait_for(connect(settings, name="alertbridge-provision"), wait)
     try:
         await provision.apply(nc.jetstream(), settings.topology())
     finally:

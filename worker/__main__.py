@@ -28,7 +28,7 @@ log = logging.getLogger("worker")
 async def serve(settings: WorkerSettings) -> None:
     """Connect, provision, consume; on a signal stop fetching, finish, drain."""
     desk = Desk.from_accounts(load_accounts(os.environ), os.environ, settings.paper_db)
-    nc = await connect(settings.nats_url, name="alertbridge-worker")
+    nc = await connect(settings, name="alertbridge-worker")
     js = nc.jetstream()
     topology = settings.topology()
     await provision.apply(js, topology)

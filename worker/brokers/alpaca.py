@@ -28,6 +28,8 @@ What Alpaca answers, and what the worker does with it:
     408, 429, 5xx, timeout, connection error   RetryableError
     lookup: 404                                None
 
+`equity()` reads `equity` from `GET /v2/account` (for percent-of-equity sizing).
+
 A close is not idempotent: Alpaca's DELETE takes no client order id, so a redelivered
 close that Alpaca already executed is answered "position does not exist" (rejected).
 """
@@ -109,10 +111,15 @@ class _AlpacaError(msgspec.Struct, frozen=True):
     message: str = ""
 
 
+class _AlpacaAccount(msgspec.Struct, frozen=True):
+    equity: float
+
+
 _request_encoder: Final = msgspec.json.Encoder()
 # Alpaca sends numbers as strings ("qty": "10"): lax mode reads them as floats.
 _order_decoder: Final = msgspec.json.Decoder(_AlpacaOrder, strict=False)
 _error_decoder: Final = msgspec.json.Decoder(_AlpacaError)
+_account_decoder: Final = msgspec.json.Decoder(_AlpacaAccount, strict=False)
 
 
 def _decimal(value: float) -> str:
@@ -125,7 +132,7 @@ def _price(value: float | None) -> str | None:
     return None if value is None else _decimal(value)
 
 
-def order_request(order: Order, time_in_force: TimeInForce) -> _OrderRequest:
+def _order_request(order: Order, time_in_force: TimeInForce) -> _OrderRequest:
     """The `POST /v2/orders` body for a buy or sell (see the table above)."""
     if order.side == "close":
         raise ValueError("a close is a DELETE /v2/positions/{symbol}, not an order")
@@ -229,7 +236,7 @@ class AlpacaBroker:
             path = f"/v2/positions/{quote(order.symbol.replace('/', ''), safe='')}"
             response = await self._send("DELETE", path)
         else:
-            body = _request_encoder.encode(order_request(order, self._config.time_in_force))
+            body = _request_encoder.encode(_order_request(order, self._config.time_in_force))
             response = await self._send(
                 "POST", "/v2/orders", content=body, headers={"Content-Type": "application/json"}
             )
@@ -245,6 +252,15 @@ class AlpacaBroker:
             return None
         _raise_for(response)
         return _result(response)
+
+    async def equity(self) -> float:
+        """The account's equity (`GET /v2/account`), in its currency."""
+        response = await self._send("GET", "/v2/account")
+        _raise_for(response)
+        try:
+            return _account_decoder.decode(response.content).equity
+        except msgspec.DecodeError as exc:
+            raise RetryableError(f"alpaca answered with no account equity: {exc}") from exc
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -91,7 +91,8 @@ _REJECTIONS: Final = (
     ccxt_errors.NotSupported,
     ccxt_errors.ArgumentsRequired,
 )
-# Symbols of the orders this instance sent, for `lookup` (most exchanges need one).
+# Symbol and side of the orders this instance sent, for `lookup` (most exchanges need
+# the symbol to find an order).
 _REMEMBERED: Final = 4096
 _STATUS: Final = {"closed": "filled"}
 
@@ -147,10 +148,13 @@ def _exchange(config: CcxtConfig) -> Any:
         exchange.set_sandbox_mode(True)
     if config.api_url is not None:
         exchange.urls["api"] = _moved(exchange.urls["api"], config.api_url)
+        if urlsplit(config.api_url).scheme == "http":
+            # ccxt waits 250 ms in close() for TLS connections to shut down; plain HTTP has none.
+            exchange.timeout_on_exit = 0
     return exchange
 
 
-def order_call(
+def _order_call(
     order: Order, has: dict[str, Any]
 ) -> tuple[Literal["market", "limit"], float | None, dict[str, Any]]:
     """(type, price, params) of `create_order` for a buy or sell (see the table above)."""
@@ -162,6 +166,9 @@ def order_call(
     ):
         kind, price = "limit", order.limit_price
     if order.order_type == "stop":
+        if order.stop_price is None:
+            # Without its trigger ccxt would send a plain market or limit order.
+            raise OrderRejectedError("a stop order needs a stop price")
         params["triggerPrice"] = order.stop_price
     if order.take_profit is not None or order.stop_loss is not None:
         if not has.get("createOrderWithTakeProfitAndStopLoss"):
@@ -177,7 +184,11 @@ def order_call(
 
 
 def _translate(exc: Exception, name: str, secrets: tuple[str, ...]) -> ExecutionError:
-    """The worker's exception for a ccxt error (see the table above)."""
+    """The worker's exception for a ccxt error (see the table above).
+
+    Raised `from None`: ccxt's message names the signed URL, and a chained exception
+    would carry it, signature and all, into any traceback that is logged.
+    """
     text = redact(str(exc), secrets)
     message = f"{name}: {type(exc).__name__}: {clip(text)}"
     if isinstance(exc, ccxt_errors.DuplicateOrderId) or (
@@ -194,9 +205,15 @@ def _translate(exc: Exception, name: str, secrets: tuple[str, ...]) -> Execution
     return RetryableError(message)
 
 
-def _result(raw: dict[str, Any], client_order_id: str) -> OrderResult:
-    """ccxt's unified order structure as an OrderResult."""
-    side: Side = "sell" if raw.get("side") == "sell" else "buy"
+def _result(raw: dict[str, Any], client_order_id: str, sent: Side | None) -> OrderResult:
+    """ccxt's unified order structure as an OrderResult; `sent` is the side asked for."""
+    side: Side
+    if raw.get("side") in ("buy", "sell"):
+        side = raw["side"]
+    elif sent is not None:
+        side = sent
+    else:
+        raise RetryableError(f"the exchange's answer for {client_order_id} names no side")
     status = str(raw.get("status") or "open")
     filled = raw.get("filled") or 0.0
     average = raw.get("average") if filled else None
@@ -218,11 +235,12 @@ class CcxtBroker:
         self._config = config
         self._secrets = tuple(s for s in (config.api_key, config.secret, config.password) if s)
         self._exchange = _exchange(config)
-        self._symbols: dict[str, str] = {}
+        self._sent: dict[str, tuple[str, Side]] = {}
 
     async def place(self, order: Order) -> OrderResult:
         """Create the order, or sell the base balance for a close (spot)."""
-        self._remember(order.client_order_id, order.symbol)
+        side: Side = "sell" if order.side == "close" else order.side
+        self._remember(order.client_order_id, order.symbol, side)
         try:
             if self._config.check_before_place:
                 existing = await self._find(order.client_order_id, order.symbol)
@@ -233,30 +251,35 @@ class CcxtBroker:
             if order.side == "close":
                 raw = await self._sell_balance(order)
             else:
-                kind, price, params = order_call(order, self._exchange.has)
+                kind, price, params = _order_call(order, self._exchange.has)
                 raw = await self._exchange.create_order(
                     order.symbol, kind, order.side, order.quantity, price, params
                 )
         except ccxt_errors.BaseError as exc:
-            raise _translate(exc, self.name, self._secrets) from exc
-        return _result(raw, order.client_order_id)
+            raise _translate(exc, self.name, self._secrets) from None
+        return _result(raw, order.client_order_id, side)
 
     async def lookup(self, client_order_id: str) -> OrderResult | None:
         """The order with this client order id, if this instance knows its symbol."""
+        symbol, side = self._sent.get(client_order_id, (None, None))
         try:
-            raw = await self._find(client_order_id, self._symbols.get(client_order_id))
+            raw = await self._find(client_order_id, symbol)
         except ccxt_errors.BaseError as exc:
-            raise _translate(exc, self.name, self._secrets) from exc
-        return None if raw is None else _result(raw, client_order_id)
+            raise _translate(exc, self.name, self._secrets) from None
+        return None if raw is None else _result(raw, client_order_id, side)
+
+    async def equity(self) -> float | None:
+        """None: spot equity would need every asset priced in one currency."""
+        return None
 
     async def close(self) -> None:
         """Close ccxt's HTTP session."""
         await self._exchange.close()
 
-    def _remember(self, client_order_id: str, symbol: str) -> None:
-        if len(self._symbols) >= _REMEMBERED:
-            del self._symbols[next(iter(self._symbols))]  # the oldest
-        self._symbols[client_order_id] = symbol
+    def _remember(self, client_order_id: str, symbol: str, side: Side) -> None:
+        if len(self._sent) >= _REMEMBERED:
+            del self._sent[next(iter(self._sent))]  # the oldest
+        self._sent[client_order_id] = (symbol, side)
 
     async def _find(self, client_order_id: str, symbol: str | None) -> dict[str, Any] | None:
         """fetch_order by client order id; None when the exchange has no such order."""

@@ -171,6 +171,10 @@ class HttpForwardBroker:
             fill_price=answer.fill_price,
         )
 
+    async def equity(self) -> float | None:
+        """None: the receiver reports no equity."""
+        return None
+
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
