@@ -134,8 +134,19 @@ def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
     errors += _check_order_type(values)
     if errors:
         raise InvalidAlertError(errors)
+    if _flat_after(payload) and values["side"] in ("buy", "sell"):
+        values["side"] = "close"  # an exit to flat closes the whole position, whatever its size
     values["id"] = str(values["id"]) if "id" in values else alert_id(payload)
     return Alert(**values, received_at=received_at, extras=extras)
+
+
+def _flat_after(payload: dict[str, Any]) -> bool:
+    """TradingView's `{{strategy.market_position}}` after the order: "flat" means an exit."""
+    position = payload.get("market_position")
+    strategy = payload.get("strategy")
+    if position is None and isinstance(strategy, dict):
+        position = strategy.get("market_position")
+    return isinstance(position, str) and position.strip().lower() == "flat"
 
 
 def _take(payload: dict[str, Any], names: tuple[str, ...]) -> Any:

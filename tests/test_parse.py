@@ -363,3 +363,21 @@ def test_over_long_symbol_is_refused() -> None:
 def test_several_bad_fields_are_reported_at_once() -> None:
     errors = _errors(symbol="AAPL", side="hold", qty=-1, time="later")
     assert sorted(_fields(errors)) == ["quantity", "side", "time"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"action": "sell", "market_position": "flat"},
+        {"action": "buy", "market_position": "FLAT"},
+        {"strategy": {"order_action": "sell", "market_position": "flat"}},
+    ],
+)
+def test_an_exit_to_flat_closes_the_position(fields: dict[str, Any]) -> None:
+    alert = to_alert({"ticker": "ES1!", **fields}, received_at=datetime.now(UTC))
+    assert alert.side == "close"
+
+
+def test_a_reversal_is_not_a_close() -> None:
+    body = {"ticker": "ES1!", "action": "sell", "market_position": "short", "contracts": 2}
+    assert to_alert(body, received_at=datetime.now(UTC)).side == "sell"
