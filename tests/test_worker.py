@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from contracts.messages import AttemptFailed, Executed, Rejected
 from contracts.subjects import ALERTS_STREAM
 from contracts.topology import partition_durable
+from ops import provision
 from ops.settings import WorkerSettings, load
 from tests.support import ROOT, eventually, python_module
 from tests.workers import (
@@ -26,7 +27,7 @@ from tests.workers import (
     run_worker,
     terminal_events,
 )
-from worker.brokers.base import Order
+from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
 from worker.execute import client_order_id
 
@@ -179,3 +180,32 @@ def test_bad_setting_stops_the_process_naming_the_variable(
     )
     assert result.returncode == 2
     assert needle in result.stderr
+
+
+class SlowBroker(FlakyBroker):
+    """A broker call that outlasts the consumer's ack_wait."""
+
+    def __init__(self, inner: PaperBroker, seconds: float) -> None:
+        super().__init__(inner, failures=0)
+        self.seconds = seconds
+
+    async def place(self, order: Order) -> OrderResult:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        return await self.inner.place(order)
+
+
+async def test_a_slow_broker_call_keeps_its_delivery_with_in_progress(
+    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
+) -> None:
+    js = nc.jetstream()
+    slow = load(WorkerSettings, {**worker_env, "ALERTBRIDGE_ACK_WAIT": "1"})
+    await provision.apply(js, slow.topology())
+    broker = SlowBroker(paper, seconds=2.5)  # 2.5 x ack_wait: without +WPI it comes back
+    await publish(js, make_alert("slow-1"))
+    await run_worker(nc, broker, slow)
+    (event,) = await eventually(lambda: terminal_events(js, 1))
+    assert isinstance(event, Executed) and event.attempts == 1
+    assert broker.calls == 1
+    infos = [await js.consumer_info(ALERTS_STREAM, partition_durable(p)) for p in range(4)]
+    assert sum(i.num_redelivered or 0 for i in infos) == 0
