@@ -3,6 +3,7 @@ per-account webhook secrets at the ingress, and the worker refusing unknown acco
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -138,6 +139,19 @@ async def test_sizing_rules(paper: PaperBroker) -> None:
     with pytest.raises(TerminalError, match="needs the alert's price"):
         await size(alert(quantity=None, price=None), Account(sizing=FixedNotional(notional=1.0)),
                    paper, None)  # fmt: skip
+
+
+async def test_a_close_is_the_whole_position_whatever_the_rule(paper: PaperBroker) -> None:
+    rule = Account(sizing=FixedNotional(notional=1000.0))
+    assert await size(alert(side="close", quantity=None, price=None), rule, paper, None) == 0.0
+
+
+def test_paper_equity_comes_from_the_file(tmp_path: Path) -> None:
+    env = write(tmp_path, GOOD + "\n[accounts.default.paper]\nequity = 2500\n")
+    desk = Desk.from_accounts(load_accounts(env), env, str(tmp_path / "p.db"))
+    _, broker = desk.for_alert(alert())
+    assert isinstance(broker, PaperBroker) and asyncio.run(broker.equity()) == 2500.0
+    asyncio.run(desk.close())
 
 
 async def test_guards_refuse_never_clip(paper: PaperBroker) -> None:

@@ -94,7 +94,9 @@ def make_broker(account: Account, env: Mapping[str, str], paper_db: str) -> Brok
             )
         )
     paper = account.paper
-    return PaperBroker(Path(paper.db if paper and paper.db else paper_db))
+    if paper is None:
+        return PaperBroker(Path(paper_db))
+    return PaperBroker(Path(paper.db or paper_db), equity=paper.equity)
 
 
 async def size(
@@ -105,11 +107,11 @@ async def size(
     A quantity above the account's `max_order_size` is refused, never clipped.
     """
     quantity = alert.quantity
+    if quantity is None and alert.side == "close":
+        return 0.0  # close without a quantity: the whole position, whatever the sizing rule
     if quantity is None:
         quantity = await _by_rule(alert, account, broker) or default_quantity
     if quantity is None:
-        if alert.side == "close":
-            return 0.0  # close: the whole position
         raise TerminalError(
             "the alert has no quantity and its account no sizing rule or default quantity"
         )

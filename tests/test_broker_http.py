@@ -1,0 +1,301 @@
+"""The signed HTTP forwarder against a local receiver that checks every signature.
+
+The receiver is what a user would write: it recomputes the HMAC over the raw body
+and the timestamp header with its own code, compares in constant time, refuses
+stale timestamps, keeps orders by `Idempotency-Key` (409 on a second one), and
+answers lookups at `<url>/<client_order_id>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from tests.support import free_port
+from worker.brokers.base import Broker, Order
+from worker.brokers.http_forward import HttpForwardBroker, HttpForwardConfig
+from worker.errors import (
+    DuplicateOrderError,
+    OrderRejectedError,
+    RetryableError,
+    TerminalError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+SECRET = "forwarding-secret-never-logged"
+FAST = 0.5  # seconds: the client timeout in these tests
+MAX_SKEW = 300
+
+
+@dataclass
+class Receiver:
+    """A user's order endpoint: verifies, stores by idempotency key, answers lookups."""
+
+    secret: str = SECRET
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bodies: list[bytes] = field(default_factory=list)
+    # Scripted answers for the next requests: (status, text).
+    script: list[tuple[int, str]] = field(default_factory=list)
+    # What a 2xx carries: "order" (id and status), "empty" (204), "text" (not JSON).
+    reply: str = "order"
+    delay: float = 0.0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.verify])
+        app.router.add_post("/hooks/orders", self.receive)
+        app.router.add_get("/hooks/orders/{coid}", self.find)
+        return app
+
+    def _signed(self, request: web.Request, body: bytes) -> bool:
+        timestamp = request.headers.get("X-Alertbridge-Timestamp", "")
+        given = request.headers.get("X-Alertbridge-Signature", "")
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > MAX_SKEW:
+            return False
+        mac = hmac.new(self.secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        return hmac.compare_digest(given, "sha256=" + mac.hexdigest())
+
+    @web.middleware
+    async def verify(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        body = await request.read()
+        self.bodies.append(body)
+        if self.delay:
+            await asyncio.wait_for(self.release.wait(), self.delay)
+        if not self._signed(request, body):
+            return web.json_response({"error": "bad signature"}, status=401)
+        if self.script:
+            status, text = self.script.pop(0)
+            return web.Response(status=status, text=text)
+        return await handler(request)
+
+    async def receive(self, request: web.Request) -> web.StreamResponse:
+        order = json.loads(await request.read())
+        key = request.headers["Idempotency-Key"]
+        assert key == order["client_order_id"]
+        if key in self.orders:
+            return web.json_response({"error": "duplicate", "id": f"rx-{key}"}, status=409)
+        stored = {"id": f"rx-{len(self.orders) + 1}", "status": "accepted", **order}
+        self.orders[key] = stored
+        if self.reply == "empty":
+            return web.Response(status=204)
+        if self.reply == "text":
+            return web.Response(status=202, text="queued")
+        return web.json_response({"id": stored["id"], "status": "accepted"}, status=201)
+
+    async def find(self, request: web.Request) -> web.Response:
+        stored = self.orders.get(request.match_info["coid"])
+        if stored is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(stored)
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on 127.0.0.1 on a free port; yield its base URL."""
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    state = Receiver()
+    yield state
+    state.release.set()
+
+
+@pytest.fixture
+async def url(receiver: Receiver) -> AsyncIterator[str]:
+    async with serving(receiver.app()) as base:
+        yield f"{base}/hooks/orders"
+
+
+@asynccontextmanager
+async def connected(url: str, **config: Any) -> AsyncIterator[HttpForwardBroker]:
+    values: dict[str, Any] = {"secret": SECRET, "lookup": True, "timeout": FAST}
+    values.update(config)
+    broker = HttpForwardBroker(HttpForwardConfig(url=url, **values))
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+@pytest.fixture
+async def broker(url: str) -> AsyncIterator[HttpForwardBroker]:
+    async with connected(url) as adapter:
+        yield adapter
+
+
+def _order(coid: str = "ab-1", **fields: Any) -> Order:
+    values: dict[str, Any] = {
+        "client_order_id": coid,
+        "account": "webhook-1",
+        "symbol": "NASDAQ:AAPL",
+        "side": "buy",
+        "quantity": 10.0,
+        "order_type": "market",
+        "reference_price": 190.25,
+    }
+    values.update(fields)
+    return Order(**values)
+
+
+# --- success ----------------------------------------------------------------------
+
+
+def test_the_adapter_is_a_broker(broker: HttpForwardBroker) -> None:
+    adapter: Broker = broker  # mypy checks the protocol
+    assert adapter.name == "http"
+
+
+async def test_a_market_order_is_forwarded_signed(
+    broker: HttpForwardBroker, receiver: Receiver
+) -> None:
+    result = await broker.place(_order())
+    assert (result.client_order_id, result.broker_order_id, result.status) == (
+        "ab-1",
+        "rx-1",
+        "accepted",
+    )
+    assert (result.side, result.quantity, result.fill_price) == ("buy", 10.0, None)
+    # The body is the Order itself, every field, decodable back into one.
+    assert msgspec.json.decode(receiver.bodies[-1], type=Order) == _order()
+    assert receiver.orders["ab-1"]["account"] == "webhook-1"
+
+
+async def test_limit_and_exit_prices_travel_as_sent(
+    broker: HttpForwardBroker, receiver: Receiver
+) -> None:
+    order = _order(order_type="limit", limit_price=189.4, take_profit=195.5, stop_loss=185.25)
+    await broker.place(order)
+    sent = receiver.orders["ab-1"]
+    assert (sent["order_type"], sent["limit_price"]) == ("limit", 189.4)
+    assert (sent["take_profit"], sent["stop_loss"]) == (195.5, 185.25)
+
+
+async def test_close_is_forwarded_as_close(broker: HttpForwardBroker, receiver: Receiver) -> None:
+    result = await broker.place(_order("ab-close", side="close", quantity=0.0))
+    assert (result.side, result.quantity) == ("close", 0.0)
+    assert receiver.orders["ab-close"]["side"] == "close"
+
+
+@pytest.mark.parametrize("reply", ["empty", "text"])
+async def test_a_2xx_without_an_order_in_it_is_still_done(
+    broker: HttpForwardBroker, receiver: Receiver, reply: str
+) -> None:
+    receiver.reply = reply
+    result = await broker.place(_order())
+    assert (result.broker_order_id, result.status, result.side, result.quantity) == (
+        "ab-1",
+        "accepted",
+        "buy",
+        10.0,
+    )
+
+
+async def test_the_receiver_reports_no_equity(broker: HttpForwardBroker) -> None:
+    assert await broker.equity() is None
+
+
+# --- duplicates and lookup --------------------------------------------------------
+
+
+async def test_409_is_a_duplicate_that_lookup_finds(
+    broker: HttpForwardBroker, receiver: Receiver
+) -> None:
+    first = await broker.place(_order())
+    with pytest.raises(DuplicateOrderError, match="409"):
+        await broker.place(_order())
+    found = await broker.lookup("ab-1")
+    assert found == first
+    assert await broker.lookup("ab-unknown") is None
+    assert len(receiver.orders) == 1
+
+
+async def test_without_lookup_configured_lookup_is_none(url: str, receiver: Receiver) -> None:
+    async with connected(url, lookup=False) as broker:
+        await broker.place(_order())
+        assert await broker.lookup("ab-1") is None
+    assert len(receiver.bodies) == 1  # no GET was sent
+
+
+async def test_a_lookup_answer_that_is_no_order_is_terminal(
+    broker: HttpForwardBroker, receiver: Receiver
+) -> None:
+    receiver.script.append((200, '{"ok": true}'))
+    with pytest.raises(TerminalError, match="not an order"):
+        await broker.lookup("ab-1")
+
+
+# --- errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [(400, "unknown symbol NASDAQ:AAPL"), (403, "account disabled"), (422, "x" * 5000)],
+)
+async def test_other_4xx_are_rejected_with_the_answer(
+    broker: HttpForwardBroker, receiver: Receiver, status: int, text: str
+) -> None:
+    receiver.script.append((status, text))
+    with pytest.raises(OrderRejectedError, match=f"answered {status}") as caught:
+        await broker.place(_order())
+    assert text[:50] in str(caught.value)
+    assert len(str(caught.value)) < 400  # the answer is truncated
+
+
+async def test_a_wrong_secret_is_refused_by_the_receiver(url: str, receiver: Receiver) -> None:
+    async with connected(url, secret="not-the-secret") as broker:
+        with pytest.raises(OrderRejectedError, match=r"401: .*bad signature") as caught:
+            await broker.place(_order())
+    assert "not-the-secret" not in str(caught.value)
+    assert receiver.orders == {}
+    config = HttpForwardConfig(url=url, secret=SECRET)
+    assert SECRET not in repr(config)
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+async def test_rate_limits_and_server_errors_are_retryable(
+    broker: HttpForwardBroker, receiver: Receiver, status: int
+) -> None:
+    receiver.script.append((status, "try later"))
+    with pytest.raises(RetryableError, match=str(status)):
+        await broker.place(_order())
+    assert (await broker.place(_order())).status == "accepted"
+
+
+async def test_a_slow_receiver_is_a_retryable_timeout(
+    broker: HttpForwardBroker, receiver: Receiver
+) -> None:
+    receiver.delay = 10 * FAST
+    with pytest.raises(RetryableError, match="no answer within"):
+        await broker.place(_order())
+
+
+async def test_connection_refused_is_retryable() -> None:
+    async with connected(f"http://127.0.0.1:{free_port()}/orders") as broker:
+        with pytest.raises(RetryableError, match="ConnectError"):
+            await broker.place(_order())
