@@ -18,7 +18,7 @@ from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder
 from contracts.subjects import ALERTS_STREAM, alert_subject
 from ops import provision
-from ops.natsconn import connect
+from ops.natsconn import NatsAuthError, connect
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -44,14 +44,21 @@ class Publisher:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._refused: str | None = None
 
     async def start(self) -> None:
         """Connect in the background: the ingress answers (503) even while NATS is down."""
         self._connecting = asyncio.create_task(self._connect_until_up())
 
     async def _connect_until_up(self) -> None:
-        # connect() retries forever (max_reconnect_attempts=-1), first connect included.
-        self._nc = await connect(self._settings, name="alertbridge-ingress")
+        # connect() retries forever (max_reconnect_attempts=-1), first connect included,
+        # unless the server refuses our credentials: then say so and stay unready (503).
+        try:
+            self._nc = await connect(self._settings, name="alertbridge-ingress")
+        except NatsAuthError as exc:
+            self._refused = str(exc)
+            log.error("%s", exc)
+            return
         self._js = self._nc.jetstream()
 
     async def stop(self) -> None:
@@ -116,6 +123,8 @@ class Publisher:
 
     async def ready(self) -> list[str]:
         """Why the ingress is not ready (empty when it is)."""
+        if self._refused is not None:
+            return [f"nats: {self._refused}"]
         if self._nc is None or self._js is None or not self._nc.is_connected:
             return ["nats: not connected"]
         try:

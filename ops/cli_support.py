@@ -10,6 +10,7 @@ import click
 import msgspec
 
 from ops.natsconn import connect
+from ops.paths import var_dir, with_local_nats_identity
 from ops.settings import Common, SettingsError, load
 
 if TYPE_CHECKING:
@@ -23,9 +24,12 @@ _encoder = msgspec.json.Encoder()
 
 
 def settings_from_env() -> Common:
-    """The shared settings; a bad variable is a usage error (exit 2)."""
+    """The shared settings; a bad variable is a usage error (exit 2).
+
+    Without NATS credentials of its own, the CLI is the local stack's `ops` user.
+    """
     try:
-        return load(Common, os.environ)
+        return load(Common, with_local_nats_identity(os.environ, var_dir()))
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -44,6 +48,8 @@ def with_nc(work: Callable[[Client], Awaitable[T]]) -> T:
             nc = await asyncio.wait_for(connect(settings, name="alertbridge-cli"), 10)
         except TimeoutError:
             raise click.ClickException(f"cannot reach NATS at {settings.nats_url}") from None
+        except SettingsError as exc:  # refused credentials or certificate
+            raise click.ClickException(str(exc)) from None
         try:
             return await work(nc)
         finally:

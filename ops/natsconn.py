@@ -74,14 +74,24 @@ def _identity(settings: Common) -> str:
     return f"an anonymous client (set {PREFIX}NATS_USER and a password, or a creds/nkey file)"
 
 
-def _refusal(exc: BaseException) -> str | None:
-    """Why the server (or we) refused the connection for good, if that is what `exc` says."""
+def _refusal(exc: BaseException, settings: Common) -> str | None:
+    """What to tell the operator when `exc`, at first contact, will not go away by retrying."""
+    servers = ", ".join(settings.nats_url)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"the server's certificate does not verify ({exc.verify_message}); check {PREFIX}NATS_TLS_CA"
+        return (
+            f"TLS to NATS at {servers} failed: the server's certificate does not verify "
+            f"({exc.verify_message}); check {PREFIX}NATS_TLS_CA"
+        )
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({exc.reason}); check {PREFIX}NATS_TLS_CERT / _KEY / _CA"
+        return (
+            f"TLS to NATS at {servers} failed ({exc.reason}); check {PREFIX}NATS_TLS_CERT, "
+            f"{PREFIX}NATS_TLS_KEY and {PREFIX}NATS_TLS_CA"
+        )
     if isinstance(exc, NatsError) and "authorization violation" in str(exc).lower():
-        return "Authorization Violation (wrong user or password, or no such user)"
+        return (
+            f"NATS at {servers} refused {_identity(settings)}: Authorization Violation "
+            "(wrong user or password, or no such user)"
+        )
     return None
 
 
@@ -100,7 +110,7 @@ async def connect(settings: Common, *, name: str) -> Client:
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
-        if not client.is_connected and not refused.done() and (why := _refusal(exc)):
+        if not client.is_connected and not refused.done() and (why := _refusal(exc, settings)):
             refused.set_result(why)
         log.warning("nats error: %s", exc)
 
@@ -137,7 +147,6 @@ async def connect(settings: Common, *, name: str) -> Client:
             await asyncio.gather(connecting, return_exceptions=True)
             await client.close()
     if refused.done() and not client.is_connected:
-        servers = ", ".join(settings.nats_url)
-        raise NatsAuthError(f"NATS at {servers} refused {_identity(settings)}: {refused.result()}")
+        raise NatsAuthError(refused.result())
     connecting.result()  # any other failure of the first connect
     return client

@@ -1,4 +1,4 @@
-"""Where the local stack keeps its data, and where the nats-server binary is."""
+"""Where the local stack keeps its data, and where the nats-server binary and config are."""
 
 from __future__ import annotations
 
@@ -8,6 +8,21 @@ import secrets
 import shutil
 import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# The users of deploy/nats-server.conf. `just up` generates a password for each.
+NATS_ROLES: Final = ("ingress", "worker", "ops")
+# What in the environment already says who a process is to NATS (ops/settings.py).
+NATS_IDENTITY_VARS: Final = (
+    "ALERTBRIDGE_NATS_USER",
+    "ALERTBRIDGE_NATS_PASSWORD",
+    "ALERTBRIDGE_NATS_PASSWORD_FILE",
+    "ALERTBRIDGE_NATS_CREDS",
+    "ALERTBRIDGE_NATS_NKEY",
+)
 
 
 def var_dir() -> Path:
@@ -32,6 +47,52 @@ def ensure_secret(var: Path) -> tuple[Path, bool]:
     return path, True
 
 
+def nats_password_file(var: Path, role: str) -> Path:
+    """The local stack's generated NATS password of one role (mode 0600)."""
+    return var / f"nats-{role}.password"
+
+
+def nats_server_password_var(role: str) -> str:
+    """The variable deploy/nats-server.conf reads the role's password from."""
+    return f"ALERTBRIDGE_NATS_{role.upper()}_PASSWORD"
+
+
+def ensure_nats_passwords(var: Path) -> dict[str, Path]:
+    """A random password per NATS role on first run (mode 0600), kept after that."""
+    files = {}
+    for role in NATS_ROLES:
+        path = nats_password_file(var, role)
+        if not path.exists():
+            var.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(secrets.token_urlsafe(24) + "\n")
+        files[role] = path
+    return files
+
+
+def nats_identity(var: Path, role: str) -> dict[str, str]:
+    """The variables that make a process the local stack's NATS user `role`, and no one else."""
+    env = dict.fromkeys(NATS_IDENTITY_VARS, "")  # empty: override what was inherited
+    env["ALERTBRIDGE_NATS_USER"] = role
+    env["ALERTBRIDGE_NATS_PASSWORD_FILE"] = str(nats_password_file(var, role))
+    return env
+
+
+def with_local_nats_identity(env: Mapping[str, str], var: Path) -> dict[str, str]:
+    """`env`, as the local stack's `ops` user when `env` names no NATS identity of its own.
+
+    The operators' CLI (`alertbridge status`, `dlq`, `orders`, ...) finds the stack's
+    password under var/ the way `alertbridge send` finds the webhook secret.
+    """
+    found = dict(env)
+    if any(found.get(name, "").strip() for name in NATS_IDENTITY_VARS):
+        return found
+    if nats_password_file(var, "ops").exists():
+        found.update(nats_identity(var, "ops"))
+    return found
+
+
 def read_secret(path: Path) -> str:
     """The first secret in a secrets file."""
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -51,6 +112,14 @@ def nats_server_binary() -> str:
     return found
 
 
+def nats_config_file() -> Path:
+    """deploy/nats-server.conf: JetStream, one user per role, least privilege."""
+    path = Path(__file__).resolve().parent.parent / "deploy" / "nats-server.conf"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: `alertbridge up` runs from a source checkout")
+    return path
+
+
 def nats_context_file(env: dict[str, str] | None = None) -> Path:
     """Where the `nats` CLI looks for the `alertbridge` context."""
     env = dict(os.environ) if env is None else env
@@ -58,12 +127,19 @@ def nats_context_file(env: dict[str, str] | None = None) -> Path:
     return config / "nats" / "context" / "alertbridge.json"
 
 
-def write_nats_context(url: str) -> Path:
-    """Write the `nats` CLI context for the local stack (`nats --context alertbridge ...`)."""
+def write_nats_context(url: str, var: Path | None = None) -> Path:
+    """Write the `nats` CLI context for the local stack (`nats --context alertbridge ...`).
+
+    As the stack's `ops` user when var/ holds its password; the file is then mode 0600.
+    """
     path = nats_context_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"description": "alertbridge local stack", "url": url}, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    context = {"description": "alertbridge local stack", "url": url}
+    password = nats_password_file(var_dir() if var is None else var, "ops")
+    if password.exists():
+        context |= {"user": "ops", "password": read_secret(password)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older context may have been world-readable
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(context, indent=2) + "\n")
     return path

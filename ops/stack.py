@@ -22,8 +22,18 @@ import click
 
 from ops import provision
 from ops.natsconn import connect
-from ops.paths import ensure_secret, nats_server_binary, write_nats_context
-from ops.settings import WorkerSettings, load
+from ops.paths import (
+    NATS_ROLES,
+    ensure_nats_passwords,
+    ensure_secret,
+    nats_config_file,
+    nats_identity,
+    nats_server_binary,
+    nats_server_password_var,
+    read_secret,
+    write_nats_context,
+)
+from ops.settings import SettingsError, WorkerSettings, load
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -54,8 +64,14 @@ class Stack:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otel_endpoint
         env.setdefault("ALERTBRIDGE_PAPER_DB", str(self.var / "paper.db"))
         env.setdefault("ALERTBRIDGE_DEFAULT_QUANTITY", "1")
+        for role in NATS_ROLES:  # the server's passwords reach the server only
+            env.pop(nats_server_password_var(role), None)
         env.update(extra)
         return env
+
+    def env_as(self, role: str, **extra: str) -> dict[str, str]:
+        """`env`, as the NATS user `role` (its password file under var/, nothing else)."""
+        return self.env(**nats_identity(self.var, role), **extra)
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         """Start a child in its own process group, so Ctrl-C reaches only us."""
@@ -138,25 +154,29 @@ def _jaeger(stack: Stack) -> None:
 
 def _start(stack: Stack, secret: Path) -> None:
     _jaeger(stack)
-    write_nats_context(stack.nats_url)
+    # One generated password per NATS user (deploy/nats-server.conf), kept under var/.
+    passwords = ensure_nats_passwords(stack.var)
+    write_nats_context(stack.nats_url, stack.var)
     store = stack.var / "nats"
     store.mkdir(parents=True, exist_ok=True)
+    # The flags override the file: the store, the loopback address and the ports.
     stack.spawn(
         "nats-server",
         [
-            nats_server_binary(), "--jetstream", "--store_dir", str(store),
+            nats_server_binary(), "--config", str(nats_config_file()),
+            "--jetstream", "--store_dir", str(store),
             "--addr", "127.0.0.1", "--port", str(stack.nats_port),
             "--http_port", str(stack.monitor_port), "--server_name", "alertbridge-local",
         ],
-        stack.env(),
+        stack.env(**{nats_server_password_var(r): read_secret(p) for r, p in passwords.items()}),
     )  # fmt: skip
-    settings = load(WorkerSettings, stack.env())
+    settings = load(WorkerSettings, stack.env_as("ops"))
     asyncio.run(_provision(settings, stack.nats_port))
     for i in range(stack.workers):
-        env = stack.env(ALERTBRIDGE_HEALTH_PORT=str(stack.http_port + 1 + i))
+        env = stack.env_as("worker", ALERTBRIDGE_HEALTH_PORT=str(stack.http_port + 1 + i))
         stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], env)
-    env = stack.env(
-        ALERTBRIDGE_SECRETS_FILE=str(secret), ALERTBRIDGE_HTTP_PORT=str(stack.http_port)
+    env = stack.env_as(
+        "ingress", ALERTBRIDGE_SECRETS_FILE=str(secret), ALERTBRIDGE_HTTP_PORT=str(stack.http_port)
     )
     stack.spawn("ingress", [sys.executable, "-m", "ingress"], env)
 
@@ -168,7 +188,10 @@ async def _provision(settings: WorkerSettings, port: int, wait: float = 15.0) ->
         if time.monotonic() > deadline:
             raise click.ClickException(f"nats-server at {settings.nats_url} did not come up")
         await asyncio.sleep(0.05)
-    nc = await asyncio.wait_for(connect(settings, name="alertbridge-provision"), wait)
+    try:
+        nc = await asyncio.wait_for(connect(settings, name="alertbridge-provision"), wait)
+    except SettingsError as exc:  # e.g. var/nats-ops.password does not match the server's
+        raise click.ClickException(str(exc)) from None
     try:
         await provision.apply(nc.jetstream(), settings.topology())
     finally:

@@ -40,12 +40,28 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 class NatsServer:
-    """A real nats-server with JetStream on a free port and a temp store dir."""
+    """A real nats-server with JetStream on a free port and a temp store dir.
 
-    def __init__(self, store: Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+    `config` runs it with a config file (the flags still override it), `env` adds to
+    its environment (the file's `$VAR` references), `log` keeps its log in a file.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        *,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.store = store
         self.port = port or free_port()
         self.args = args
+        self.config = config
+        self.env = env
+        self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,11 +71,14 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         """Start (or restart on the same port and store) and wait until it listens."""
+        config = ("--config", str(self.config)) if self.config else ()
+        log = ("--log", str(self.log)) if self.log else ()
         self.proc = subprocess.Popen(
             [
-                nats_server_binary(), "--jetstream", "--store_dir", str(self.store),
-                "--addr", "127.0.0.1", "--port", str(self.port), *self.args,
+                nats_server_binary(), *config, "--jetstream", "--store_dir", str(self.store),
+                "--addr", "127.0.0.1", "--port", str(self.port), *log, *self.args,
             ],
+            env={**os.environ, **self.env} if self.env else None,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip

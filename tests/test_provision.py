@@ -42,7 +42,8 @@ async def test_several_processes_provisioning_at_once_converge(
         await nc.jetstream().delete_stream(stream)  # all of them race to create everything
     clients = [await nats.connect(nats_server.url) for _ in range(4)]
     try:
-        await asyncio.gather(*(provision.apply(c.jetstream(), settings.topology()) for c in clients))
+        topology = settings.topology()
+        await asyncio.gather(*(provision.apply(c.jetstream(), topology) for c in clients))
     finally:
         for client in clients:
             await client.close()
