@@ -10,6 +10,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
 from ops import logs, provision, telemetry
 from ops.accounts import load_accounts
 from ops.healthserver import health_server
@@ -79,6 +81,10 @@ def main() -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
     providers = telemetry.setup("alertbridge-worker")
+    # Alpaca and the forwarder speak HTTP through httpx: each request becomes a CLIENT
+    # span under the `place order` span. (ccxt uses aiohttp, whose instrumentation has
+    # no release matching the others yet: its calls show as the `place order` span.)
+    HTTPXClientInstrumentor().instrument()
     try:
         asyncio.run(serve(settings))
     except SettingsError as exc:
