@@ -1,8 +1,12 @@
 """The Alpaca adapter against a local server that speaks Alpaca's Trading API v2.
 
 The server keeps a book like Alpaca's paper account: unique client order ids (422
-"client_order_id must be unique"), positions that `DELETE /v2/positions/{symbol}`
-liquidates, buying power (403), unknown assets (422), Alpaca's error body
+"client_order_id must be unique"), positions as `GET /v2/positions/{symbol}` shows them
+(Alpaca's position object: `qty` a string, negative for a short, `side` long / short;
+crypto positions named without the "/"; 404 "position does not exist" when flat), the
+`DELETE /v2/positions/{symbol}` liquidation the adapter must not use (it takes no client
+order id), buying power (403), unknown assets (422), market hours (a market order sent
+while the market is closed is only accepted), Alpaca's error body
 `{"code": ..., "message": ...}`, and scripted 429/5xx answers and slow answers.
 """
 
@@ -74,13 +78,38 @@ def _order_json(
     }
 
 
+def _number(value: float) -> str:
+    """A number as Alpaca writes one: a decimal string, "15" rather than "15.0"."""
+    return f"{value:.9f}".rstrip("0").rstrip(".")
+
+
+def _position_json(symbol: str, qty: float) -> dict[str, Any]:
+    """Alpaca's position object; `qty` is negative for a short."""
+    price = PRICES.get(symbol) or PRICES[f"{symbol[:-3]}/{symbol[-3:]}"]
+    crypto = symbol not in PRICES
+    value = _number(qty * price)
+    return {
+        "asset_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, symbol)), "symbol": symbol,
+        "exchange": "CRYPTO" if crypto else "NASDAQ",
+        "asset_class": "crypto" if crypto else "us_equity", "asset_marginable": not crypto,
+        "avg_entry_price": _number(price), "qty": _number(qty), "qty_available": _number(qty),
+        "side": "long" if qty > 0 else "short", "market_value": value, "cost_basis": value,
+        "unrealized_pl": "0", "unrealized_plpc": "0", "unrealized_intraday_pl": "0",
+        "unrealized_intraday_plpc": "0", "current_price": _number(price),
+        "lastday_price": _number(price), "change_today": "0",
+    }  # fmt: skip
+
+
 @dataclass
 class AlpacaBook:
     """A local Alpaca: its order and position endpoints, with its documented error answers."""
 
     buying_power: float = 100_000.0
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # By Alpaca's position symbol: "AAPL", "BTCUSD" (a crypto pair without its "/").
     positions: dict[str, float] = field(default_factory=dict)
+    # Closed: a market order is accepted and waits for the open; no position moves.
+    market_open: bool = True
     requests: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
     # Scripted answers for the next requests: (status, body).
     script: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -91,6 +120,7 @@ class AlpacaBook:
         app = web.Application(middlewares=[self.gate])
         app.router.add_post("/v2/orders", self.submit)
         app.router.add_get("/v2/orders:by_client_order_id", self.by_client_order_id)
+        app.router.add_get("/v2/positions/{symbol}", self.position)
         app.router.add_delete("/v2/positions/{symbol}", self.close_position)
         app.router.add_get("/v2/account", self.account)
         return app
@@ -122,14 +152,20 @@ class AlpacaBook:
         qty, price = float(body["qty"]), PRICES[symbol]
         if body["side"] == "buy" and qty * price > self.buying_power:
             return _error(403, 40310000, "insufficient buying power")
-        if body["type"] == "market" and not body.get("order_class"):
+        if body["type"] == "market" and not body.get("order_class") and self.market_open:
             order = _order_json(body, status="filled", fill=price, order_type="market")
-            signed = qty if body["side"] == "buy" else -qty
-            self.positions[symbol] = self.positions.get(symbol, 0.0) + signed
+            self._move(symbol, qty if body["side"] == "buy" else -qty)
         else:
             order = _order_json(body, status="accepted", fill=None, order_type=body["type"])
         self.orders[order["client_order_id"]] = order
         return web.json_response(order)
+
+    def _move(self, symbol: str, signed: float) -> None:
+        held = self.positions.get(symbol.replace("/", ""), 0.0) + signed
+        if abs(held) < 1e-9:
+            self.positions.pop(symbol.replace("/", ""), None)  # flat: no position object
+        else:
+            self.positions[symbol.replace("/", "")] = held
 
     async def account(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -147,6 +183,12 @@ class AlpacaBook:
         if coid not in self.orders:
             return _error(404, 40410000, f"order not found for {coid}")
         return web.json_response(self.orders[coid])
+
+    async def position(self, request: web.Request) -> web.Response:
+        symbol = request.match_info["symbol"]
+        if symbol not in self.positions:
+            return _error(404, 40410000, "position does not exist")
+        return web.json_response(_position_json(symbol, self.positions[symbol]))
 
     async def close_position(self, request: web.Request) -> web.Response:
         symbol = request.match_info["symbol"]
@@ -330,8 +372,8 @@ async def test_a_second_submit_is_a_duplicate_that_lookup_finds(
     first = await broker.place(_order())
     with pytest.raises(DuplicateOrderError, match="client_order_id must be unique"):
         await broker.place(_order())
-    assert await broker.lookup("ab-1") == first
-    assert await broker.lookup("ab-unknown") is None
+    assert await broker.lookup(_order()) == first
+    assert await broker.lookup(_order("ab-unknown")) is None
     assert len(book.orders) == 1
 
 
@@ -377,7 +419,7 @@ async def test_rate_limits_and_server_errors_are_retryable(
 async def test_lookup_errors_are_mapped_too(broker: AlpacaBroker, book: AlpacaBook) -> None:
     book.script.append((502, {"message": "bad gateway"}))
     with pytest.raises(RetryableError):
-        await broker.lookup("ab-1")
+        await broker.lookup(_order())
 
 
 async def test_a_slow_alpaca_is_a_retryable_timeout(broker: AlpacaBroker, book: AlpacaBook) -> None:
@@ -403,22 +445,81 @@ async def test_an_over_long_client_order_id_is_terminal_before_sending(
 # --- close ------------------------------------------------------------------------
 
 
-async def test_close_liquidates_the_whole_position(broker: AlpacaBroker, book: AlpacaBook) -> None:
+def _deletes(book: AlpacaBook) -> list[str]:
+    return [path for method, path, _ in book.requests if method == "DELETE"]
+
+
+async def test_close_sells_the_whole_long_position_as_an_order(
+    broker: AlpacaBroker, book: AlpacaBook
+) -> None:
     await broker.place(_order("ab-1", quantity=10.0))
     await broker.place(_order("ab-2", quantity=5.0))
     result = await broker.place(_order("ab-close", side="close", quantity=0.0))
-    assert (result.side, result.quantity, result.status) == ("sell", 15.0, "accepted")
-    assert book.requests[-1][:2] == ("DELETE", "/v2/positions/AAPL")
+    assert (result.client_order_id, result.side, result.quantity) == ("ab-close", "sell", 15.0)
+    assert result.status == "filled"
+    assert book.requests[-2][:2] == ("GET", "/v2/positions/AAPL")
+    assert _sent(book) == {
+        "symbol": "AAPL",
+        "qty": "15",
+        "side": "sell",
+        "type": "market",
+        "time_in_force": "day",
+        "client_order_id": "ab-close",
+    }
     assert "AAPL" not in book.positions
+    assert _deletes(book) == []
 
 
 async def test_close_a_short_crypto_position(broker: AlpacaBroker, book: AlpacaBook) -> None:
     book.positions["BTCUSD"] = -0.5
     result = await broker.place(_order("ab-close", symbol="BTC/USD", side="close", quantity=0))
     assert (result.side, result.quantity) == ("buy", 0.5)
-    assert book.requests[-1][:2] == ("DELETE", "/v2/positions/BTCUSD")
+    assert book.requests[-2][:2] == ("GET", "/v2/positions/BTCUSD")
+    sent = _sent(book)
+    assert (sent["symbol"], sent["side"], sent["qty"], sent["time_in_force"]) == (
+        "BTC/USD",
+        "buy",
+        "0.5",
+        "gtc",
+    )
+    assert "BTCUSD" not in book.positions
 
 
-async def test_close_without_a_position_is_rejected(broker: AlpacaBroker) -> None:
-    with pytest.raises(OrderRejectedError, match="position does not exist"):
+async def test_a_close_placed_twice_is_one_order(broker: AlpacaBroker, book: AlpacaBook) -> None:
+    await broker.place(_order("ab-1", quantity=10.0))
+    close = _order("ab-close", side="close", quantity=0.0)
+    first = await broker.place(close)
+    # The redelivery finds the position already gone, and the close order in the book.
+    with pytest.raises(DuplicateOrderError, match="ab-close"):
+        await broker.place(close)
+    assert await broker.lookup(close) == first
+    assert [o["client_order_id"] for o in book.orders.values()] == ["ab-1", "ab-close"]
+    assert _deletes(book) == []
+
+
+async def test_a_close_redelivered_before_it_fills_is_a_duplicate(
+    broker: AlpacaBroker, book: AlpacaBook
+) -> None:
+    book.positions["AAPL"] = 7.0
+    book.market_open = False  # the close waits for the open; the position is still there
+    close = _order("ab-close", side="close", quantity=0.0)
+    first = await broker.place(close)
+    assert (first.status, first.side, first.quantity) == ("accepted", "sell", 7.0)
+    with pytest.raises(DuplicateOrderError, match="client_order_id must be unique"):
+        await broker.place(close)
+    assert await broker.lookup(close) == first
+    assert list(book.orders) == ["ab-close"]
+
+
+async def test_close_without_a_position_is_rejected(broker: AlpacaBroker, book: AlpacaBook) -> None:
+    with pytest.raises(OrderRejectedError, match="no open position in AAPL"):
         await broker.place(_order("ab-close", side="close", quantity=0.0))
+    assert book.orders == {}
+    assert _deletes(book) == []
+
+
+async def test_close_errors_are_mapped_too(broker: AlpacaBroker, book: AlpacaBook) -> None:
+    book.script.append((503, {"message": "service unavailable"}))
+    with pytest.raises(RetryableError, match="503"):
+        await broker.place(_order("ab-close", side="close", quantity=0.0))
+    assert book.orders == {}

@@ -86,6 +86,7 @@ class BinanceSpot:
     orders: list[dict[str, Any]] = field(default_factory=list)
     delisted: set[str] = field(default_factory=set)
     posts: list[dict[str, str]] = field(default_factory=list)
+    queries: list[dict[str, str]] = field(default_factory=list)
     # Scripted answers: (method, path, status, body); str bodies are sent as text.
     script: list[tuple[str, str, int, dict[str, Any] | str]] = field(default_factory=list)
     # A slow endpoint: (method, path) answers after `delay` or when released.
@@ -212,6 +213,7 @@ class BinanceSpot:
         }  # fmt: skip
 
     async def query_order(self, request: web.Request) -> web.Response:
+        self.queries.append(dict(request.query))
         coid = request.query.get("origClientOrderId")
         found = [
             o for o in self.orders
@@ -372,7 +374,7 @@ async def test_a_known_client_order_id_is_a_duplicate_that_lookup_finds(
     first = await broker.place(_order(order_type="limit", limit_price=90000.0))
     with pytest.raises(DuplicateOrderError, match="ab-1"):
         await broker.place(_order(order_type="limit", limit_price=90000.0))
-    found = await broker.lookup("ab-1")
+    found = await broker.lookup(_order(order_type="limit", limit_price=90000.0))
     assert found is not None
     assert (found.broker_order_id, found.status, found.side, found.quantity) == (
         first.broker_order_id,
@@ -381,7 +383,7 @@ async def test_a_known_client_order_id_is_a_duplicate_that_lookup_finds(
         0.01,
     )
     assert len(spot.posts) == 1
-    assert await broker.lookup("ab-unknown") is None
+    assert await broker.lookup(_order("ab-unknown")) is None
 
 
 async def test_binance_duplicate_order_sent_is_a_duplicate(binance_url: str) -> None:
@@ -389,7 +391,7 @@ async def test_binance_duplicate_order_sent_is_a_duplicate(binance_url: str) -> 
         await broker.place(_order(order_type="limit", limit_price=90000.0))
         with pytest.raises(DuplicateOrderError, match="Duplicate order sent"):
             await broker.place(_order(order_type="limit", limit_price=90000.0))
-        assert await broker.lookup("ab-1") is not None
+        assert await broker.lookup(_order()) is not None
 
 
 async def test_a_filled_order_is_not_placed_twice(binance_url: str, spot: BinanceSpot) -> None:
@@ -406,11 +408,35 @@ async def test_a_filled_order_is_not_placed_twice(binance_url: str, spot: Binanc
     assert len(spot.orders) == 3
 
 
-async def test_lookup_without_a_symbol_is_none(binance_url: str, broker: CcxtBroker) -> None:
-    await broker.place(_order())
-    # Another instance never saw the order: Binance cannot find it without the symbol.
+async def test_another_process_finds_the_order_by_client_id_and_symbol(
+    binance_url: str, broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    order = _order(symbol="ETH/USDT", quantity=0.5)
+    placed = await broker.place(order)
+    # A fresh instance (another worker process, or this one after a restart) never saw
+    # the order: the symbol comes with the order, not from memory.
     async with connected(binance_url) as other:
-        assert await other.lookup("ab-1") is None
+        found = await other.lookup(order)
+        assert found is not None
+        assert (found.client_order_id, found.broker_order_id, found.status) == (
+            "ab-1",
+            placed.broker_order_id,
+            "filled",
+        )
+        assert (found.side, found.quantity, found.fill_price) == ("buy", 0.5, 3500.0)
+        # The check before placing goes through the same lookup.
+        with pytest.raises(DuplicateOrderError, match="ab-1"):
+            await other.place(order)
+        assert await other.lookup(_order("ab-1", symbol="BTC/USDT")) is None
+    queries = [p for p in spot.queries if p.get("origClientOrderId") == "ab-1"]
+    assert {q["symbol"] for q in queries} == {"ETHUSDT", "BTCUSDT"}
+    assert len(spot.posts) == 1
+
+
+async def test_lookup_errors_are_mapped(broker: CcxtBroker, spot: BinanceSpot) -> None:
+    spot.script.append(("GET", "/api/v3/order", 503, "Service Unavailable"))
+    with pytest.raises(RetryableError):
+        await broker.lookup(_order())
 
 
 # --- errors -----------------------------------------------------------------------
@@ -509,6 +535,8 @@ async def test_close_sells_the_free_base_balance(broker: CcxtBroker, spot: Binan
     # A redelivered close finds the sale instead of selling again.
     with pytest.raises(DuplicateOrderError):
         await broker.place(_order("ab-close", side="close", quantity=0.0))
+    found = await broker.lookup(_order("ab-close", side="close", quantity=0.0))
+    assert found is not None and (found.side, found.quantity) == ("sell", 0.12345)
 
 
 async def test_close_without_a_balance_is_rejected(broker: CcxtBroker, spot: BinanceSpot) -> None:

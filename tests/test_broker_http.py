@@ -16,6 +16,7 @@ import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -23,8 +24,10 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from contracts.messages import Alert
+from ops.accounts import Account
 from tests.support import free_port
-from worker.brokers.base import Broker, Order
+from worker.brokers.base import Broker, Order, OrderResult
 from worker.brokers.http_forward import HttpForwardBroker, HttpForwardConfig
 from worker.errors import (
     DuplicateOrderError,
@@ -32,6 +35,7 @@ from worker.errors import (
     RetryableError,
     TerminalError,
 )
+from worker.execute import client_order_id, execute
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -229,17 +233,31 @@ async def test_409_is_a_duplicate_that_lookup_finds(
     first = await broker.place(_order())
     with pytest.raises(DuplicateOrderError, match="409"):
         await broker.place(_order())
-    found = await broker.lookup("ab-1")
+    found = await broker.lookup(_order())
     assert found == first
-    assert await broker.lookup("ab-unknown") is None
+    assert await broker.lookup(_order("ab-unknown")) is None
     assert len(receiver.orders) == 1
 
 
-async def test_without_lookup_configured_lookup_is_none(url: str, receiver: Receiver) -> None:
+async def test_without_lookup_the_receivers_409_is_its_word_that_the_order_exists(
+    url: str, receiver: Receiver
+) -> None:
+    alert = Alert(
+        id="tv-1", account="webhook-1", symbol="NASDAQ:AAPL", side="sell", quantity=3.0,
+        price=190.25, received_at=datetime.now(UTC),
+    )  # fmt: skip
+    coid = client_order_id("webhook-1", "tv-1")
     async with connected(url, lookup=False) as broker:
-        await broker.place(_order())
-        assert await broker.lookup("ab-1") is None
-    assert len(receiver.bodies) == 1  # no GET was sent
+        first, first_done = await execute(alert, Account(), broker, None)
+        # A redelivery: the receiver answers 409, and there is no GET to ask it with.
+        again, again_done = await execute(alert, Account(), broker, None)
+    assert (first_done, again_done) == (False, True)
+    assert first.broker_order_id == "rx-1"
+    assert again == OrderResult(
+        client_order_id=coid, broker_order_id=coid, status="accepted", side="sell", quantity=3.0
+    )
+    assert list(receiver.orders) == [coid]
+    assert len(receiver.bodies) == 2  # two POSTs, no GET was sent
 
 
 async def test_a_lookup_answer_that_is_no_order_is_terminal(
@@ -247,7 +265,7 @@ async def test_a_lookup_answer_that_is_no_order_is_terminal(
 ) -> None:
     receiver.script.append((200, '{"ok": true}'))
     with pytest.raises(TerminalError, match="not an order"):
-        await broker.lookup("ab-1")
+        await broker.lookup(_order())
 
 
 # --- errors -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import msgspec
 import pytest
 import yaml
 
+from ops.accounts import CONFIG_VAR
 from ops.settings import PREFIX, Common, IngressSettings, WorkerSettings, load
 from ops.stack import Stack
 
@@ -127,8 +128,8 @@ def _seconds(duration: str) -> float:
 
 
 def _setting_names() -> set[str]:
-    """Every ALERTBRIDGE_* variable the processes read (ops/settings.py)."""
-    names = {PREFIX + "SECRETS", PREFIX + "SECRETS_FILE"}
+    """Every ALERTBRIDGE_* variable the processes read (ops/settings.py, ops/accounts.py)."""
+    names = {PREFIX + "SECRETS", PREFIX + "SECRETS_FILE", CONFIG_VAR}
     for cls in (IngressSettings, WorkerSettings):
         names |= {PREFIX + field.name.upper() for field in msgspec.structs.fields(cls)}
     return names

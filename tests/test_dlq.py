@@ -64,7 +64,7 @@ class PlacesThenTimesOut(FlakyBroker):
             await self.inner.place(order)
         raise RetryableError("read timeout")
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
+    async def lookup(self, order: Order) -> OrderResult | None:
         raise RetryableError("read timeout")
 
 
@@ -207,8 +207,8 @@ class RoutingBroker(FlakyBroker):
     async def place(self, order: Order) -> OrderResult:
         return await (self.aapl if order.symbol == "NASDAQ:AAPL" else self.rest).place(order)
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
-        return await self.rest.lookup(client_order_id)
+    async def lookup(self, order: Order) -> OrderResult | None:
+        return await (self.aapl if order.symbol == "NASDAQ:AAPL" else self.rest).lookup(order)
 
 
 async def _advisories_consumed(js: JetStreamContext) -> None:

@@ -64,8 +64,8 @@ class FlakyBroker:
             raise RetryableError("broker timed out")
         return await self.inner.place(order)
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
-        return await self.inner.lookup(client_order_id)
+    async def lookup(self, order: Order) -> OrderResult | None:
+        return await self.inner.lookup(order)
 
     async def equity(self) -> float | None:
         return await self.inner.equity()

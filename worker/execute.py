@@ -19,10 +19,11 @@ if TYPE_CHECKING:
 def client_order_id(account: str, alert_id: str) -> str:
     """The broker idempotency key of an alert: stable across redeliveries and replays.
 
-    35 characters of `[a-z0-9-]`, within every supported broker's limit (Binance: 36).
+    32 characters of `[a-z0-9]` ("ab" and 120 bits of a SHA-256), within every supported
+    broker's rules: OKX clOrdId (alphanumeric, at most 32), Binance (36), Alpaca (128).
     """
     digest = hashlib.sha256(f"{account}\x00{alert_id}".encode()).hexdigest()
-    return f"ab-{digest[:32]}"
+    return f"ab{digest[:30]}"
 
 
 def to_order(alert: Alert, account: Account, quantity: float) -> Order:
@@ -54,7 +55,7 @@ async def execute(
     try:
         return await broker.place(order), False
     except DuplicateOrderError:
-        existing = await broker.lookup(order.client_order_id)
+        existing = await broker.lookup(order)
         if existing is None:
             raise RetryableError(
                 f"broker reports client order id {order.client_order_id} as a duplicate "

@@ -5,9 +5,11 @@ How an alertbridge order becomes an Alpaca order (numbers travel as decimal stri
     alertbridge                   Alpaca
     ----------------------------  -----------------------------------------------------
     side buy / sell               POST /v2/orders  side buy / sell, qty = quantity
-    side close                    DELETE /v2/positions/{symbol}: Alpaca liquidates the
-                                  whole position, long or short; quantity is ignored
-                                  (crypto: the position symbol has no "/")
+    side close                    GET /v2/positions/{symbol} (crypto: the position
+                                  symbol has no "/"), then POST /v2/orders type market,
+                                  the opposite side (long → sell, short → buy),
+                                  qty = abs(position qty); quantity, prices and exits
+                                  of the alert are ignored
     market                        type market
     limit                         type limit, limit_price
     stop                          type stop, stop_price
@@ -24,14 +26,19 @@ What Alpaca answers, and what the worker does with it:
     422 "client_order_id must be unique"       DuplicateOrderError (the worker looks it up)
     401                                        TerminalError: the API key is wrong
     403, 422, other 4xx                        OrderRejectedError with Alpaca's message
-    404 on close ("position does not exist")   OrderRejectedError
+    close: position 404, no such order         OrderRejectedError "no open position"
+    close: position 404, order exists          DuplicateOrderError (an earlier delivery
+                                               closed it)
     408, 429, 5xx, timeout, connection error   RetryableError
     lookup: 404                                None
 
 `equity()` reads `equity` from `GET /v2/account` (for percent-of-equity sizing).
 
-A close is not idempotent: Alpaca's DELETE takes no client order id, so a redelivered
-close that Alpaca already executed is answered "position does not exist" (rejected).
+A close is an order, not `DELETE /v2/positions/{symbol}`: the DELETE takes no client
+order id, so a redelivered close that Alpaca had already executed was answered
+"position does not exist" and dead-lettered. As an order it carries the client order
+id: a redelivery while the close is still open gets the 422 above, one after it
+filled finds the position gone and the order there; both are duplicates.
 """
 
 from __future__ import annotations
@@ -115,11 +122,20 @@ class _AlpacaAccount(msgspec.Struct, frozen=True):
     equity: float
 
 
+class _AlpacaPosition(msgspec.Struct, frozen=True):
+    """The fields of Alpaca's position object that a close needs."""
+
+    symbol: str
+    qty: str  # a decimal string, negative for a short: passed on exactly, without its sign
+    side: Literal["long", "short"]
+
+
 _request_encoder: Final = msgspec.json.Encoder()
 # Alpaca sends numbers as strings ("qty": "10"): lax mode reads them as floats.
 _order_decoder: Final = msgspec.json.Decoder(_AlpacaOrder, strict=False)
 _error_decoder: Final = msgspec.json.Decoder(_AlpacaError)
 _account_decoder: Final = msgspec.json.Decoder(_AlpacaAccount, strict=False)
+_position_decoder: Final = msgspec.json.Decoder(_AlpacaPosition)
 
 
 def _decimal(value: float) -> str:
@@ -135,7 +151,7 @@ def _price(value: float | None) -> str | None:
 def _order_request(order: Order, time_in_force: TimeInForce) -> _OrderRequest:
     """The `POST /v2/orders` body for a buy or sell (see the table above)."""
     if order.side == "close":
-        raise ValueError("a close is a DELETE /v2/positions/{symbol}, not an order")
+        raise ValueError("a close is sized from the position: see _close_request")
     kind: Literal["market", "limit", "stop", "stop_limit"] = order.order_type
     if kind == "stop" and order.limit_price is not None:
         kind = "stop_limit"
@@ -158,6 +174,20 @@ def _order_request(order: Order, time_in_force: TimeInForce) -> _OrderRequest:
         order_class=order_class,
         take_profit=take_profit,
         stop_loss=stop_loss,
+    )
+
+
+def _close_request(
+    order: Order, position: _AlpacaPosition, time_in_force: TimeInForce
+) -> _OrderRequest:
+    """The `POST /v2/orders` body that flattens `position`, under the close's client id."""
+    return _OrderRequest(
+        symbol=order.symbol,
+        qty=position.qty.removeprefix("-"),
+        side="sell" if position.side == "long" else "buy",
+        type="market",
+        time_in_force="gtc" if "/" in order.symbol else time_in_force,
+        client_order_id=order.client_order_id,
     )
 
 
@@ -233,20 +263,24 @@ class AlpacaBroker:
                 f" Alpaca allows {MAX_CLIENT_ORDER_ID}"
             )
         if order.side == "close":
-            path = f"/v2/positions/{quote(order.symbol.replace('/', ''), safe='')}"
-            response = await self._send("DELETE", path)
+            request = _close_request(order, await self._position(order), self._config.time_in_force)
         else:
-            body = _request_encoder.encode(_order_request(order, self._config.time_in_force))
-            response = await self._send(
-                "POST", "/v2/orders", content=body, headers={"Content-Type": "application/json"}
-            )
+            request = _order_request(order, self._config.time_in_force)
+        response = await self._send(
+            "POST",
+            "/v2/orders",
+            content=_request_encoder.encode(request),
+            headers={"Content-Type": "application/json"},
+        )
         _raise_for(response)
         return _result(response)
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
+    async def lookup(self, order: Order) -> OrderResult | None:
         """`GET /v2/orders:by_client_order_id`; None when Alpaca has no such order."""
         response = await self._send(
-            "GET", "/v2/orders:by_client_order_id", params={"client_order_id": client_order_id}
+            "GET",
+            "/v2/orders:by_client_order_id",
+            params={"client_order_id": order.client_order_id},
         )
         if response.status_code == 404:
             return None
@@ -265,6 +299,24 @@ class AlpacaBroker:
     async def close(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()
+
+    async def _position(self, order: Order) -> _AlpacaPosition:
+        """The open position a close flattens (see the table above for a flat one)."""
+        path = f"/v2/positions/{quote(order.symbol.replace('/', ''), safe='')}"
+        response = await self._send("GET", path)
+        if response.status_code == 404:
+            # Flat: never opened, or closed by an earlier delivery of this very close.
+            if await self.lookup(order) is not None:
+                raise DuplicateOrderError(
+                    f"alpaca has no position in {order.symbol} and already has client"
+                    f" order id {order.client_order_id}"
+                )
+            raise OrderRejectedError(f"alpaca has no open position in {order.symbol} to close")
+        _raise_for(response)
+        try:
+            return _position_decoder.decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise RetryableError(f"alpaca answered with no position: {exc}") from exc
 
     async def _send(
         self,

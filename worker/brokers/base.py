@@ -38,7 +38,12 @@ class OrderResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Broker(Protocol):
-    """A broker: places orders idempotently and finds them again by client order id."""
+    """A broker: places orders idempotently and finds them again by client order id.
+
+    `lookup` gets the whole order, not only its client order id: most exchanges
+    (Binance among them) find an order only by client order id *and* symbol, and a
+    lookup may run in another process than the place that sent it.
+    """
 
     name: str
 
@@ -46,8 +51,8 @@ class Broker(Protocol):
         """Place the order; raise DuplicateOrderError, RetryableError or TerminalError."""
         ...
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
-        """The order with this client order id, if the broker has it."""
+    async def lookup(self, order: Order) -> OrderResult | None:
+        """The broker's record of `order` (by its client order id), if it has one."""
         ...
 
     async def equity(self) -> float | None:

@@ -24,12 +24,15 @@ params)` (symbols are ccxt's unified ones, e.g. `BTC/USDT`; amounts in the base 
 
 Idempotency. Binance spot keeps `newClientOrderId` unique only among *open* orders: a
 filled order's id may be used again, so a redelivered market order would fill twice.
-Before placing, the adapter therefore asks for the client order id (fetch_order with
-`clientOrderId`, Binance `origClientOrderId`) and reports a DuplicateOrderError when the
-exchange has it (`check_before_place`, on by default). A duplicate answer from the
-exchange itself (ccxt DuplicateOrderId, Binance -2010 "Duplicate order sent.") is a
-DuplicateOrderError too. Finding an order needs its symbol on most exchanges: `lookup`
-knows the symbols of the orders this instance placed, and returns None for others.
+Before placing, the adapter therefore looks the order up (`lookup`) and reports a
+DuplicateOrderError when the exchange has it (`check_before_place`, on by default). A
+duplicate answer from the exchange itself (ccxt DuplicateOrderId, Binance -2010
+"Duplicate order sent.") is a DuplicateOrderError too.
+
+`lookup(order)` is fetch_order by client order id (`clientOrderId`, Binance
+`origClientOrderId`) *and* the order's symbol, which most exchanges need: it finds
+the order whichever process or instance placed it. An exchange without fetchOrder,
+or one that cannot find an order by client order id, finds nothing (None).
 
     ccxt error                                          worker
     --------------------------------------------------  ------------------------------
@@ -91,9 +94,6 @@ _REJECTIONS: Final = (
     ccxt_errors.NotSupported,
     ccxt_errors.ArgumentsRequired,
 )
-# Symbol and side of the orders this instance sent, for `lookup` (most exchanges need
-# the symbol to find an order).
-_REMEMBERED: Final = 4096
 _STATUS: Final = {"closed": "filled"}
 
 
@@ -205,15 +205,10 @@ def _translate(exc: Exception, name: str, secrets: tuple[str, ...]) -> Execution
     return RetryableError(message)
 
 
-def _result(raw: dict[str, Any], client_order_id: str, sent: Side | None) -> OrderResult:
+def _result(raw: dict[str, Any], client_order_id: str, sent: Side) -> OrderResult:
     """ccxt's unified order structure as an OrderResult; `sent` is the side asked for."""
-    side: Side
-    if raw.get("side") in ("buy", "sell"):
-        side = raw["side"]
-    elif sent is not None:
-        side = sent
-    else:
-        raise RetryableError(f"the exchange's answer for {client_order_id} names no side")
+    # Some exchanges leave the side out of a create_order answer.
+    side: Side = raw["side"] if raw.get("side") in ("buy", "sell") else sent
     status = str(raw.get("status") or "open")
     filled = raw.get("filled") or 0.0
     average = raw.get("average") if filled else None
@@ -227,6 +222,11 @@ def _result(raw: dict[str, Any], client_order_id: str, sent: Side | None) -> Ord
     )
 
 
+def _sent_side(order: Order) -> Side:
+    """The side the exchange sees: a spot close is a sell."""
+    return "sell" if order.side == "close" else order.side
+
+
 class CcxtBroker:
     """One exchange account through ccxt; one HTTP session per instance."""
 
@@ -235,19 +235,14 @@ class CcxtBroker:
         self._config = config
         self._secrets = tuple(s for s in (config.api_key, config.secret, config.password) if s)
         self._exchange = _exchange(config)
-        self._sent: dict[str, tuple[str, Side]] = {}
 
     async def place(self, order: Order) -> OrderResult:
         """Create the order, or sell the base balance for a close (spot)."""
-        side: Side = "sell" if order.side == "close" else order.side
-        self._remember(order.client_order_id, order.symbol, side)
+        if self._config.check_before_place and await self.lookup(order) is not None:
+            raise DuplicateOrderError(
+                f"{self.name} already has client order id {order.client_order_id}"
+            )
         try:
-            if self._config.check_before_place:
-                existing = await self._find(order.client_order_id, order.symbol)
-                if existing is not None:
-                    raise DuplicateOrderError(
-                        f"{self.name} already has client order id {order.client_order_id}"
-                    )
             if order.side == "close":
                 raw = await self._sell_balance(order)
             else:
@@ -257,16 +252,15 @@ class CcxtBroker:
                 )
         except ccxt_errors.BaseError as exc:
             raise _translate(exc, self.name, self._secrets) from None
-        return _result(raw, order.client_order_id, side)
+        return _result(raw, order.client_order_id, _sent_side(order))
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
-        """The order with this client order id, if this instance knows its symbol."""
-        symbol, side = self._sent.get(client_order_id, (None, None))
+    async def lookup(self, order: Order) -> OrderResult | None:
+        """fetch_order by the order's client order id and symbol; None when not found."""
         try:
-            raw = await self._find(client_order_id, symbol)
+            raw = await self._find(order.client_order_id, order.symbol)
         except ccxt_errors.BaseError as exc:
             raise _translate(exc, self.name, self._secrets) from None
-        return None if raw is None else _result(raw, client_order_id, side)
+        return None if raw is None else _result(raw, order.client_order_id, _sent_side(order))
 
     async def equity(self) -> float | None:
         """None: spot equity would need every asset priced in one currency."""
@@ -276,12 +270,7 @@ class CcxtBroker:
         """Close ccxt's HTTP session."""
         await self._exchange.close()
 
-    def _remember(self, client_order_id: str, symbol: str, side: Side) -> None:
-        if len(self._sent) >= _REMEMBERED:
-            del self._sent[next(iter(self._sent))]  # the oldest
-        self._sent[client_order_id] = (symbol, side)
-
-    async def _find(self, client_order_id: str, symbol: str | None) -> dict[str, Any] | None:
+    async def _find(self, client_order_id: str, symbol: str) -> dict[str, Any] | None:
         """fetch_order by client order id; None when the exchange has no such order."""
         if not self._exchange.has.get("fetchOrder"):
             return None
@@ -292,7 +281,7 @@ class CcxtBroker:
         except ccxt_errors.OrderNotFound:
             return None
         except (ccxt_errors.ArgumentsRequired, ccxt_errors.NotSupported) as exc:
-            # This exchange cannot find an order by client id alone (Binance needs the symbol).
+            # This exchange cannot find an order by client order id, even with the symbol.
             log.debug("%s cannot look up %s: %s", self.name, client_order_id, type(exc).__name__)
             return None
         return raw

@@ -31,8 +31,13 @@ A receiver recomputes the HMAC over the raw body, compares with
     408, 429, 5xx, timeout, no connection  RetryableError
     other 4xx                              OrderRejectedError with the answer's text
     lookup: GET <url>/<client_order_id>    200 JSON with id, status, side, quantity
-                                           (fill_price optional); 404 → None. Without
-                                           `lookup` configured, lookup is always None.
+                                           (fill_price optional); 404 → None
+    lookup without `lookup` configured     no request: the order itself, status
+                                           "accepted", broker_order_id = client_order_id
+
+Without lookups the worker only asks after a 409, and a 409 is the receiver's word
+that it has the order: answering None there would make the worker retry "cannot find
+it yet" until the alert is dead-lettered, though the order went through.
 """
 
 from __future__ import annotations
@@ -142,10 +147,17 @@ class HttpForwardBroker:
             fill_price=answer.fill_price,
         )
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
-        """GET `<url>/<client_order_id>` when the receiver has lookups; else None."""
+    async def lookup(self, order: Order) -> OrderResult | None:
+        """GET `<url>/<client_order_id>` when the receiver has lookups; else the order as sent."""
+        client_order_id = order.client_order_id
         if not self._config.lookup:
-            return None
+            return OrderResult(
+                client_order_id=client_order_id,
+                broker_order_id=client_order_id,
+                status="accepted",
+                side=order.side,
+                quantity=order.quantity,
+            )
         url = f"{self._config.url.rstrip('/')}/{quote(client_order_id, safe='')}"
         response = await self._send("GET", url, client_order_id, b"")
         if response.status_code == 404:

@@ -62,10 +62,10 @@ class PaperBroker:
         async with self._lock:
             return await asyncio.to_thread(self._place, order)
 
-    async def lookup(self, client_order_id: str) -> OrderResult | None:
-        """The order with this client order id."""
+    async def lookup(self, order: Order) -> OrderResult | None:
+        """The order with this order's client order id (unique across the whole book)."""
         async with self._lock:
-            return await asyncio.to_thread(self._lookup, client_order_id)
+            return await asyncio.to_thread(self._lookup, order.client_order_id)
 
     async def equity(self) -> float:
         """The paper account's (fixed) equity, for percent-of-equity sizing."""
