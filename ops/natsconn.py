@@ -111,7 +111,8 @@ async def connect(settings: Common, *, name: str) -> Client:
 
     async def on_error(exc: Exception) -> None:
         if not client.is_connected and not refused.done() and (why := _refusal(exc, settings)):
-            refused.set_result(why)
+            refused.set_result(why)  # raised as NatsAuthError below
+            return
         log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
@@ -139,6 +140,14 @@ async def connect(settings: Common, *, name: str) -> Client:
             reconnected_cb=on_reconnected,
         )
     )
+    await _first_contact(client, connecting, refused)
+    return client
+
+
+async def _first_contact(
+    client: Client, connecting: asyncio.Future[None], refused: asyncio.Future[str]
+) -> None:
+    """Wait for the first connection, or for the reason it will never come."""
     try:
         await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -149,4 +158,3 @@ async def connect(settings: Common, *, name: str) -> Client:
     if refused.done() and not client.is_connected:
         raise NatsAuthError(refused.result())
     connecting.result()  # any other failure of the first connect
-    return client

@@ -1,0 +1,634 @@
+"""NATS least privilege, checked on a real nats-server running deploy/nats-server.conf.
+
+Each role does its real work as its own user (the ingress's Publisher, the worker's
+Worker with the paper broker, the operators' CLI as a process), and every door a
+role must not have is tried: the attempt must fail *and* the server must log a
+permissions violation for exactly that subject. Credentials come from env or files;
+TLS is tested with a CA made here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib.util
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError
+
+from contracts.headers import MSG_ID
+from contracts.messages import Alert, Executed, Expired, alert_encoder, event_kind
+from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, alert_subject
+from contracts.topology import partition_durable
+from ingress.publisher import Publisher
+from ingress.telemetry import IngressMetrics
+from ops import dlq, provision
+from ops.events import read_events
+from ops.natsconn import NatsAuthError, connect
+from ops.paths import (
+    NATS_ROLES,
+    ensure_nats_passwords,
+    nats_config_file,
+    nats_password_file,
+    nats_server_password_var,
+)
+from ops.settings import Common, IngressSettings, SettingsError, WorkerSettings, load
+from ops.stack import Stack
+from tests.pki import Pki, make_pki
+from tests.support import NatsServer, eventually
+from tests.workers import make_alert, run_worker
+from worker.brokers.base import Order, OrderResult
+from worker.brokers.paper import PaperBroker
+from worker.dlq import DeadLetters
+from worker.errors import RetryableError
+
+ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
+# The worker's topology here: two partitions, quick retries, two deliveries at most.
+TOPOLOGY = {
+    "ALERTBRIDGE_PARTITIONS": "2",
+    "ALERTBRIDGE_MAX_DELIVER": "2",
+    "ALERTBRIDGE_ACK_WAIT": "5",
+    "ALERTBRIDGE_RETRY_BACKOFF": "0.2",
+    "ALERTBRIDGE_FETCH_TIMEOUT": "0.5",
+    "ALERTBRIDGE_SHUTDOWN_GRACE": "3",
+    "ALERTBRIDGE_HEALTH_PORT": "0",
+}
+VIOLATION = re.compile(
+    r'"\$G/user:(?P<user>[^"]+)" - (?P<kind>Publish|Subscription) Violation'
+    r' - Subject "(?P<subject>[^"]+)"'
+)
+DENIED_WITHIN = 0.5  # seconds a refused request waits for the answer that never comes
+
+
+@dataclass
+class Secured:
+    """A nats-server on deploy/nats-server.conf, and the role passwords it was given."""
+
+    server: NatsServer
+    passwords: dict[str, str]
+
+    def env(self, role: str, **extra: str) -> dict[str, str]:
+        """ALERTBRIDGE_* variables that make a process `role`."""
+        return {
+            "ALERTBRIDGE_NATS_URL": self.server.url,
+            "ALERTBRIDGE_NATS_USER": role,
+            "ALERTBRIDGE_NATS_PASSWORD": self.passwords[role],
+            **TOPOLOGY,
+            **extra,
+        }
+
+    async def connect(self, role: str, **extra: str) -> Client:
+        """A connection as `role`, made by the code the processes use."""
+        return await connect(load(Common, self.env(role, **extra)), name=f"alertbridge-{role}")
+
+    def violations(self, user: str) -> list[tuple[str, str]]:
+        """(Publish|Subscription, subject) the server refused `user`, in its log's order."""
+        assert self.server.log is not None
+        text = self.server.log.read_text(encoding="utf-8") if self.server.log.exists() else ""
+        return [(m["kind"], m["subject"]) for m in VIOLATION.finditer(text) if m["user"] == user]
+
+    async def refused(self, user: str, kind: str, subject: str) -> None:
+        """Wait until the server has logged that it refused `user` this subject."""
+
+        async def logged() -> bool | None:
+            return True if (kind, subject) in self.violations(user) else None
+
+        await eventually(logged, within=3)
+
+
+def _role_passwords() -> dict[str, str]:
+    return {role: secrets.token_urlsafe(18) for role in NATS_ROLES}
+
+
+def _server_env(passwords: dict[str, str]) -> dict[str, str]:
+    return {nats_server_password_var(role): pw for role, pw in passwords.items()}
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    """One server on the real config for the module; its log shows every refusal."""
+    root = tmp_path_factory.mktemp("nats-secured")
+    passwords = _role_passwords()
+    server = NatsServer(
+        root / "store", config=nats_config_file(), env=_server_env(passwords), log=root / "log"
+    ).start()
+    yield Secured(server, passwords)
+    server.stop()
+
+
+@pytest.fixture
+async def as_ops(secured: Secured) -> AsyncIterator[JetStreamContext]:
+    """The operators' JetStream context; the streams start empty, provisioned by the worker."""
+    ops = await secured.connect("ops")
+    js = ops.jetstream()
+    for stream in await js.streams_info():
+        await js.delete_stream(stream.config.name or "")
+    worker = await secured.connect("worker")
+    try:
+        await provision.apply(
+            worker.jetstream(), load(WorkerSettings, secured.env("worker")).topology()
+        )
+    finally:
+        await worker.close()
+    yield js
+    await ops.close()
+
+
+@pytest.fixture
+async def as_ingress(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator[Client]:
+    client = await secured.connect("ingress")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def as_worker(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator[Client]:
+    client = await secured.connect("worker")
+    yield client
+    await client.close()
+
+
+async def _publish(js: JetStreamContext, alert: Alert) -> int:
+    ack = await js.publish(
+        alert_subject(alert.account, alert.symbol),
+        alert_encoder.encode(alert),
+        headers={MSG_ID: alert.id},
+    )
+    return ack.seq
+
+
+# --- the ingress: store alerts, nothing else ----------------------------------------
+
+
+async def test_the_ingress_stores_alerts_and_gets_its_acks(
+    secured: Secured, as_ops: JetStreamContext
+) -> None:
+    settings = load(IngressSettings, secured.env("ingress", ALERTBRIDGE_SECRETS="s" * 16))
+    before = len(secured.violations("ingress"))
+    publisher = Publisher(settings, IngressMetrics())
+    await publisher.start()
+    try:
+
+        async def ready() -> bool | None:
+            return True if await publisher.ready() == [] else None
+
+        await eventually(ready, within=5)  # readiness reads stream info: allowed
+        alert = make_alert("ingress-1")
+        assert await publisher.publish(alert) is False
+        assert await publisher.publish(alert) is True  # dedup by Nats-Msg-Id, PubAck read
+        stored = await as_ops.stream_info(ALERTS_STREAM)
+        assert stored.state.messages == 1
+    finally:
+        await publisher.stop()
+    assert secured.violations("ingress")[before:] == []
+
+
+def _ingress_attempts() -> dict[str, tuple[Callable[[JetStreamContext], Awaitable[object]], str]]:
+    """What the ingress must not do → the JetStream API subject the server refuses."""
+    return {
+        "direct get": (
+            lambda js: js.get_msg(ALERTS_STREAM, seq=1, direct=True),
+            "$JS.API.DIRECT.GET.ALERTS",
+        ),
+        "get": (lambda js: js.get_msg(ALERTS_STREAM, seq=1), "$JS.API.STREAM.MSG.GET.ALERTS"),
+        "consumer create": (
+            lambda js: js.add_consumer(ALERTS_STREAM, ConsumerConfig(durable_name="spy")),
+            "$JS.API.CONSUMER.DURABLE.CREATE.ALERTS.spy",
+        ),
+        "fetch from the worker's consumer": (
+            lambda js: _fetch(js, partition_durable(0)),
+            "$JS.API.CONSUMER.MSG.NEXT.ALERTS.worker-p0",
+        ),
+        "purge": (lambda js: js.purge_stream(ALERTS_STREAM), "$JS.API.STREAM.PURGE.ALERTS"),
+        "delete stream": (
+            lambda js: js.delete_stream(ALERTS_STREAM),
+            "$JS.API.STREAM.DELETE.ALERTS",
+        ),
+        "delete message": (
+            lambda js: js.delete_msg(ALERTS_STREAM, 1),
+            "$JS.API.STREAM.MSG.DELETE.ALERTS",
+        ),
+        "reconfigure": (
+            lambda js: js.update_stream(
+                provision.stream_config(load(WorkerSettings, TOPOLOGY).topology().streams[0])
+            ),
+            "$JS.API.STREAM.UPDATE.ALERTS",
+        ),
+        "forge an event": (
+            lambda js: js.publish("events.executed.default.NASDAQ:AAPL", b"{}"),
+            "events.executed.default.NASDAQ:AAPL",
+        ),
+    }
+
+
+async def _fetch(js: JetStreamContext, durable: str) -> object:
+    sub = await js.pull_subscribe_bind(durable=durable, stream=ALERTS_STREAM)
+    try:
+        return await sub.fetch(1, timeout=DENIED_WITHIN)
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest.mark.parametrize("attempt", list(_ingress_attempts()))
+async def test_the_ingress_cannot_read_or_change_alerts(
+    secured: Secured, as_ingress: Client, as_ops: JetStreamContext, attempt: str
+) -> None:
+    await _publish(as_ops, make_alert("there-to-be-read"))
+    action, subject = _ingress_attempts()[attempt]
+    with pytest.raises(TimeoutError):  # the server drops the request and says why (-ERR)
+        # (asyncio's own timeout too: delete_msg ignores the context's timeout)
+        await asyncio.wait_for(action(as_ingress.jetstream(timeout=DENIED_WITHIN)), 1)
+    await secured.refused("ingress", "Publish", subject)
+    assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 1  # untouched
+
+
+@pytest.mark.parametrize("subject", ["alerts.in.>", "_INBOX.>"])
+async def test_the_ingress_cannot_listen_in(
+    secured: Secured, as_ingress: Client, subject: str
+) -> None:
+    """Neither alerts as they pass nor other processes' replies (the worker's deliveries)."""
+    sub = await as_ingress.subscribe(subject)
+    await as_ingress.flush()
+    js = as_ingress.jetstream()
+    await _publish(js, make_alert("passing-by"))  # on alerts.in.>, its reply on _INBOX.>
+    await secured.refused("ingress", "Subscription", subject)
+    with pytest.raises(TimeoutError):
+        await sub.next_msg(timeout=DENIED_WITHIN)
+
+
+@pytest.mark.parametrize("header", [{"Nats-Rollup": "all"}, {"Nats-TTL": "1s"}])
+async def test_the_ingress_cannot_purge_or_expire_alerts_by_header(
+    as_ingress: Client, as_ops: JetStreamContext, header: dict[str, str]
+) -> None:
+    """Publishing is allowed, so the stream itself must refuse rollups and per-message TTLs."""
+    js = as_ingress.jetstream()
+    await _publish(js, make_alert("kept"))
+    with pytest.raises(APIError, match=r"not permitted|disabled"):
+        await js.publish("alerts.in.default.X", b"{}", headers={MSG_ID: "sweeper", **header})
+    assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 1
+
+
+# --- the worker: its whole job, but no alerts of its own -----------------------------
+
+
+class Book(PaperBroker):
+    """The paper book, except that one symbol's broker is down for good."""
+
+    down = "NASDAQ:DOWN"
+
+    async def place(self, order: Order) -> OrderResult:
+        if order.symbol == self.down:
+            raise RetryableError("broker unreachable")
+        return await super().place(order)
+
+
+async def test_the_worker_does_its_whole_job(
+    secured: Secured, as_worker: Client, as_ingress: Client, as_ops: JetStreamContext,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    before = len(secured.violations("worker"))
+    settings = load(WorkerSettings, secured.env("worker"))
+    await provision.apply(as_worker.jetstream(), settings.topology())  # as at every start
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    ingress = as_ingress.jetstream()
+    await _publish(ingress, make_alert("fills"))
+    await _publish(ingress, make_alert("too-old", symbol="NYSE:IBM", timenow=old))
+    await _publish(ingress, make_alert("never-placed", symbol=Book.down))
+    worker = await run_worker(as_worker, Book(tmp_path / "paper.db"), settings)
+    try:
+
+        async def settled() -> list[dlq.DeadLetter] | None:
+            found = await dlq.entries(as_ops)
+            return found if len(found) == 2 else None
+
+        dead = await eventually(settled, within=20)
+        events = await read_events(as_ops)
+    finally:
+        worker.stop()
+    assert {(e.alert_id, e.reason) for e in dead} == {
+        ("too-old", "expired"),  # written by the worker itself, then term
+        ("never-placed", "max_deliveries"),  # by the router: advisory + direct get
+    }
+    assert next(e for e in dead if e.alert_id == "never-placed").last_error  # EVENTS direct get
+    executed = [e for e in events if isinstance(e, Executed)]
+    assert [e.alert_id for e in executed] == ["fills"]
+    assert any(isinstance(e, Expired) for e in events)
+    assert {event_kind(e) for e in events} >= {
+        "attempt_failed", "dead_lettered", "executed", "expired",
+    }  # fmt: skip
+    assert secured.violations("worker")[before:] == []
+
+
+async def test_the_worker_acks_naks_terms_and_keeps_working(
+    secured: Secured, as_worker: Client, as_ingress: Client, as_ops: JetStreamContext
+) -> None:
+    """Every acknowledgement verb, one by one, on a partition consumer."""
+    before = len(secured.violations("worker"))
+    seq = await _publish(as_ingress.jetstream(), make_alert("verbs"))
+    stored = await as_ops.get_msg(ALERTS_STREAM, seq=seq, direct=True)
+    partition = int((stored.subject or "").rsplit(".", 1)[1])
+    js = as_worker.jetstream()
+    sub = await js.pull_subscribe_bind(durable=partition_durable(partition), stream=ALERTS_STREAM)
+    try:
+        (msg,) = await sub.fetch(1, timeout=2)
+        await msg.in_progress()
+        await msg.nak()
+        (again,) = await sub.fetch(1, timeout=2)
+        assert again.metadata.num_delivered == 2  # the nak was taken
+        await as_worker.publish(again.reply, b"+TERM checked by test")
+        router = await js.pull_subscribe_bind(durable="dlq-router", stream="ADVISORIES")
+        (advisory,) = await router.fetch(1, timeout=3)
+        assert json.loads(advisory.data)["reason"] == "checked by test"
+        await advisory.ack_sync()
+        await router.unsubscribe()
+    finally:
+        await sub.unsubscribe()
+    assert secured.violations("worker")[before:] == []
+
+
+async def test_the_worker_cannot_publish_alerts(secured: Secured, as_worker: Client) -> None:
+    js = as_worker.jetstream(timeout=DENIED_WITHIN)
+    with pytest.raises(TimeoutError):
+        await _publish(js, make_alert("forged", symbol="NASDAQ:FORGED"))
+    await secured.refused("worker", "Publish", "alerts.in.default.NASDAQ:FORGED")
+    with pytest.raises(TimeoutError):
+        await js.purge_stream(ALERTS_STREAM)
+    await secured.refused("worker", "Publish", "$JS.API.STREAM.PURGE.ALERTS")
+    with pytest.raises(TimeoutError):
+        await js.delete_stream(DLQ_STREAM)
+    await secured.refused("worker", "Publish", "$JS.API.STREAM.DELETE.DLQ")
+
+
+# --- the operators: the CLI ---------------------------------------------------------
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ALERTBRIDGE_")}
+    return subprocess.run(
+        [ALERTBRIDGE, *args], env={**clean, **env}, capture_output=True, text=True,
+        timeout=30, check=False,
+    )  # fmt: skip
+
+
+async def test_ops_runs_status_and_replays_the_dlq(
+    secured: Secured, as_worker: Client, as_ingress: Client, as_ops: JetStreamContext,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    before = len(secured.violations("ops"))
+    alert = make_alert("to-replay", symbol="NYSE:KO")
+    seq = await _publish(as_ingress.jetstream(), alert)
+    dlq_seq, _ = await DeadLetters(as_worker.jetstream()).write(
+        data=alert_encoder.encode(alert), original_headers=None,
+        subject=alert_subject(alert.account, alert.symbol), seq=seq, reason="rejected: test",
+        deliveries=1, last_error=None,
+    )  # fmt: skip
+    password = tmp_path / "ops.password"
+    password.write_text(secured.passwords["ops"] + "\n", encoding="utf-8")
+    env = {
+        "ALERTBRIDGE_NATS_URL": secured.server.url,
+        "ALERTBRIDGE_NATS_USER": "ops",
+        "ALERTBRIDGE_NATS_PASSWORD_FILE": str(password),
+        "ALERTBRIDGE_VAR": str(tmp_path / "var"),
+    }
+    status = await asyncio.to_thread(_cli, env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    found = json.loads(status.stdout)
+    assert found["missing"] == [] and found["dlq_depth"] == 1
+
+    replay = await asyncio.to_thread(_cli, env, "dlq", "replay", str(dlq_seq), "--json")
+    assert replay.returncode == 0, replay.stderr
+    assert (await as_ops.stream_info(DLQ_STREAM)).state.messages == 0
+    assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 2  # re-queued
+    assert [e.alert_id for e in await read_events(as_ops, "events.replayed.>")] == ["to-replay"]
+    assert secured.violations("ops")[before:] == []
+
+
+async def test_the_cli_is_the_local_stacks_ops_user(
+    secured: Secured, as_ops: JetStreamContext, tmp_path: Path
+) -> None:
+    """With no credentials of its own the CLI reads var/nats-ops.password (as `send` var/secret)."""
+    var = tmp_path / "var"
+    var.mkdir()
+    nats_password_file(var, "ops").write_text(secured.passwords["ops"] + "\n", encoding="utf-8")
+    env = {"ALERTBRIDGE_NATS_URL": secured.server.url, "ALERTBRIDGE_VAR": str(var)}
+    status = await asyncio.to_thread(_cli, env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["missing"] == []
+
+
+# --- credentials --------------------------------------------------------------------
+
+
+async def test_a_password_file_and_a_password_variable_both_work(
+    secured: Secured, tmp_path: Path
+) -> None:
+    path = tmp_path / "worker.password"
+    path.write_text(f"\n{secured.passwords['worker']}\n", encoding="utf-8")
+    from_file = {**secured.env("worker"), "ALERTBRIDGE_NATS_PASSWORD": ""}
+    from_file["ALERTBRIDGE_NATS_PASSWORD_FILE"] = str(path)
+    for env in (from_file, secured.env("worker")):
+        client = await connect(load(Common, env), name="alertbridge-worker")
+        try:
+            assert client.is_connected
+            assert (await client.jetstream().stream_info(ALERTS_STREAM)).config.name == "ALERTS"
+        finally:
+            await client.close()
+
+
+async def test_a_wrong_password_fails_fast_and_says_why(secured: Secured) -> None:
+    wrong = "not-the-password"
+    started = time.monotonic()
+    with pytest.raises(NatsAuthError) as refused:
+        await connect(
+            load(Common, secured.env("worker", ALERTBRIDGE_NATS_PASSWORD=wrong)),
+            name="alertbridge-worker",
+        )
+    assert time.monotonic() - started < 5  # not retried for ever
+    message = str(refused.value)
+    assert "Authorization Violation" in message
+    assert "'worker'" in message and "ALERTBRIDGE_NATS_PASSWORD" in message
+    assert wrong not in message
+    assert secured.server.url in message
+
+
+async def test_a_refused_ingress_stays_unready_and_says_why(secured: Secured) -> None:
+    env = secured.env("ingress", ALERTBRIDGE_NATS_PASSWORD="wrong", ALERTBRIDGE_SECRETS="s" * 16)
+    publisher = Publisher(load(IngressSettings, env), IngressMetrics())
+    await publisher.start()
+    try:
+
+        async def reason() -> list[str] | None:
+            found = await publisher.ready()
+            return found if found != ["nats: not connected"] else None
+
+        assert "Authorization Violation" in " ".join(await eventually(reason, within=5))
+    finally:
+        await publisher.stop()
+
+
+async def test_no_credentials_are_refused(secured: Secured) -> None:
+    with pytest.raises(NatsAuthError, match="anonymous"):
+        await connect(load(Common, {"ALERTBRIDGE_NATS_URL": secured.server.url}), name="x")
+
+
+def test_the_cli_reports_a_wrong_password(secured: Secured, tmp_path: Path) -> None:
+    env = {**secured.env("ops", ALERTBRIDGE_NATS_PASSWORD="wrong-password")}
+    env["ALERTBRIDGE_VAR"] = str(tmp_path)
+    result = _cli(env, "status")
+    assert result.returncode == 1
+    assert "Authorization Violation" in result.stderr and "'ops'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"ALERTBRIDGE_NATS_USER": "w"}, "ALERTBRIDGE_NATS_PASSWORD_FILE"),
+        ({"ALERTBRIDGE_NATS_PASSWORD": "p"}, "ALERTBRIDGE_NATS_USER"),
+        (
+            {"ALERTBRIDGE_NATS_USER": "w", "ALERTBRIDGE_NATS_PASSWORD": "p",
+             "ALERTBRIDGE_NATS_PASSWORD_FILE": "/x"},
+            "both set",
+        ),
+        ({"ALERTBRIDGE_NATS_USER": "w", "ALERTBRIDGE_NATS_PASSWORD_FILE": "/nope"}, "/nope"),
+        ({"ALERTBRIDGE_NATS_CREDS": "/nope.creds"}, "ALERTBRIDGE_NATS_CREDS='/nope.creds'"),
+        ({"ALERTBRIDGE_NATS_NKEY": "/nope.nk"}, "ALERTBRIDGE_NATS_NKEY='/nope.nk'"),
+        ({"ALERTBRIDGE_NATS_TLS_CA": "/nope.pem"}, "ALERTBRIDGE_NATS_TLS_CA"),
+        ({"ALERTBRIDGE_NATS_TLS_KEY": "/k.pem"}, "ALERTBRIDGE_NATS_TLS_CERT"),
+    ],
+)  # fmt: skip
+def test_bad_credential_settings_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(names)):
+        load(Common, env)
+
+
+def test_the_password_never_shows(tmp_path: Path) -> None:
+    settings = load(
+        Common, {"ALERTBRIDGE_NATS_USER": "w", "ALERTBRIDGE_NATS_PASSWORD": "hunter2-xyz"}
+    )
+    assert "hunter2-xyz" not in repr(settings) and "hunter2-xyz" not in str(settings)
+    assert settings.nats_password is not None and settings.nats_password.reveal() == "hunter2-xyz"
+
+
+def test_creds_and_nkey_files_need_the_nkeys_package(tmp_path: Path) -> None:
+    seed = tmp_path / "user.nk"
+    seed.write_text("SUAxxx\n", encoding="utf-8")
+    if importlib.util.find_spec("nkeys") is not None:
+        pytest.skip("nkeys is installed: this checks the message given without it")
+    settings = load(Common, {"ALERTBRIDGE_NATS_NKEY": str(seed)})
+    with pytest.raises(SettingsError, match=r"ALERTBRIDGE_NATS_NKEY needs the `nkeys` package"):
+        asyncio.run(connect(settings, name="x"))
+
+
+# --- `just up`: each process only its own user ---------------------------------------
+
+
+def test_just_up_gives_each_process_its_own_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for role in NATS_ROLES:  # even when the caller has them, children never see them
+        monkeypatch.setenv(nats_server_password_var(role), "leaked")
+    monkeypatch.setenv("ALERTBRIDGE_NATS_PASSWORD", "inherited")
+    var = tmp_path / "var"
+    files = ensure_nats_passwords(var)
+    assert {p.stat().st_mode & 0o777 for p in files.values()} == {0o600}
+    assert len({p.read_text() for p in files.values()}) == 3
+    assert ensure_nats_passwords(var) == files
+    assert {p.read_text() for p in ensure_nats_passwords(var).values()} == {
+        p.read_text() for p in files.values()
+    }  # kept, not regenerated
+    stack = Stack(var=var)
+    for role in NATS_ROLES:
+        env = stack.env_as(role)
+        assert env["ALERTBRIDGE_NATS_USER"] == role
+        assert env["ALERTBRIDGE_NATS_PASSWORD_FILE"] == str(files[role])
+        assert env["ALERTBRIDGE_NATS_PASSWORD"] == ""
+        assert not any(nats_server_password_var(r) in env for r in NATS_ROLES)
+        assert load(Common, env).nats_user == role
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Secured, Pki]]:
+    """deploy/nats-server.conf with its `tls {}` block filled in, `verify: true`."""
+    root = tmp_path_factory.mktemp("nats-tls")
+    pki = make_pki(root)
+    config = root / "nats-server.conf"
+    config.write_text(
+        nats_config_file().read_text(encoding="utf-8")
+        + f"""
+tls {{
+  cert_file: "{pki.server[0]}"
+  key_file: "{pki.server[1]}"
+  ca_file: "{pki.ca}"
+  verify: true
+  timeout: 2
+}}
+""",
+        encoding="utf-8",
+    )
+    passwords = _role_passwords()
+    server = NatsServer(root / "store", config=config, env=_server_env(passwords), log=root / "log")
+    yield Secured(server.start(), passwords), pki
+    server.stop()
+
+
+def _tls_env(
+    secured: Secured, role: str, pki: Pki, *, ca: bool = True, cert: bool = True
+) -> dict[str, str]:
+    env = secured.env(role, ALERTBRIDGE_NATS_URL=f"tls://127.0.0.1:{secured.server.port}")
+    if ca:
+        env["ALERTBRIDGE_NATS_TLS_CA"] = str(pki.ca)
+    if cert:
+        env["ALERTBRIDGE_NATS_TLS_CERT"] = str(pki.client[0])
+        env["ALERTBRIDGE_NATS_TLS_KEY"] = str(pki.client[1])
+    return env
+
+
+async def test_tls_with_the_ca_and_a_client_certificate(tls_server: tuple[Secured, Pki]) -> None:
+    secured, pki = tls_server
+    worker = await connect(
+        load(WorkerSettings, _tls_env(secured, "worker", pki)), name="alertbridge-worker"
+    )
+    ingress = await connect(
+        load(Common, _tls_env(secured, "ingress", pki)), name="alertbridge-ingress"
+    )
+    try:
+        assert worker.connected_url is not None and worker.connected_url.scheme == "tls"
+        await provision.apply(worker.jetstream(), load(WorkerSettings, TOPOLOGY).topology())
+        seq = await _publish(ingress.jetstream(), make_alert("over-tls"))
+        assert seq >= 1
+    finally:
+        await ingress.close()
+        await worker.close()
+
+
+@pytest.mark.parametrize(
+    ("ca", "cert", "why"),
+    [
+        (False, True, "certificate does not verify"),  # we do not trust the server
+        (True, False, "TLS to NATS"),  # the server does not trust us (verify: true)
+    ],
+)
+async def test_tls_without_the_ca_or_a_client_certificate_fails(
+    tls_server: tuple[Secured, Pki], ca: bool, cert: bool, why: str
+) -> None:
+    secured, pki = tls_server
+    settings = load(Common, _tls_env(secured, "ingress", pki, ca=ca, cert=cert))
+    with pytest.raises(NatsAuthError, match=why):
+        await asyncio.wait_for(connect(settings, name="alertbridge-ingress"), 5)
