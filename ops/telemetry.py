@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING, Final
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from prometheus_client import REGISTRY, generate_latest
 
 if TYPE_CHECKING:
@@ -66,36 +70,43 @@ def setup(default_service_name: str, env: Mapping[str, str] = os.environ) -> Tel
     resource = Resource.create(attributes)  # also reads OTEL_SERVICE_NAME / _RESOURCE_ATTRIBUTES
     tracer_provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER
     if protocol := _otlp_protocol(env, "TRACES"):
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                OTLPSpanExporter as GrpcSpanExporter,
-            )
-
-            tracer_provider.add_span_processor(BatchSpanProcessor(GrpcSpanExporter()))
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                OTLPSpanExporter as HttpSpanExporter,
-            )
-
-            tracer_provider.add_span_processor(BatchSpanProcessor(HttpSpanExporter()))
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(protocol)))
     readers: list[MetricReader] = [PrometheusMetricReader()]
     if protocol := _otlp_protocol(env, "METRICS"):
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                OTLPMetricExporter as GrpcMetricExporter,
-            )
-
-            readers.append(PeriodicExportingMetricReader(GrpcMetricExporter()))
-        else:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                OTLPMetricExporter as HttpMetricExporter,
-            )
-
-            readers.append(PeriodicExportingMetricReader(HttpMetricExporter()))
+        readers.append(PeriodicExportingMetricReader(_metric_exporter(protocol)))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return Telemetry(tracer_provider, meter_provider)
+
+
+def _span_exporter(protocol: str) -> SpanExporter:
+    # Imported on demand: a process that exports nothing loads neither gRPC nor protobuf.
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter()
+
+
+def _metric_exporter(protocol: str) -> MetricExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        return GrpcMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter()
 
 
 def metrics_text() -> bytes:

@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
-from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeoutError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -41,6 +39,7 @@ from worker.dlq import DeadLetters, Router
 from worker.errors import RetryableError, TerminalError, backoff
 from worker.events import EventLog
 from worker.execute import execute
+from worker.pull import pull
 from worker.telemetry import QueueDepth, WorkerMetrics
 
 if TYPE_CHECKING:
@@ -128,29 +127,11 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _partition_loop(self, partition: int) -> None:
-        sub = await self._js.pull_subscribe_bind(
-            durable=partition_durable(partition), stream=ALERTS_STREAM
-        )
-        timeout = self._settings.fetch_timeout
-        try:
-            while not self._stopping.is_set():
-                try:
-                    msgs = await sub.fetch(1, timeout=timeout)
-                except NatsTimeoutError:
-                    continue
-                except ConnectionClosedError:
-                    return  # closed for good (shutdown): nothing more to fetch
-                except Exception as exc:  # noqa: BLE001 - the loop must outlive NATS hiccups
-                    log.warning("fetch on partition %d failed: %r", partition, exc)
-                    await asyncio.sleep(min(timeout, 1.0))
-                    continue
-                for msg in msgs:
-                    await self.handle(msg)
-        finally:
-            # A pull subscription left to `drain()` waits on status messages nobody
-            # reads (drain then times out after 30 s): end it here.
-            with contextlib.suppress(ConnectionClosedError):
-                await sub.unsubscribe()
+        await pull(
+            self._js, stream=ALERTS_STREAM, durable=partition_durable(partition), batch=1,
+            handle=self.handle, stopping=self._stopping,
+            fetch_timeout=self._settings.fetch_timeout,
+        )  # fmt: skip
 
     async def handle(self, msg: Msg) -> None:
         """Take one delivery to exactly one outcome, in a CONSUMER span of the alert's trace.

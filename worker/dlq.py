@@ -11,15 +11,11 @@ Two writers, one entry per ALERTS sequence (`Nats-Msg-Id: ALERTS:<seq>`):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
-from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
 from contracts import headers as h
@@ -40,8 +36,11 @@ from contracts.subjects import (
     split_alert_subject,
 )
 from contracts.topology import DLQ_ROUTER
+from worker.pull import pull
 
 if TYPE_CHECKING:
+    import asyncio
+
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
@@ -101,24 +100,10 @@ class Router:
 
     async def run(self, stopping: asyncio.Event, fetch_timeout: float) -> None:
         """Route advisories until `stopping` is set."""
-        sub = await self._js.pull_subscribe_bind(durable=DLQ_ROUTER, stream=ADVISORIES_STREAM)
-        try:
-            while not stopping.is_set():
-                try:
-                    msgs = await sub.fetch(16, timeout=fetch_timeout)
-                except NatsTimeoutError:
-                    continue
-                except ConnectionClosedError:
-                    return  # closed for good (shutdown): nothing more to fetch
-                except Exception as exc:  # noqa: BLE001 - outlive NATS hiccups
-                    log.warning("advisory fetch failed: %r", exc)
-                    await asyncio.sleep(min(fetch_timeout, 1.0))
-                    continue
-                for msg in msgs:
-                    await self.route(msg)
-        finally:
-            with contextlib.suppress(ConnectionClosedError):
-                await sub.unsubscribe()
+        await pull(
+            self._js, stream=ADVISORIES_STREAM, durable=DLQ_ROUTER, batch=16,
+            handle=self.route, stopping=stopping, fetch_timeout=fetch_timeout,
+        )  # fmt: skip
 
     async def route(self, msg: Msg) -> None:
         """Handle one advisory; ack only once its DLQ entry (and event) are stored."""
