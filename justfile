@@ -21,6 +21,10 @@ nats-context:
 test *ARGS:
     pytest {{ARGS}}
 
+# hostile input: REQUESTS schemathesis requests at a real ingress + nats-server (CI: 300)
+fuzz REQUESTS="10000":
+    ALERTBRIDGE_FUZZ_REQUESTS={{REQUESTS}} pytest tests/test_fuzz.py -q -s -p no:cacheprovider
+
 # lint and type-check
 lint:
     ruff check .
@@ -34,3 +38,7 @@ ci: lint test
 fmt:
     ruff format .
     ruff check --fix .
+
+# benchmark against the reference design (needs ../shared/bench): prints one table; --quick, --help
+bench *ARGS:
+    bench/run.sh {{ARGS}}

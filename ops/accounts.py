@@ -13,6 +13,7 @@ and any account name in an alert is accepted (the local stack's behaviour).
     max_alert_age = 60
     allowed_symbols = ["NASDAQ:AAPL", "BINANCE:BTCUSDT"]
     webhook_secrets_env = ["ALERTBRIDGE_SECRET_DEFAULT"]
+    hmac_secrets_env = ["ALERTBRIDGE_HMAC_DEFAULT"]     # optional: keys for signed alerts
     [accounts.default.symbols]
     "BINANCE:BTCUSDT" = "BTC/USDT"
 
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
-from ops.settings import MIN_SECRET_LENGTH, Secret, SettingsError
+from ops.settings import MIN_HMAC_KEY_LENGTH, MIN_SECRET_LENGTH, Secret, SettingsError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -111,6 +112,10 @@ class Account(_Strict, frozen=True):
     ccxt: CcxtSettings | None = None
     http: HttpSettings | None = None
     webhook_secrets_env: tuple[EnvName, ...] = ()
+    # HMAC keys for senders that sign (X-Signature); with hmac_required, only signed
+    # alerts are admitted for this account.
+    hmac_secrets_env: tuple[EnvName, ...] = ()
+    hmac_required: bool = False
     sizing: Sizing | None = None
     symbols: dict[str, str] = msgspec.field(default_factory=dict)
     allowed_symbols: tuple[str, ...] | None = None
@@ -128,6 +133,7 @@ class Accounts(msgspec.Struct, frozen=True):
     accounts: dict[str, Account]
     from_file: Path | None
     secrets: dict[str, tuple[Secret, ...]]
+    hmac_secrets: dict[str, tuple[Secret, ...]] = msgspec.field(default_factory=dict)
 
     def get(self, name: str) -> Account | None:
         """The account, or None when unknown. Without a file every name is a paper account."""
@@ -161,7 +167,7 @@ def load_accounts(env: Mapping[str, str] = os.environ) -> Accounts:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
     if set(tables) != {"accounts"} or not tables["accounts"]:
         raise SettingsError(f"{path}: the file holds only [accounts.<name>] tables (one at least)")
-    accounts, secrets = {}, {}
+    accounts, secrets, hmac_secrets = {}, {}, {}
     for name, table in tables["accounts"].items():
         try:
             account = msgspec.convert(table, Account)
@@ -170,7 +176,8 @@ def load_accounts(env: Mapping[str, str] = os.environ) -> Accounts:
         _check(path, name, account, env)
         accounts[name] = account
         secrets[name] = tuple(Secret(env[var]) for var in account.webhook_secrets_env)
-    return Accounts(accounts=accounts, from_file=path, secrets=secrets)
+        hmac_secrets[name] = tuple(Secret(env[var]) for var in account.hmac_secrets_env)
+    return Accounts(accounts=accounts, from_file=path, secrets=secrets, hmac_secrets=hmac_secrets)
 
 
 def _where(message: str) -> str:
@@ -188,6 +195,7 @@ def _check(path: Path, name: str, account: Account, env: Mapping[str, str]) -> N
     if account.broker != "paper" and section is None:
         raise SettingsError(f"{where}: broker {account.broker!r} needs a [{account.broker}] table")
     needed = [("webhook_secrets_env", var) for var in account.webhook_secrets_env]
+    needed += [("hmac_secrets_env", var) for var in account.hmac_secrets_env]
     if section is not None:
         needed += [
             (key, value)
@@ -201,4 +209,9 @@ def _check(path: Path, name: str, account: Account, env: Mapping[str, str]) -> N
         if len(env[var]) < MIN_SECRET_LENGTH:
             raise SettingsError(
                 f"{where}: the secret in {var} is shorter than {MIN_SECRET_LENGTH} characters"
+            )
+    for var in account.hmac_secrets_env:
+        if len(env[var]) < MIN_HMAC_KEY_LENGTH:
+            raise SettingsError(
+                f"{where}: the HMAC key in {var} is shorter than {MIN_HMAC_KEY_LENGTH} characters"
             )

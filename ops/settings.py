@@ -13,12 +13,26 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 import msgspec
 
 from contracts.topology import DAY, Topology, topology
+from ops.access import (
+    PROXY_HEADERS,
+    RATE_PATTERN,
+    TRADINGVIEW,
+    TRADINGVIEW_SUBJECT,
+    Network,
+    parse_networks,
+    parse_subject,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 PREFIX: Final = "ALERTBRIDGE_"
+# Webhook secrets: 8 stays the floor, as TradingView users' existing passphrases are often
+# that short and a refused start would take a running deployment down on upgrade; the
+# ingress warns below RECOMMENDED_SECRET_LENGTH. HMAC keys are new: they start at 32.
 MIN_SECRET_LENGTH: Final = 8
+RECOMMENDED_SECRET_LENGTH: Final = 16
+MIN_HMAC_KEY_LENGTH: Final = 32
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65_535)]
@@ -91,6 +105,31 @@ class IngressSettings(Common, frozen=True, kw_only=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
     # TradingView cancels at 3 s and does not resend timeouts: answer 503 well before.
     publish_timeout: Annotated[float, msgspec.Meta(gt=0, le=2.5)] = 1.0
+    # Sender verification (docs/security.md); each is off until configured.
+    # Source addresses: IPs/CIDRs or `tradingview`; forwarding headers only from these proxies.
+    allow_ips: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    proxy_header: str = "X-Forwarded-For"  # or `Forwarded` (RFC 7239); the other is ignored
+    # HTTPS served by the ingress itself, and TradingView's client certificate.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    require_client_cert: bool = False
+    client_cert_subject: str = TRADINGVIEW_SUBJECT
+    client_cert_header: str | None = None  # behind a trusted proxy that verified the cert
+    # HMAC-signed requests (X-Signature, X-Timestamp) for senders that can sign.
+    hmac_secrets: tuple[Secret, ...] = ()
+    hmac_required: bool = False
+    hmac_window: Annotated[float, msgspec.Meta(gt=0, le=3_600)] = 300.0
+    # Rate limits (`60/minute`): per source address before the body is read, per account
+    # once the sender is authenticated. TradingView's addresses are exempt by default.
+    rate_limit: Annotated[str, msgspec.Meta(pattern=RATE_PATTERN)] | None = None
+    account_rate_limit: Annotated[str, msgspec.Meta(pattern=RATE_PATTERN)] | None = None
+    rate_limit_exempt: tuple[str, ...] = (TRADINGVIEW,)
+    # Hostile input: a body must arrive within this many seconds, and the request line
+    # plus headers must fit in this many bytes (0: no deadline; h11's own 16 KiB cap).
+    body_timeout: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 8_192
 
 
 class WorkerSettings(Common, frozen=True, kw_only=True):
@@ -124,6 +163,9 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
         if field.name == "secrets":
             values["secrets"] = _secrets(env)
             continue
+        if field.name == "hmac_secrets":
+            values["hmac_secrets"] = _secrets(env, "HMAC_SECRETS", MIN_HMAC_KEY_LENGTH)
+            continue
         if field.name == "nats_password":
             values["nats_password"] = _nats_password(env)
             continue
@@ -139,15 +181,20 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
             raise SettingsError(f"{var}={raw!r} is invalid: {exc}") from None
     settings = cls(**values)
     _check_nats_auth(settings)
-    # With an accounts file the secrets may be per account (checked with the file).
+    if isinstance(settings, IngressSettings):
+        _check_ingress(settings)
+    # With an accounts file the secrets may be per account (checked with the file);
+    # senders that all sign need HMAC keys only.
     if (
         isinstance(settings, IngressSettings)
         and not settings.secrets
+        and not settings.hmac_secrets
         and not env.get(PREFIX + "CONFIG")
     ):
         raise SettingsError(
             f"{PREFIX}SECRETS (comma-separated) or {PREFIX}SECRETS_FILE must give at least "
-            f"one webhook secret (or {PREFIX}CONFIG accounts their own); there is no default secret"
+            f"one webhook secret (or {PREFIX}CONFIG accounts their own, or {PREFIX}HMAC_SECRETS "
+            "keys); there is no default secret"
         )
     return settings
 
@@ -158,19 +205,23 @@ def _is_sequence(tp: Any) -> bool:
     return getattr(tp, "__origin__", None) is tuple
 
 
-def _secrets(env: Mapping[str, str]) -> tuple[Secret, ...]:
-    values = [s.strip() for s in env.get(PREFIX + "SECRETS", "").split(",") if s.strip()]
-    if path := env.get(PREFIX + "SECRETS_FILE", "").strip():
+def _secrets(
+    env: Mapping[str, str], name: str = "SECRETS", minimum: int = MIN_SECRET_LENGTH
+) -> tuple[Secret, ...]:
+    """`ALERTBRIDGE_<name>` (comma-separated) plus `ALERTBRIDGE_<name>_FILE` (one a line)."""
+    var, file_var = PREFIX + name, PREFIX + name + "_FILE"
+    values = [s.strip() for s in env.get(var, "").split(",") if s.strip()]
+    if path := env.get(file_var, "").strip():
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise SettingsError(f"{PREFIX}SECRETS_FILE={path!r} cannot be read: {exc}") from None
+            raise SettingsError(f"{file_var}={path!r} cannot be read: {exc}") from None
         values += [line.strip() for line in text.splitlines() if line.strip()]
+    kind = "webhook secret" if name == "SECRETS" else "HMAC key"
     for i, value in enumerate(values):
-        if len(value) < MIN_SECRET_LENGTH:
+        if len(value) < minimum:
             raise SettingsError(
-                f"webhook secret #{i + 1} (from {PREFIX}SECRETS or {PREFIX}SECRETS_FILE) "
-                f"is shorter than {MIN_SECRET_LENGTH} characters"
+                f"{kind} #{i + 1} (from {var} or {file_var}) is shorter than {minimum} characters"
             )
     return tuple(Secret(v) for v in values)
 
@@ -220,3 +271,54 @@ def _check_nats_auth(settings: Common) -> None:
         path = getattr(settings, name)
         if path is not None and not Path(path).is_file():
             raise SettingsError(f"{PREFIX}{name.upper()}={path!r} is not a readable file")
+
+
+def _check_ingress(settings: IngressSettings) -> None:
+    """The sender-verification settings parse, fit together and name files that exist."""
+    for name in ("allow_ips", "trusted_proxies", "rate_limit_exempt"):
+        _networks(name, getattr(settings, name))
+    try:
+        parse_subject(settings.client_cert_subject)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{PREFIX}CLIENT_CERT_SUBJECT={settings.client_cert_subject!r} is invalid: {exc} "
+            "(escape a comma inside a value as \\,)"
+        ) from None
+    p = PREFIX
+    wrong = [
+        (settings.proxy_header.lower() not in PROXY_HEADERS,
+         f"{p}PROXY_HEADER={settings.proxy_header!r} is invalid: "
+         "give X-Forwarded-For or Forwarded"),
+        (settings.tls_key is not None and settings.tls_cert is None,
+         f"{p}TLS_KEY needs {p}TLS_CERT"),
+        (settings.tls_client_ca is not None and settings.tls_cert is None,
+         f"{p}TLS_CLIENT_CA needs {p}TLS_CERT"),
+        (settings.require_client_cert and settings.client_cert_header is None
+         and settings.tls_client_ca is None,
+         f"{p}REQUIRE_CLIENT_CERT needs {p}TLS_CLIENT_CA (TLS served here) or "
+         f"{p}CLIENT_CERT_HEADER (TLS ended by a proxy)"),
+        (settings.client_cert_header is not None and not settings.trusted_proxies,
+         f"{p}CLIENT_CERT_HEADER needs {p}TRUSTED_PROXIES: only they may set it"),
+        (settings.client_cert_header is not None and not settings.require_client_cert,
+         f"{p}CLIENT_CERT_HEADER needs {p}REQUIRE_CLIENT_CERT=true, else nothing checks it"),
+        (settings.hmac_window > settings.duplicate_window
+         and (settings.hmac_required or bool(settings.hmac_secrets)),
+         f"{p}HMAC_WINDOW must not exceed {p}DUPLICATE_WINDOW: a replay inside the window "
+         "must still be recognised as a duplicate"),
+    ]  # fmt: skip
+    for condition, message in wrong:
+        if condition:
+            raise SettingsError(message)
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(settings, name)
+        if path is not None and not Path(path).is_file():
+            raise SettingsError(f"{PREFIX}{name.upper()}={path!r} is not a readable file")
+
+
+def _networks(name: str, values: tuple[str, ...]) -> tuple[Network, ...]:
+    try:
+        return parse_networks(values)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{PREFIX}{name.upper()}={','.join(values)!r} is invalid: {exc}"
+        ) from None

@@ -1,0 +1,292 @@
+"""Hostile input against a real nats-server: shapes the parser must refuse (depth, size,
+numbers, encodings), secrets that must not come back, oversized headers, and slow bodies
+that must not hold the ingress. Each refusal is a 4xx with a JSON reason and stores nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+from nats.aio.client import Client
+
+from ingress.app import create_app
+from tests.ingress_support import (
+    SECRET,
+    Process,
+    alert,
+    ingress_env,
+    ingress_process,
+    settings,
+    stored,
+    wait_ready,
+)
+from tests.support import NatsServer, eventually
+
+Client_ = AsyncTestClient[Any]
+
+
+async def _ready(client: Client_) -> bool | None:
+    return True if (await client.get("/readyz")).status_code == 200 else None
+
+
+@pytest.fixture
+async def client(nats_server: NatsServer, nc: Client) -> AsyncIterator[Client_]:
+    async with AsyncTestClient(app=create_app(settings(nats_server.url))) as c:
+        await eventually(lambda: _ready(c))
+        yield c
+
+
+def nested(depth: int) -> bytes:
+    inner: Any = 1
+    for _ in range(depth - 1):
+        inner = {"a": inner}
+    return json.dumps({"secret": SECRET, "symbol": "X", "side": "buy", "deep": inner}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (nested(9), "nested deeper than 8 levels"),
+        (b'{"a":' * 3000 + b"1" + b"}" * 3000, "nested deeper than 8 levels"),
+        (b"[" * 20000, "nested deeper than 8 levels"),
+        (alert(extra=list(range(300))), "more than 256 values"),
+        (alert(**{f"k{i}": i for i in range(300)}), "more than 256 values"),
+        (alert(note="x" * 4097), "a string longer than 4096 characters"),
+        (alert(**{"k" * 4097: 1}), "a key longer than 4096 characters"),
+        (b'{"symbol":"X","side":"buy","qty":NaN}', "JSON is malformed"),
+        (b'{"symbol":"X","side":"buy","qty":Infinity}', "JSON is malformed"),
+        (b'{"symbol":"X","side":"buy","qty":1e999}', "Number out of range"),
+        (b"\xff\xfe{\x00}\x00", "JSON is malformed"),
+        (b'{"symbol":"\xc3\x28","side":"buy"}', "not valid UTF-8"),
+        (b"", "Input data was truncated"),
+        (b"null", "a JSON object is required"),
+    ],
+)
+async def test_hostile_shapes_are_422_before_the_secret_is_checked(
+    client: Client_, nc: Client, body: bytes, reason: str
+) -> None:
+    response = await client.post("/webhook", content=body)
+    assert response.status_code == 422, response.text
+    answer = response.json()
+    assert answer["ok"] is False and answer["error"] == "invalid alert"
+    assert reason in answer["errors"][0]["reason"]
+    assert await stored(nc) == 0
+
+
+async def test_the_limits_admit_what_tradingview_sends(client: Client_, nc: Client) -> None:
+    assert (await client.post("/webhook", content=nested(8))).status_code == 200
+    many = alert(**{f"k{i}": "v" * 4096 for i in range(10)})  # 256 values, 4096-char strings
+    assert (await client.post("/webhook", content=many)).status_code == 200
+    assert await stored(nc) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"qty": 0}, "quantity"),
+        ({"qty": -1}, "quantity"),
+        ({"qty": "inf"}, "quantity"),
+        ({"qty": "nan"}, "quantity"),
+        ({"qty": 10**40}, "quantity"),
+        ({"qty": True}, "quantity"),
+        ({"price": 1e15}, "price"),
+        ({"time": 10**40}, "time"),
+        ({"symbol": "A" * 65}, "symbol"),
+        ({"symbol": "A\nB"}, "symbol"),
+        ({"symbol": ""}, "symbol"),
+        ({"id": "x" * 129}, "id"),
+        ({"comment": "c" * 257}, "comment"),
+        ({"side": ["buy"]}, "side"),
+    ],
+)
+async def test_out_of_range_fields_are_422(
+    client: Client_, nc: Client, fields: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/webhook", content=alert(**fields))
+    assert response.status_code == 422, response.text
+    assert field in {e["field"] for e in response.json()["errors"]}
+    assert await stored(nc) == 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"side": SECRET},  # the secret pasted into the wrong field
+        {"time": SECRET},
+        {"order_type": SECRET},
+        {"qty": SECRET},
+        {"symbol": SECRET + "\n"},
+        {"passphrase": SECRET, "secret": None, "side": "hold"},
+    ],
+)
+async def test_an_error_body_never_repeats_the_secret(
+    client: Client_, nc: Client, fields: dict[str, Any]
+) -> None:
+    response = await client.post("/webhook", content=alert(**fields))
+    assert response.status_code == 422, response.text
+    assert SECRET not in response.text
+    assert await stored(nc) == 0
+
+
+# --- against a real `python -m ingress` ------------------------------------------------------
+
+
+@pytest.fixture
+def process(nats_server: NatsServer, nc: Client, tmp_path: Path) -> Iterator[Process]:
+    env = ingress_env(nats_server.url, body_timeout="2", max_header_bytes="8192")
+    with ingress_process(env, tmp_path / "ingress.log") as running:
+        yield running
+
+
+def _request_head(port: int, length: int, extra: str = "") -> bytes:
+    return (
+        f"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+async def test_oversized_headers_are_refused(process: Process, nc: Client) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        url = f"http://127.0.0.1:{process.port}"
+        await wait_ready(url, client)
+        big = await client.post(f"{url}/webhook", content=alert(), headers={"X-Pad": "p" * 9000})
+        assert big.status_code == 431
+        assert big.json() == {"ok": False, "error": "request line and headers over 8192 bytes"}
+        long_url = await client.post(f"{url}/webhook/{'s' * 9000}", content=alert())
+        assert long_url.status_code == 431
+        fits = await client.post(f"{url}/webhook", content=alert(), headers={"X-Pad": "p" * 4000})
+        assert fits.status_code == 200
+    assert await stored(nc) == 1
+
+
+async def test_headers_sent_slowly_are_capped_by_h11(process: Process, nc: Client) -> None:
+    """Headers that never end: h11 stops buffering at the cap (uvicorn answers 400)."""
+
+    def run() -> bytes:
+        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+            sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(b"".join(b"X-Pad: " + b"p" * 1000 + b"\r\n" for _ in range(9)))
+            return _answer(sock)  # no blank line: the headers are still incomplete
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        await wait_ready(f"http://127.0.0.1:{process.port}", client)
+    assert (await asyncio.to_thread(run)).startswith(b"HTTP/1.1 400 Bad Request")
+    assert await stored(nc) == 0
+
+
+async def test_a_chunked_body_over_the_cap_is_413(process: Process, nc: Client) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield alert()[:-1]
+        for _ in range(80):
+            yield b', "pad": "' + b"x" * 1000 + b'"'
+        yield b"}"
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        url = f"http://127.0.0.1:{process.port}"
+        await wait_ready(url, client)
+        response = await client.post(f"{url}/webhook", content=chunks())
+    assert response.status_code == 413
+    assert response.json() == {"ok": False, "error": f"body over {64 * 1024} bytes"}
+    assert await stored(nc) == 0
+
+
+async def test_a_huge_declared_body_is_refused_before_it_is_sent(
+    process: Process, nc: Client
+) -> None:
+    """Over 4x the cap, the 413 comes from the headers alone: nothing is read."""
+
+    def run() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(_request_head(process.port, 10 * 1024 * 1024))
+            return _answer(sock), time.monotonic() - started
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        await wait_ready(f"http://127.0.0.1:{process.port}", client)
+    answer, elapsed = await asyncio.to_thread(run)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    assert answer.endswith(b'{"ok":false,"error":"body over 65536 bytes"}')
+    assert elapsed < 1.0
+    assert await stored(nc) == 0
+
+
+async def _trickle(port: int, seconds: float) -> tuple[bytes, float]:
+    """Headers for a 100-byte body, then a byte a second; what came back, and when it closed.
+
+    The bytes go out half a second off the server's 2 s deadline, so its answer is read
+    before the next byte meets a closed socket (which would reset the connection).
+    """
+
+    def run() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=seconds + 5) as sock:
+            started = time.monotonic()
+            sock.sendall(_request_head(port, 100))
+            sock.settimeout(0.1)
+            received, next_byte = b"", started + 0.5
+            while (now := time.monotonic()) - started < seconds:
+                if now >= next_byte:
+                    sock.sendall(b" ")
+                    next_byte += 1.0
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:  # closed by the server
+                    return received, time.monotonic() - started
+                received += chunk
+            return received, time.monotonic() - started
+
+    return await asyncio.to_thread(run)
+
+
+async def test_slow_bodies_are_cut_off_and_do_not_hold_the_server(
+    process: Process, nc: Client
+) -> None:
+    url = f"http://127.0.0.1:{process.port}"
+    async with httpx.AsyncClient(timeout=5) as client:
+        await wait_ready(url, client)
+        slow = [asyncio.create_task(_trickle(process.port, 8.0)) for _ in range(20)]
+        await asyncio.sleep(0.5)  # the slow senders are connected and trickling
+        latencies = []
+        for n in range(10):
+            started = time.monotonic()
+            response = await client.post(f"{url}/webhook", content=alert(qty=n + 1))
+            latencies.append(time.monotonic() - started)
+            assert response.status_code == 200
+        results = await asyncio.gather(*slow)
+    print(f"normal requests during 20 slow bodies: max {max(latencies) * 1000:.0f} ms")
+    assert max(latencies) < 0.5
+    for answer, elapsed in results:
+        # Answered 408 after the 2 s deadline and closed, well before the 8 s trickle ends.
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert b'"error":"body not received within 2 s"' in answer
+        assert elapsed < 4.0
+    assert await stored(nc) == 10
+
+
+async def test_without_a_deadline_a_slow_body_holds_its_connection(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    """The control for the test above: with ALERTBRIDGE_BODY_TIMEOUT=0 nothing cuts it off."""
+    env = ingress_env(nats_server.url, body_timeout="0")
+    with ingress_process(env, tmp_path / "ingress.log") as running:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await wait_ready(f"http://127.0.0.1:{running.port}", client)
+        answer, elapsed = await _trickle(running.port, 3.5)
+    assert answer == b"" and elapsed >= 3.5
