@@ -14,7 +14,6 @@ retrying would not fix it. Anything else, then and later, is retried forever.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import ssl
 from typing import TYPE_CHECKING
@@ -95,17 +94,8 @@ def _refusal(exc: BaseException, settings: Common) -> str | None:
     return None
 
 
-def _needs_nkeys(settings: Common) -> None:
-    for name, value in (("NATS_CREDS", settings.nats_creds), ("NATS_NKEY", settings.nats_nkey)):
-        if value is not None and importlib.util.find_spec("nkeys") is None:
-            raise SettingsError(
-                f"{PREFIX}{name} needs the `nkeys` package (pip install 'nats-py[nkeys]')"
-            )
-
-
 async def connect(settings: Common, *, name: str) -> Client:
     """Connect, and keep reconnecting forever (the default gives up after two minutes)."""
-    _needs_nkeys(settings)
     client = Client()
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nkeys
 import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
@@ -523,14 +523,31 @@ def test_the_password_never_shows(tmp_path: Path) -> None:
     assert settings.nats_password is not None and settings.nats_password.reveal() == "hunter2-xyz"
 
 
-def test_creds_and_nkey_files_need_the_nkeys_package(tmp_path: Path) -> None:
-    seed = tmp_path / "user.nk"
-    seed.write_text("SUAxxx\n", encoding="utf-8")
-    if importlib.util.find_spec("nkeys") is not None:
-        pytest.skip("nkeys is installed: this checks the message given without it")
-    settings = load(Common, {"ALERTBRIDGE_NATS_NKEY": str(seed)})
-    with pytest.raises(SettingsError, match=r"ALERTBRIDGE_NATS_NKEY needs the `nkeys` package"):
-        asyncio.run(connect(settings, name="x"))
+async def test_an_nkey_seed_file_logs_in_and_another_key_is_refused(tmp_path: Path) -> None:
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    config = tmp_path / "nkey.conf"
+    config.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    good, bad = tmp_path / "user.nk", tmp_path / "other.nk"
+    good.write_bytes(seed + b"\n")
+    bad.write_bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
+    server = NatsServer(tmp_path / "store", config=config).start()
+    try:
+        settings = load(Common, {"ALERTBRIDGE_NATS_URL": server.url,
+                                 "ALERTBRIDGE_NATS_NKEY": str(good)})  # fmt: skip
+        client = await connect(settings, name="nkey-user")
+        try:
+            assert client.is_connected
+            await client.publish("hello", b"x")
+            await client.flush()
+        finally:
+            await client.close()
+        wrong = load(Common, {"ALERTBRIDGE_NATS_URL": server.url,
+                              "ALERTBRIDGE_NATS_NKEY": str(bad)})  # fmt: skip
+        with pytest.raises(NatsAuthError, match="Authorization Violation"):
+            await asyncio.wait_for(connect(wrong, name="nkey-stranger"), 20)
+    finally:
+        server.stop()
 
 
 # --- `just up`: each process only its own user ---------------------------------------
