@@ -34,8 +34,13 @@ class _Delivered(msgspec.Struct):
     last_active: datetime | None = None
 
 
-class _ConsumerInfo(msgspec.Struct):
+class _ConsumerConfig(msgspec.Struct):
+    durable_name: str | None = None
+
+
+class _ConsumerInfo(msgspec.Struct, kw_only=True):
     name: str
+    config: _ConsumerConfig = msgspec.field(default_factory=_ConsumerConfig)
     stream_name: str
     num_pending: int = 0
     num_ack_pending: int = 0
@@ -115,7 +120,8 @@ async def status(nc: Client) -> Status:
         )
         listed = await _api(nc, f"CONSUMER.LIST.{name}")
         for c in msgspec.json.decode(listed or b"{}", type=_ConsumerList).consumers:
-            consumers.append(_consumer(c))
+            if c.config.durable_name:  # ephemeral ones are readers like this command
+                consumers.append(_consumer(c))
     dlq = next((s.messages for s in streams if s.name == DLQ_STREAM), 0)
     consumers.sort(key=lambda c: (c.stream, _natural(c.name)))
     return Status(streams=streams, consumers=consumers, dlq_depth=dlq, missing=missing)

@@ -45,6 +45,7 @@ async def test_status_shows_streams_consumers_and_dlq_depth(
     consumers = {f"{c['stream']}/{c['name']}": c for c in found["consumers"]}
     assert sum(c["pending"] for n, c in consumers.items() if n.startswith("ALERTS/")) == 3
     assert "ADVISORIES/dlq-router" in consumers
+    assert all(n.startswith(("ALERTS/worker-p", "ADVISORIES/")) for n in consumers)  # durables
     assert found["dlq_depth"] == 0 and found["missing"] == []
     table = await cli(nats_server, "status")
     assert table.returncode == 0
