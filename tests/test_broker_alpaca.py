@@ -13,7 +13,6 @@ while the market is closed is only accepted), Alpaca's error body
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.support import free_port
+from tests.support import free_port, serving
 from worker.brokers.alpaca import LIVE_URL, PAPER_URL, AlpacaBroker, AlpacaConfig
 from worker.brokers.base import Broker, Order
 from worker.errors import (
@@ -204,22 +203,6 @@ class AlpacaBook:
         order = _order_json(body, status="accepted", fill=None, order_type="market")
         self.orders[order["client_order_id"]] = order
         return web.json_response(order)
-
-
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve `app` on 127.0.0.1 on a free port; yield its base URL."""
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    site = web.SockSite(runner, sock)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-        sock.close()
 
 
 @pytest.fixture

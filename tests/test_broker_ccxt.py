@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import hmac
 import re
-import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.support import free_port
+from tests.support import free_port, serving
 from worker.brokers.base import Broker, Order
 from worker.brokers.ccxt_broker import CcxtBroker, CcxtConfig
 from worker.errors import (
@@ -222,22 +221,6 @@ class BinanceSpot:
         if not found:
             return _error(400, -2013, "Order does not exist.")
         return web.json_response(found[-1])
-
-
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve `app` on 127.0.0.1 on a free port; yield its base URL."""
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    site = web.SockSite(runner, sock)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-        sock.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from aiohttp.typedefs import Handler
 
 from contracts.messages import Alert
 from ops.accounts import Account
-from tests.support import free_port
+from tests.support import free_port, serving
 from worker.brokers.base import Broker, Order, OrderResult
 from worker.brokers.http_forward import HttpForwardBroker, HttpForwardConfig
 from worker.errors import (
@@ -105,22 +104,6 @@ class Receiver:
         if stored is None:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response(stored)
-
-
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve `app` on 127.0.0.1 on a free port; yield its base URL."""
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    site = web.SockSite(runner, sock)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-        sock.close()
 
 
 @pytest.fixture
