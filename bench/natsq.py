@@ -1,0 +1,284 @@
+"""Small nats-py helpers for `just bench`: read counts and events back from JetStream,
+and fill a stream for the dedup-memory measurement. Every call is bounded in time.
+
+    natsq.py URL count STREAM [--subjects FILTER]   -> {"messages": n, "subjects": m}
+    natsq.py URL ids STREAM                         -> messages, with_id, unique_ids, doubled
+    natsq.py URL executed [--since-seq N]           -> count, latency p50/p99/max, rate
+    natsq.py URL pending                            -> summed num_pending/ack_pending of worker-p*
+    natsq.py URL fill K [--no-ids]                  -> publishes K alert-sized messages to ALERTS
+    natsq.py URL publish RATE SECONDS               -> alerts straight into ALERTS at RATE/s
+
+Only the public JetStream API is used ($JS.API.STREAM.INFO, ordered pull reads), so
+this works against any alertbridge topology (the stream names are alertbridge's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+API_TIMEOUT = 5.0
+
+
+async def stream_info(nc: nats.NATS, stream: str, subjects: str | None = None) -> dict[str, Any]:
+    body = json.dumps({"subjects_filter": subjects}).encode() if subjects else b""
+    msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", body, timeout=API_TIMEOUT)
+    info = json.loads(msg.data)
+    if "error" in info:
+        raise RuntimeError(f"STREAM.INFO {stream}: {info['error']}")
+    return info
+
+
+async def count(nc: nats.NATS, stream: str, subjects: str | None = None) -> dict[str, Any]:
+    info = await stream_info(nc, stream, subjects)
+    state = info["state"]
+    out = {
+        "messages": state["messages"],
+        "first_seq": state["first_seq"],
+        "last_seq": state["last_seq"],
+        "bytes": state["bytes"],
+    }
+    if subjects:
+        out["subjects"] = sum((state.get("subjects") or {}).values())
+    return out
+
+
+async def read(
+    nc: nats.NATS, stream: str, subject: str, headers_only: bool, since: int, deadline: float
+):  # type: ignore[no-untyped-def]
+    """Every stored message on `subject` from sequence `since`, oldest first (a generator)."""
+    js = nc.jetstream()
+    cfg = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if since > 1 else DeliverPolicy.ALL,
+        opt_start_seq=since if since > 1 else None,
+        inactive_threshold=30.0,
+        headers_only=headers_only,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=cfg)
+    try:
+        remaining = (await sub.consumer_info()).num_pending or 0
+        while remaining > 0 and time.monotonic() < deadline:
+            try:
+                msgs = await sub.fetch(min(1000, remaining), timeout=5)
+            except nats.errors.TimeoutError:
+                break
+            for m in msgs:
+                yield m
+            remaining = msgs[-1].metadata.num_pending
+    finally:
+        await sub.unsubscribe()
+
+
+async def ids(nc: nats.NATS, stream: str, deadline: float) -> dict[str, Any]:
+    seen: set[str] = set()
+    n = with_id = doubled = 0
+    async for m in read(nc, stream, ">", True, 1, deadline):
+        n += 1
+        mid = (m.headers or {}).get("Nats-Msg-Id")
+        if mid is None:
+            continue
+        with_id += 1
+        if mid in seen:
+            doubled += 1
+        seen.add(mid)
+    return {"messages": n, "with_id": with_id, "unique_ids": len(seen), "doubled": doubled}
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    k = max(0, min(len(values) - 1, round(p / 100 * len(values) + 0.5) - 1))
+    return values[k]
+
+
+async def executed(nc: nats.NATS, since: int, skip_first: float, deadline: float) -> dict[str, Any]:
+    """Latency (the worker's own `latency` field, receipt -> broker answer) and rate."""
+    lat: list[float] = []
+    ats: list[float] = []
+    already = 0
+    async for m in read(nc, "EVENTS", "events.executed.>", False, since, deadline):
+        ev = json.loads(m.data)
+        if ev.get("already_done"):
+            already += 1
+        ats.append(datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp())
+        if ev.get("latency") is not None:
+            lat.append(float(ev["latency"]))
+    out: dict[str, Any] = {"executed": len(ats), "already_done": already}
+    if ats:
+        ats.sort()
+        span = ats[-1] - ats[0]
+        out["span_s"] = round(span, 3)
+        out["rate_per_s"] = round((len(ats) - 1) / span, 1) if span > 0 else None
+        # the middle 80 % of completions: start-up and tail excluded
+        lo, hi = ats[len(ats) // 10], ats[(len(ats) * 9) // 10]
+        mid_n = (len(ats) * 9) // 10 - len(ats) // 10
+        out["rate_mid80_per_s"] = round(mid_n / (hi - lo), 1) if hi > lo else None
+    if lat:
+        steady = lat[int(len(lat) * skip_first) :] if skip_first else lat
+        steady.sort()
+        lat.sort()
+        ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
+        out.update(
+            {
+                "latency_p50_ms": ms(_pct(steady, 50)),
+                "latency_p90_ms": ms(_pct(steady, 90)),
+                "latency_p99_ms": ms(_pct(steady, 99)),
+                "latency_max_ms": ms(steady[-1]),
+                "latency_all_p99_ms": ms(_pct(lat, 99)),
+                "latency_all_max_ms": ms(lat[-1]),
+                "latency_samples": len(steady),
+            }
+        )
+    return out
+
+
+async def pending(nc: nats.NATS) -> dict[str, Any]:
+    js = nc.jetstream()
+    total = ack = n = 0
+    for c in await js.consumers_info("ALERTS"):
+        if c.name.startswith("worker-p"):
+            n += 1
+            total += c.num_pending or 0
+            ack += c.num_ack_pending or 0
+    return {"consumers": n, "num_pending": total, "num_ack_pending": ack}
+
+
+async def fill(nc: nats.NATS, k: int, with_ids: bool, deadline: float) -> dict[str, Any]:
+    """K alert-sized messages to ALERTS (64 symbols), as fast as publish_async allows."""
+    js = nc.jetstream(publish_async_max_pending=4000)
+    t0 = time.monotonic()
+    prefix = f"fill{int(t0 * 1000) % 100000000:08d}"
+    template = (
+        '{{"type":"alert","id":"{id}","account":"default","symbol":"SYM{s}","side":"buy",'
+        '"quantity":1.0,"order_type":"market","received_at":"2026-01-01T00:00:00.000000Z",'
+        '"extras":{{}}}}'
+    )
+    done = 0
+    window = 2000
+    while done < k and time.monotonic() < deadline:
+        futs = []
+        for i in range(done, min(k, done + window)):
+            alert_id = f"{prefix}-{i}"
+            data = template.format(id=alert_id, s=i % 64).encode()
+            headers = {"Nats-Msg-Id": alert_id} if with_ids else None
+            futs.append(
+                await js.publish_async(f"alerts.in.default.SYM{i % 64}", data, headers=headers)
+            )
+        acks = await asyncio.gather(*futs)
+        done += len(acks)
+    return {"published": done, "seconds": round(time.monotonic() - t0, 2), "with_ids": with_ids}
+
+
+async def publish(nc: nats.NATS, rate: float, seconds: float, deadline: float) -> dict[str, Any]:
+    """Alerts straight into ALERTS at `rate`/s (64 symbols), as the ingress stores them.
+
+    Built with alertbridge's own contract (contracts.messages.Alert, received_at = now,
+    Nats-Msg-Id = id) so the worker's `latency` counts from the moment of storing. Used
+    to offer the worker a rate the ingress cannot accept on one core.
+    """
+    from contracts.messages import Alert, alert_encoder
+    from contracts.subjects import alert_subject
+
+    js = nc.jetstream(publish_async_max_pending=4000)
+    loop = asyncio.get_running_loop()
+    prefix = f"pub{random.getrandbits(32):08x}"
+    total = int(rate * seconds)
+    futs = []
+    late = 0.0
+    t0 = loop.time()
+    for i in range(total):
+        due = t0 + i / rate
+        now = loop.time()
+        if due > now:
+            await asyncio.sleep(due - now)
+        else:
+            late = max(late, now - due)
+        if loop.time() > deadline - 5:
+            break
+        symbol = f"SYM{i % 64:02d}"
+        alert = Alert(
+            id=f"{prefix}-{i}",
+            symbol=symbol,
+            side="buy",
+            quantity=1.0,
+            received_at=datetime.now(UTC),
+        )
+        futs.append(
+            await js.publish_async(
+                alert_subject("default", symbol),
+                alert_encoder.encode(alert),
+                headers={"Nats-Msg-Id": alert.id},
+            )
+        )
+    acks = await asyncio.gather(*futs)
+    elapsed = loop.time() - t0
+    return {
+        "published": len(acks),
+        "seconds": round(elapsed, 2),
+        "achieved_rate": round(len(acks) / elapsed, 1),
+        "max_late_ms": round(late * 1000, 1),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    deadline = time.monotonic() + args.max_seconds
+    nc = await nats.connect(
+        args.url, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=False
+    )
+    try:
+        if args.cmd == "count":
+            return await count(nc, args.stream, args.subjects)
+        if args.cmd == "ids":
+            return await ids(nc, args.stream, deadline)
+        if args.cmd == "executed":
+            return await executed(nc, args.since_seq, args.skip_first, deadline)
+        if args.cmd == "pending":
+            return await pending(nc)
+        if args.cmd == "publish":
+            return await publish(nc, args.rate, args.seconds, deadline)
+        if args.cmd == "fill":
+            return await fill(nc, args.k, not args.no_ids, deadline)
+        raise SystemExit(f"unknown command {args.cmd}")
+    finally:
+        await nc.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("url")
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="overall time bound")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("count")
+    c.add_argument("stream")
+    c.add_argument("--subjects", default=None)
+    i = sub.add_parser("ids")
+    i.add_argument("stream")
+    e = sub.add_parser("executed")
+    e.add_argument("--since-seq", type=int, default=1)
+    e.add_argument("--skip-first", type=float, default=0.0, help="fraction left out (warm-up)")
+    sub.add_parser("pending")
+    p = sub.add_parser("publish")
+    p.add_argument("rate", type=float)
+    p.add_argument("seconds", type=float)
+    f = sub.add_parser("fill")
+    f.add_argument("k", type=int)
+    f.add_argument("--no-ids", action="store_true")
+    args = ap.parse_args()
+    out = asyncio.run(asyncio.wait_for(run(args), args.max_seconds + 10))
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
