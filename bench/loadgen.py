@@ -205,7 +205,7 @@ class KeepAlive(asyncio.Protocol):
         return await self.waiter
 
 
-def burst(load: Load) -> float:  # noqa: C901, PLR0912, PLR0915
+def burst(load: Load) -> float:  # noqa: C901
     """Open-loop fresh connections on one epoll loop (asyncio is too slow to open
     10,000 connections a second). A request's time runs from its connect() to the
     last byte of its answer; requests are built before the first is sent."""
