@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -137,6 +138,17 @@ def rss_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def ours_ticks() -> int:
+    """CPU ticks of every process the bench runs now (servers, workers, brokers) and
+    of the bench itself with its reaped children (loadgen, natsq, wrk)."""
+    total = 0
+    for _, proc in PROCS.live:
+        with contextlib.suppress(OSError):
+            total += ticks(proc.pid)
+    own = os.times()
+    return total + round((own.user + own.system + own.children_user + own.children_system) * HZ)
+
+
 def cpu_snap() -> dict[str, list[int]]:
     snap = {}
     for line in Path("/proc/stat").read_text().splitlines():
@@ -196,6 +208,13 @@ def calib_ms(cpu: int) -> int:
     return round((time.monotonic() - t0) * 1000)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (the kernel's choice)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -245,10 +264,9 @@ class Bench:
         self.ab_cli = str(ROOT / ".venv/bin/alertbridge")
         self.lua = self.ref_dir / "load/alerts.lua"
         self.seq = 0
+        self.nats_port = self.mon_port = 0  # chosen afresh by every start_nats()
         for port in (
             args.ab_port,
-            args.nats_port,
-            args.nats_port + 1000,
             args.broker_port,
             args.ref_port,
             args.redis_port,
@@ -264,7 +282,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ALERTBRIDGE_", "OTEL_"))}
         env.update(
             {
-                "ALERTBRIDGE_NATS_URL": f"nats://127.0.0.1:{self.a.nats_port}",
+                "ALERTBRIDGE_NATS_URL": f"nats://127.0.0.1:{self.nats_port}",
                 "ALERTBRIDGE_VAR": str(self.tmp / "var"),  # no local-stack credentials
                 "ALERTBRIDGE_HTTP_HOST": "127.0.0.1",
                 "ALERTBRIDGE_HTTP_PORT": str(self.a.ab_port),
@@ -281,6 +299,9 @@ class Bench:
         self.seq += 1
         store = self.tmp / f"nats-{self.seq}"
         store.mkdir()
+        # A fresh port per server: a client left over from anything earlier (which would
+        # reconnect and quietly consume the bench's alerts) can never find this one.
+        self.nats_port, self.mon_port = free_port(), free_port()
         argv = [
             self.nats_bin,
             "-js",
@@ -289,16 +310,16 @@ class Bench:
             "-a",
             "127.0.0.1",
             "-p",
-            str(self.a.nats_port),
+            str(self.nats_port),
             "-m",
-            str(self.a.nats_port + 1000),
+            str(self.mon_port),
             "--server_name",
             f"bench-{self.seq}",
         ]
         proc = PROCS.start(
             "nats-server", argv, env=dict(os.environ), log_to=self.out / f"{tag}.nats.log", cpu=cpu
         )
-        wait_port(self.a.nats_port, proc, "nats-server")
+        wait_port(self.nats_port, proc, "nats-server")
         return proc, store
 
     def provision(self, env: dict[str, str]) -> None:
@@ -316,6 +337,8 @@ class Bench:
     def start_ingress(
         self, tag: str, env: dict[str, str], cpu: int | None
     ) -> subprocess.Popen[bytes]:
+        if not port_free(self.a.ab_port):
+            raise BenchError(f"127.0.0.1:{self.a.ab_port} is taken (a leftover ingress?)")
         proc = PROCS.start(
             "ingress",
             [PY, "-m", "ingress"],
@@ -361,7 +384,7 @@ class Bench:
             import nats
 
             nc = await nats.connect(
-                f"nats://127.0.0.1:{self.a.nats_port}", connect_timeout=3, allow_reconnect=False
+                f"nats://127.0.0.1:{self.nats_port}", connect_timeout=3, allow_reconnect=False
             )
             try:
                 fn = getattr(natsq, coro_fn)
@@ -559,8 +582,8 @@ class Bench:
         self, i: int, variant: str = "", extra: dict[str, str] | None = None
     ) -> dict[str, Any]:
         tag = f"ab{'-' + variant if variant else ''}-round{i}"
-        env = self.ab_env(**(extra or {}))
         nats_p, store = self.start_nats(tag, cpu=0)
+        env = self.ab_env(**(extra or {}))
         ing = None
         try:
             self.provision(env)
@@ -800,8 +823,8 @@ class Bench:
         return burst_verdict(lg)
 
     def ab_burst(self, args: list[str]) -> dict[str, Any]:
-        env = self.ab_env()
         nats_p, store = self.start_nats("burst", cpu=0)
+        env = self.ab_env()
         ing = None
         try:
             self.provision(env)
@@ -831,8 +854,8 @@ class Bench:
     def phase_worker(self) -> None:
         res: dict[str, Any] = {}
         self.results["worker"] = res
-        env = self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")
         nats_p, store = self.start_nats("worker", cpu=0)
+        env = self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")
         ing = None
         workers: list[subprocess.Popen[bytes]] = []
         try:
@@ -931,7 +954,7 @@ class Bench:
             str(HERE / "natsq.py"),
             "--max-seconds",
             str(seconds * 3 + 30),
-            f"nats://127.0.0.1:{self.a.nats_port}",
+            f"nats://127.0.0.1:{self.nats_port}",
             "publish",
             str(rate),
             str(seconds),
@@ -992,9 +1015,13 @@ class Bench:
         t0 = time.monotonic()
         workers = self.start_workers(f"drain-{label}", nworkers, env, cpu=cpu)
         tk0 = sum(ticks(w.pid) for w in workers)
+        ours0, s0, m0 = ours_ticks(), cpu_snap(), time.monotonic()
         done = self.wait_executed(before + stored, self.a.drain_max_seconds)
+        ours1, s1, m1 = ours_ticks(), cpu_snap(), time.monotonic()
         tk1 = sum(ticks(w.pid) for w in workers if w.poll() is None)
         wall = time.monotonic() - t0
+        busy = cpu_delta(s0, s1)["busy_ticks"]
+        other = max(0.0, (busy - (ours1 - ours0)) / HZ / max(m1 - m0, 1e-9) * 100)
         for w in workers:
             PROCS.stop(w)
         ev = self.nq("executed", since, 0.0, time.monotonic() + 300)
@@ -1006,6 +1033,8 @@ class Bench:
             "all_executed": done,
             "wall_s": round(wall, 2),
             "pre_busy_pct": pre,
+            "other_cpu_pct": round(other),
+            "noise": "noisy" if other > 10 else "ok",
             "worker_cpu_pct_sum": round(100 * (tk1 - tk0) / HZ / max(wall, 1e-9)),
             "executed": ev.get("executed"),
             "rate_per_s": ev.get("rate_per_s"),
@@ -1013,7 +1042,8 @@ class Bench:
         }
         log(
             f"  drain {label} x{nworkers}: {out['executed']} executed, {out['rate_mid80_per_s']}/s "
-            f"(middle 80 %), all executed: {done}"
+            f"(middle 80 %), all executed: {done}; worker cpu {out['worker_cpu_pct_sum']}%, "
+            f"other load {out['other_cpu_pct']}% of a core"
         )
         return out
 
@@ -1043,6 +1073,8 @@ class Bench:
             "--delay",
             str(self.a.broker_delay),
         ]
+        if not port_free(self.a.broker_port):
+            raise BenchError(f"127.0.0.1:{self.a.broker_port} is taken (a leftover broker?)")
         broker = PROCS.start(
             "slow-broker", argv, env=dict(os.environ), log_to=self.out / f"{tag}.broker.log", cpu=1
         )
@@ -1055,12 +1087,12 @@ class Bench:
         broker = self.start_broker("scaling")
         try:
             for nworkers, partitions in ((1, 16), (2, 16), (4, 16), (4, 64)):
-                env = self.scaling_env(partitions)
                 tag = f"scaling-w{nworkers}-p{partitions}"
                 log(
                     f"scaling: {nworkers} worker(s), {partitions} partitions, broker {self.a.broker_delay * 1000:.0f} ms"
                 )
                 nats_p, store = self.start_nats(tag, cpu=0)
+                env = self.scaling_env(partitions)
                 ing = None
                 try:
                     self.provision(env)
@@ -1080,8 +1112,8 @@ class Bench:
     def phase_memory(self) -> None:
         res: dict[str, Any] = {}
         self.results["memory"] = res
-        env = self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")
         nats_p, store = self.start_nats("memory", cpu=0)
+        env = self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")
         ing = None
         workers: list[subprocess.Popen[bytes]] = []
         try:
@@ -1166,8 +1198,8 @@ class Bench:
         self.results["dedup"] = res
         for with_ids in (True, False):
             label = "with_ids" if with_ids else "without_ids"
-            env = self.ab_env()
             nats_p, store = self.start_nats(f"dedup-{label}", cpu=0)
+            env = self.ab_env()
             try:
                 self.provision(env)
                 time.sleep(2)
@@ -1180,7 +1212,7 @@ class Bench:
                     str(HERE / "natsq.py"),
                     "--max-seconds",
                     "500",
-                    f"nats://127.0.0.1:{self.a.nats_port}",
+                    f"nats://127.0.0.1:{self.nats_port}",
                     "fill",
                     str(self.a.dedup_ids),
                 ]
@@ -1219,8 +1251,8 @@ class Bench:
             res["skipped"] = "py-spy not available (see bench/run.sh)"
             log("profile: skipped, py-spy not available")
             return
-        env = self.ab_env()
         nats_p, store = self.start_nats("profile", cpu=0)
+        env = self.ab_env()
         ing = None
         try:
             self.provision(env)
@@ -1260,9 +1292,9 @@ class Bench:
     def profile_worker(self, pyspy: list[str]) -> dict[str, Any]:
         """py-spy on one worker draining a backlog into the 20 ms HTTP broker."""
         res: dict[str, Any] = {}
-        env = self.scaling_env(16)
         broker = self.start_broker("profile-worker")
         nats_p, store = self.start_nats("profile-worker", cpu=0)
+        env = self.scaling_env(16)
         ing = None
         workers: list[subprocess.Popen[bytes]] = []
         try:
@@ -1584,11 +1616,12 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:  # noqa: C
     ):
         if w.get(key):
             v = w[key]["rate_mid80_per_s"]
+            star = "*" if w[key].get("noise") == "noisy" else ""
             rows.append(
                 (
                     text,
                     "n/a",
-                    fmt(v),
+                    fmt(v) + star,
                     f"≥ ingress target {fmt(tgt)}" if tgt else "≥ ingress target",
                     yes(tgt is not None and v is not None and v >= tgt) if tgt else "",
                 )
@@ -1600,7 +1633,10 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:  # noqa: C
             (
                 f"4 drain /s, {r['settings']['broker_delay'] * 1000:.0f} ms broker, 1 / 2 / 4 workers (16 partitions)",
                 "n/a",
-                " / ".join(fmt(x["rate_mid80_per_s"]) for x in base),
+                " / ".join(
+                    fmt(x["rate_mid80_per_s"]) + ("*" if x.get("noise") == "noisy" else "")
+                    for x in base
+                ),
                 "grows with workers",
                 yes(
                     len(base) >= 2
@@ -1615,7 +1651,7 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:  # noqa: C
                     (
                         f"  {x['workers']} workers, {x['partitions']} partitions",
                         "n/a",
-                        fmt(x["rate_mid80_per_s"]),
+                        fmt(x["rate_mid80_per_s"]) + ("*" if x.get("noise") == "noisy" else ""),
                         "",
                         "",
                     )
@@ -1661,6 +1697,8 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:  # noqa: C
                 "",
             )
         )
+    if any("*" in row[2] for row in rows):
+        rows.append(("  (* = other load > 10 % of a core during that run)", "", "", "", ""))
     return rows
 
 
@@ -1752,7 +1790,6 @@ def main() -> int:
         "(e.g. quiet-logs:ALERTBRIDGE_LOG_LEVEL=WARNING); shown as extra rows",
     )
     ap.add_argument("--ab-port", type=int, default=18090)
-    ap.add_argument("--nats-port", type=int, default=14222)
     ap.add_argument("--broker-port", type=int, default=18400)
     ap.add_argument("--ref-port", type=int, default=18080)
     ap.add_argument("--redis-port", type=int, default=16379)
