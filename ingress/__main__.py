@@ -35,7 +35,8 @@ def main() -> int:
     providers = telemetry.setup("alertbridge-ingress")
     try:
         server = serve.server(create_app(settings, accounts), settings)
-        server.run()
+        sock = serve.listening_socket(settings)
+        server.run(sockets=[sock] if sock is not None else None)
     finally:
         providers.shutdown()
     return 0 if server.started else 3

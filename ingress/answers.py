@@ -1,15 +1,28 @@
-"""The JSON answers the ingress gives: what was stored, or why not."""
+"""The JSON answers the ingress gives: what was stored, or why not.
+
+The webhook answers with `Reply` straight onto ASGI (its hot path does not build a
+Litestar `Response`); Litestar's own handlers use `refuse`; the HTTP protocol, which
+refuses a request head before any app sees it, writes `refusal_bytes`.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from litestar.response import Response
 
 from ingress.parse import FieldError
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from litestar.types import Send
+
 JSON: Final = "application/json"
+_JSON_HEADER: Final = (b"content-type", JSON.encode())
+_CLOSE_HEADER: Final = (b"connection", b"close")
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -34,9 +47,49 @@ def encode(value: object) -> bytes:
     return _encoder.encode(value)
 
 
-def answer(status: int, body: msgspec.Struct) -> Response[bytes]:
-    """A JSON response."""
-    return Response(encode(body), status_code=status, media_type=JSON)
+class Reply:
+    """A JSON answer to send on ASGI; `close` ends the connection after it."""
+
+    __slots__ = ("body", "close", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        *,
+        close: bool = False,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.close = close
+
+    async def send(self, send: Send) -> None:
+        """The response start and the whole body."""
+        headers = [_JSON_HEADER, (b"content-length", b"%d" % len(self.body)), *self.headers]
+        if self.close:
+            headers.append(_CLOSE_HEADER)
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+
+def accepted(alert_id: str, duplicate: bool) -> Reply:
+    """200: the alert is stored (or already was)."""
+    return Reply(200, encode(Accepted(ok=True, id=alert_id, duplicate=duplicate)))
+
+
+def refused(
+    status: int,
+    error: str,
+    errors: list[FieldError] | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    close: bool = False,
+) -> Reply:
+    """A refusal with its reason (and field-level reasons for a 422)."""
+    body = encode(Refused(ok=False, error=error, errors=errors or []))
+    return Reply(status, body, headers, close=close)
 
 
 def refuse(
@@ -45,6 +98,16 @@ def refuse(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
-    """A refusal with its reason (and field-level reasons for a 422)."""
+    """The same refusal as a Litestar response (Litestar's own errors, /readyz)."""
     body = encode(Refused(ok=False, error=error, errors=errors or []))
     return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+def refusal_bytes(status: int, error: str) -> bytes:
+    """A whole HTTP/1.1 refusal that closes the connection, for the protocol layer."""
+    body = encode(Refused(ok=False, error=error))
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"content-type: {JSON}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body

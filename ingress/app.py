@@ -15,6 +15,13 @@ nothing unless configured (docs/security.md):
 
 Every refusal is a JSON object with a reason, and never repeats the secret.
 Never 504: TradingView does not resend a 504.
+
+The webhook is a Litestar ASGI route: at thousands of alerts a second Litestar's
+request objects, parameter parsing and response building were a sixth of the CPU
+(docs/performance.md), and the webhook needs none of them: it reads the raw body
+whatever the Content-Type and answers JSON it encodes itself. It makes the request's
+one span (SERVER, which is also the parent of the worker's CONSUMER span) and counts
+its own answers. Everything else is ordinary Litestar.
 """
 
 from __future__ import annotations
@@ -23,96 +30,171 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from litestar import Litestar, Request, get, post
+from litestar import Litestar, Request, asgi, get
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, RawBody
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.response import Response
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ingress.answers import JSON, Accepted, answer, encode, refuse
+from contracts import tracing
+from ingress.answers import JSON, Reply, accepted, encode, refuse, refused
 from ingress.auth import SIGNATURE_REQUIRED, WRONG_SECRET, Gate
-from ingress.guard import Policy, SenderGuard
-from ingress.openapi import WebhookOperation, openapi_config
+from ingress.guard import DisconnectedError, Policy, RefusedError, SenderGuard
+from ingress.openapi import openapi_document
 from ingress.parse import FieldError, InvalidAlertError, decode_body, pop_secret, to_alert
 from ingress.publisher import Publisher, UnavailableError
 from ingress.ratelimit import RateLimit
-from ingress.telemetry import CountRequests, IngressMetrics
+from ingress.telemetry import COUNTS_ITSELF, CountRequests, IngressMetrics
 from ops.accounts import load_accounts
 from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from litestar.types import HTTPScope, Receive, Scope, Send
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
     from ops.accounts import Accounts
     from ops.settings import IngressSettings
 
 log = logging.getLogger("ingress")
 
+ROUTE: Final = "/webhook"
+ROUTE_WITH_SECRET: Final = "/webhook/{secret}"  # noqa: S105 (a route template)
+_ALLOW_POST: Final = ((b"allow", b"POST"),)
+_TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate"))
+
 
 class Webhook:
     """Authenticate, validate and store one webhook; the answer says what happened."""
 
-    def __init__(self, gate: Gate, publisher: Publisher, account_rate: RateLimit | None) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        publisher: Publisher,
+        guard: SenderGuard,
+        account_rate: RateLimit | None,
+        instruments: IngressMetrics,
+    ) -> None:
         self._gate = gate
         self._publisher = publisher
+        self._guard = guard
         self._account_rate = account_rate
+        self._metrics = instruments
+        self._tracer = trace.get_tracer("alertbridge.ingress")
 
-    async def receive(
-        self, request: Request[Any, Any, Any], body: bytes, path_secret: str | None
-    ) -> Response[bytes]:
+    async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
+        """The ASGI app mounted at /webhook: one span, one answer, counted.
+
+        `scope["path"]` is what follows /webhook: `/`, or `/{secret}/`.
+        """
+        rest = scope["path"]
+        secret = rest.strip("/") if rest.startswith("/") else None
+        if secret is None or "/" in secret:  # /webhookx, /webhook/a/b
+            await refused(404, "not found").send(send)
+            self._metrics.answered("unmatched", 404)
+            return
+        route = ROUTE_WITH_SECRET if secret else ROUTE
+        with self._tracer.start_as_current_span(
+            f"{scope['method']} {route}",
+            context=_parent(scope),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "http.route": route},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                reply = await self._answer(scope, receive, secret or None, span)
+            except DisconnectedError:
+                span.set_attribute("error.type", "disconnected")
+                return
+            except Exception as exc:  # answered, logged, and on the span
+                log.error("unexpected error", exc_info=exc)
+                span.record_exception(exc)
+                reply = refused(500, "internal error")
+            span.set_attribute("http.response.status_code", reply.status)
+            if reply.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            self._metrics.answered(route, reply.status)
+            await reply.send(send)
+
+    async def _answer(
+        self, scope: HTTPScope, receive: Receive, path_secret: str | None, span: Span
+    ) -> Reply:
         """The answer to one webhook (see the module docstring for the order of checks)."""
+        if scope["method"] != "POST":
+            return refused(405, "method not allowed: POST alerts here", headers=_ALLOW_POST)
+        try:
+            await self._guard.check(scope)
+            body = await self._guard.body(receive)
+        except RefusedError as refusal:
+            return refusal.reply()
         received_at = datetime.now(UTC)
         try:
             payload = decode_body(body)
         except InvalidAlertError as exc:
-            return refuse(422, "invalid alert", exc.errors)
+            return refused(422, "invalid alert", exc.errors)
         body_secret = pop_secret(payload)
         account = payload.get("account", "default")
         account = account if isinstance(account, str) else ""
         secret = path_secret if path_secret is not None else body_secret
-        if (reason := self._authenticate(request, body, account, secret)) is not None:
-            return refuse(401, reason)
+        if (reason := self._authenticate(scope, body, account, secret)) is not None:
+            return refused(401, reason)
         if self._account_rate is not None:
             wait = await self._account_rate.wait(account)
             if wait is not None:
-                return refuse(429, "too many alerts for this account", headers=_retry(wait))
+                retry = ((b"retry-after", b"%d" % wait),)
+                return refused(429, "too many alerts for this account", headers=retry)
         try:
             alert = to_alert(payload, received_at=received_at)
         except InvalidAlertError as exc:
-            return refuse(422, "invalid alert", exc.errors)
+            return refused(422, "invalid alert", exc.errors)
         if not self._gate.known(alert.account):
-            return refuse(422, "invalid alert", [FieldError("account", "no such account")])
+            return refused(422, "invalid alert", [FieldError("account", "no such account")])
+        span.set_attribute(tracing.MESSAGE_ID, alert.id)
         try:
             duplicate = await self._publisher.publish(alert)
         except UnavailableError as exc:
             log.warning("alert %s not stored: %s", alert.id, exc)
-            return refuse(503, "temporarily unavailable, retry")
-        log.info("alert %s accepted (duplicate=%s)", alert.id, duplicate)
-        return answer(200, Accepted(ok=True, id=alert.id, duplicate=duplicate))
+            return refused(503, "temporarily unavailable, retry")
+        log.debug("alert %s accepted (duplicate=%s)", alert.id, duplicate)
+        return accepted(alert.id, duplicate)
 
     def _authenticate(
-        self, request: Request[Any, Any, Any], body: bytes, account: str, secret: str | None
+        self, scope: Scope, body: bytes, account: str, secret: str | None
     ) -> str | None:
         """None when the sender may place alerts for `account`; else why not."""
         gate = self._gate
         if gate.signs:  # headers are only looked at when some HMAC key exists
-            signature = request.headers.get("x-signature")
+            signature = _header(scope, b"x-signature")
             if signature is not None:
-                timestamp = request.headers.get("x-timestamp")
+                timestamp = _header(scope, b"x-timestamp")
                 return gate.verify(account, body, signature, timestamp, time.time())
             if gate.signature_required(account):
                 return SIGNATURE_REQUIRED
         return None if gate.admits(account, secret) else WRONG_SECRET
 
 
-def _retry(seconds: int) -> dict[str, str]:
-    return {"Retry-After": str(seconds)}
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a request header (names are lower case in ASGI)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _parent(scope: Scope) -> Context | None:
+    """The sender's trace context, when it sent one (TradingView does not)."""
+    carrier = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
+    return tracing.extract(carrier) if carrier else None
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Litestar's own refusals (404, 405, 413, ...) in the same JSON shape as ours."""
+    """Litestar's own refusals (404, 405, ...) in the same JSON shape as ours."""
     return refuse(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
@@ -136,9 +218,9 @@ def create_app(settings: IngressSettings, accounts: Accounts | None = None) -> L
     account_rate = (
         RateLimit(settings.account_rate_limit, "account") if settings.account_rate_limit else None
     )
-    hook = Webhook(gate, pub, account_rate)
-    policy = Policy.from_settings(settings)
-    guarded = [SenderGuard(policy)] if policy.active else []
+    guard = SenderGuard(Policy.from_settings(settings))
+    hook = Webhook(gate, pub, guard, account_rate, instruments)
+    document = encode(openapi_document())
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -149,21 +231,15 @@ def create_app(settings: IngressSettings, accounts: Accounts | None = None) -> L
             await pub.stop()
             log.info("ingress stopped")
 
-    @post("/webhook", status_code=200, middleware=guarded, operation_class=WebhookOperation)
-    async def webhook(request: Request[Any, Any, Any], body: RawBody) -> Response[bytes]:
-        return await hook.receive(request, body, None)
+    # A mount: Litestar 2.25 cannot route an ASGI handler with a path parameter.
+    @asgi(ROUTE, is_mount=True, copy_scope=False, opt={COUNTS_ITSELF: True})
+    async def webhook(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP:  # no websockets here
+            await hook(scope, receive, send)
 
-    @post(
-        "/webhook/{secret:str}",
-        status_code=200,
-        middleware=guarded,
-        operation_class=WebhookOperation,
-        description="The same, with the secret as the last path segment (TradingView's URL).",
-    )
-    async def webhook_path_secret(
-        request: Request[Any, Any, Any], body: RawBody, secret: FromPath[str]
-    ) -> Response[bytes]:
-        return await hook.receive(request, body, secret)
+    @get("/schema/openapi.json", media_type=JSON, include_in_schema=False)
+    async def schema() -> bytes:
+        return document
 
     @get("/metrics", media_type=PROMETHEUS_CONTENT_TYPE, include_in_schema=False)
     async def prometheus() -> bytes:
@@ -183,12 +259,10 @@ def create_app(settings: IngressSettings, accounts: Accounts | None = None) -> L
         )
 
     return Litestar(
-        route_handlers=[webhook, webhook_path_secret, healthz, readyz, prometheus],
+        route_handlers=[webhook, schema, healthz, readyz, prometheus],
         lifespan=[lifespan],
         middleware=[CountRequests(instruments)],
-        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(exclude=["/metrics", "/healthz"]))],
-        request_max_body_size=settings.max_body_bytes,
-        openapi_config=openapi_config(),
+        openapi_config=None,  # the webhook's document is its own (ingress.openapi)
         exception_handlers={HTTPException: _http_error, 500: _internal_error},
         logging_config=None,  # the process's own (ops.logs): JSON lines with trace ids
     )

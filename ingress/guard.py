@@ -1,15 +1,15 @@
-"""What is checked before a webhook's body is even read, cheapest first.
+"""What is checked before and while a webhook's body is read, cheapest first.
 
+    request line and headers over the cap   431    (ingress.serve, before any app)
     Content-Length over the cap             413
-    request line and headers over the cap   431    (h11 alone caps only slow ones)
     source address not in the allowlist     403
     client certificate missing or wrong     403
     too many requests from this source      429 + Retry-After
-    body slower than the deadline           408    (a slow-loris body holds nothing for long)
+    body slower than the deadline           408    (ingress.serve: a slow body holds nothing)
     body over the cap while it streams      413    (up to 4x the cap is drained first)
 
 The size caps and the body deadline are on by default and cost a pass over the
-headers and a timer; every other check exists only when configured. Only the
+headers and a timer; every other check costs nothing unless configured. Only the
 webhook routes are guarded: health probes and metrics scrapers are not TradingView.
 A refusal closes the connection rather than draining a body nobody wants.
 
@@ -21,15 +21,11 @@ anything). A forwarding header from anyone else is ignored.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Final
 
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-
-from ingress.answers import JSON, Refused, encode
+from ingress.answers import Reply, refused
 from ingress.ratelimit import RateLimit
 from ops.access import (
     Address,
@@ -44,7 +40,7 @@ from ops.access import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+    from litestar.types import Receive, Scope
 
     from ops.settings import IngressSettings
 
@@ -59,7 +55,6 @@ class Policy:
     """The checks in force, parsed once from the settings."""
 
     max_body: int
-    max_headers: int = 0  # 0: h11's own cap only
     body_timeout: float = 0.0
     allow: tuple[Network, ...] | None = None  # None: every address may send
     trusted: tuple[Network, ...] = ()
@@ -75,7 +70,6 @@ class Policy:
         header = settings.client_cert_header
         return cls(
             max_body=settings.max_body_bytes,
-            max_headers=settings.max_header_bytes,
             body_timeout=settings.body_timeout,
             allow=parse_networks(settings.allow_ips) if settings.allow_ips else None,
             trusted=parse_networks(settings.trusted_proxies),
@@ -95,11 +89,6 @@ class Policy:
         """Whether any check needs to know who is sending."""
         return self.allow is not None or self.subject is not None or self.rate is not None
 
-    @property
-    def active(self) -> bool:
-        """Whether any check is on (else the app goes without the middleware)."""
-        return self.needs_source or self.body_timeout > 0 or self.max_headers > 0
-
 
 class RefusedError(Exception):
     """A check failed: answer `status` with `error` (and `headers`) and close."""
@@ -110,55 +99,37 @@ class RefusedError(Exception):
         self.error = error
         self.headers = headers
 
-    async def send(self, send: Send) -> None:
+    def reply(self) -> Reply:
         """The JSON refusal, with `Connection: close` (the body may be unread)."""
-        body = encode(Refused(ok=False, error=self.error))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": self.status,
-                "headers": [
-                    (b"content-type", JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                    *self.headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return refused(self.status, self.error, headers=self.headers, close=True)
 
 
-class _DisconnectedError(Exception):
+class DisconnectedError(Exception):
     """The sender went away before its body arrived: nobody to answer."""
 
 
-class SenderGuard(ASGIMiddleware):
-    """The pre-body checks of one `Policy`; see the module docstring."""
-
-    scopes = (ScopeType.HTTP,)
+class SenderGuard:
+    """The checks of one `Policy` before and while the body is read; see the module
+    docstring. Each raises `RefusedError` (or `DisconnectedError`)."""
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
+        # With a body deadline, a body up to DRAIN_FACTOR x the cap is read (and
+        # dropped) before the 413: closing on unread bytes resets the connection,
+        # and the sender would lose the answer with it.
+        self._drain = _DRAIN_FACTOR if policy.body_timeout > 0 else 1
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        """Refuse early, or pass the request on with its body already read."""
+    async def check(self, scope: Scope) -> None:
+        """What the request head tells: the declared size, then who is sending."""
         policy = self._policy
-        try:
-            # With a body deadline, a body up to DRAIN_FACTOR x the cap is read (and
-            # dropped) before the 413: closing on unread bytes resets the connection,
-            # and the sender would lose the answer with it.
-            drain = _DRAIN_FACTOR if policy.body_timeout > 0 else 1
-            _check_sizes(scope, policy.max_body, policy.max_headers, drain)
-            if policy.needs_source:
-                await self._check_sender(scope)
-            if policy.body_timeout > 0:
-                receive = await _read_body(receive, policy.max_body, policy.body_timeout)
-        except RefusedError as refusal:
-            await refusal.send(send)
-            return
-        except _DisconnectedError:
-            return
-        await next_app(scope, receive, send)
+        _check_length(scope, policy.max_body, self._drain)
+        if policy.needs_source:
+            await self._check_sender(scope)
+
+    async def body(self, receive: Receive) -> bytes:
+        """The whole body, within the cap."""
+        policy = self._policy
+        return await read_body(receive, policy.max_body, self._drain)
 
     async def _check_sender(self, scope: Scope) -> None:
         policy = self._policy
@@ -235,15 +206,11 @@ def _rate_key(address: Address | None) -> str:
     return str(address)
 
 
-def _check_sizes(scope: Scope, max_body: int, max_headers: int, drain: int) -> None:
-    """The declared body (beyond what is drained) and the request line plus headers."""
-    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+def _check_length(scope: Scope, max_body: int, drain: int) -> None:
+    """A declared body beyond what is drained is refused before it is read."""
     for key, value in scope["headers"]:
-        size += len(key) + len(value) + 4  # ": " and CRLF
         if key == b"content-length" and value.isdigit() and int(value) > max_body * drain:
             raise RefusedError(413, f"body over {max_body} bytes")
-    if max_headers and size > max_headers:
-        raise RefusedError(431, f"request line and headers over {max_headers} bytes")
 
 
 def _check_certificate(scope: Scope, required: Subject, proxy_header: bytes | None) -> None:
@@ -270,48 +237,31 @@ def _check_certificate(scope: Scope, required: Subject, proxy_header: bytes | No
         raise RefusedError(403, "client certificate subject not allowed")
 
 
-async def _read_body(receive: Receive, limit: int, deadline: float) -> Receive:
-    """The whole body within `deadline` seconds and `limit` bytes, replayed to the app.
+async def read_body(receive: Receive, limit: int, drain: int) -> bytes:
+    """The whole body within `limit` bytes (its deadline is the protocol's: ingress.serve).
 
-    Past `limit` the rest is read and dropped, up to DRAIN_FACTOR x `limit`, so that
+    Past `limit` the rest is read and dropped, up to `drain` x `limit`, so that
     the 413 reaches the sender; past that the connection is simply closed on it.
     """
-    chunks: list[bytes] = []
-    size, more = 0, True
-    too_big = RefusedError(413, f"body over {limit} bytes")
-    try:
-        async with asyncio.timeout(deadline):
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    raise _DisconnectedError
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit * _DRAIN_FACTOR:
-                    raise too_big
-                if size <= limit:
-                    chunks.append(chunk)
-                more = message.get("more_body", False)
-    except TimeoutError:
-        raise (too_big if size > limit else _slow(deadline)) from None
+    message = await receive()
+    if message["type"] != "http.request":
+        raise DisconnectedError
+    body = message.get("body", b"")
+    if not message.get("more_body", False) and len(body) <= limit:
+        return body  # the usual case: the whole body in one message
+    chunks = [body]
+    size, more = len(body), message.get("more_body", False)
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise DisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit * drain:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
     if size > limit:
-        raise too_big
-    return _Replay(b"".join(chunks), receive)
-
-
-def _slow(deadline: float) -> RefusedError:
-    return RefusedError(408, f"body not received within {deadline:g} s")
-
-
-class _Replay:
-    """A `receive` that first hands over the body already read, then defers to the server."""
-
-    def __init__(self, body: bytes, receive: Receive) -> None:
-        self._body: bytes | None = body
-        self._receive = receive
-
-    async def __call__(self) -> ReceiveMessage:
-        if self._body is None:
-            return await self._receive()
-        body, self._body = self._body, None
-        return {"type": "http.request", "body": body, "more_body": False}
+        raise RefusedError(413, f"body over {limit} bytes")
+    return b"".join(chunks)

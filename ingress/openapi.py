@@ -2,18 +2,18 @@
 
 The handlers take the raw body (the secret must be removed before anything else
 reads it, and TradingView's Content-Type says nothing reliable), so Litestar
-cannot see the alert's shape: `WebhookOperation` states it, with every answer
-the route can give. Tests fuzz the ingress from this document (tests/test_fuzz.py).
+could not see the alert's shape anyway: this module states it, with every answer
+the routes can give (the webhook is an ASGI route, which Litestar does not document).
+Tests fuzz the ingress from this document (tests/test_fuzz.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import (
+    Info,
+    OpenAPI,
     OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
@@ -21,9 +21,11 @@ from litestar.openapi.spec import (
     OpenAPIType,
     Operation,
     Parameter,
+    PathItem,
     Reference,
     RequestBody,
     Schema,
+    Server,
 )
 
 from ingress.parse import MAX_VALUES, SIDES
@@ -162,22 +164,35 @@ SIGNATURE_HEADERS: Final = [
 ]
 
 
-@dataclass
-class WebhookOperation(Operation):
-    """POST /webhook as it is: the alert body, the signature headers, every answer."""
-
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(content=_json("Alert"), required=True)
-        self.parameters = [*(self.parameters or []), *SIGNATURE_HEADERS]
-        self.responses = dict(RESPONSES)
-
-
-def openapi_config() -> OpenAPIConfig:
-    """The document at /schema/openapi.json (JSON only: no UI is served)."""
-    return OpenAPIConfig(
-        title="alertbridge ingress",
-        version="1",
-        description="TradingView webhooks in; see docs/security.md for the checks.",
-        path="/schema",
-        render_plugins=[JsonRenderPlugin()],
+def _operation(summary: str, parameters: list[Parameter]) -> Operation:
+    return Operation(
+        summary=summary,
+        operation_id=summary.replace(" ", "_"),
+        parameters=[*parameters, *SIGNATURE_HEADERS],
+        request_body=RequestBody(content=_json("Alert"), required=True),
+        responses=dict(RESPONSES),
     )
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document served at /schema/openapi.json (JSON only: no UI is served)."""
+    secret = Parameter(
+        name="secret",
+        param_in="path",
+        required=True,
+        schema=Schema(type=_STR, min_length=1),
+        description="the webhook secret as the last path segment (TradingView's URL)",
+    )
+    document = OpenAPI(
+        info=Info(
+            title="alertbridge ingress",
+            version="1",
+            description="TradingView webhooks in; see docs/security.md for the checks.",
+        ),
+        servers=[Server(url="/")],  # (OpenAPI's own default for it is broken in Litestar 2.25)
+        paths={
+            "/webhook": PathItem(post=_operation("post alert", [])),
+            "/webhook/{secret}": PathItem(post=_operation("post alert with path secret", [secret])),
+        },
+    )
+    return document.to_schema()

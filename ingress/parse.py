@@ -171,20 +171,20 @@ def alert_id(payload: Mapping[str, Any]) -> str:
 def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
     """Normalize a decoded body (secret already removed) into an `Alert`."""
     extras = dict(payload)
-    raw = {field: _take(extras, names) for field, names in ALIASES.items()}
+    raw = _take(extras)
     errors: list[FieldError] = []
-    values: dict[str, Any] = {}
-    for field, value in raw.items():
-        if value is None:
-            continue
-        try:
-            values[field] = _convert(field, value)
-        except ValueError as exc:
-            errors.append(FieldError(field, str(exc)))
+    values = _typed(raw, errors)
+    for field in _CHOICES:
+        if field in raw:
+            try:
+                values[field] = _convert(field, raw[field])
+            except ValueError as exc:
+                errors.append(FieldError(field, str(exc)))
+    errors.sort(key=_by_field)  # in the order of ALIASES, whichever way they were found
     for field in ("symbol", "side"):
         if field not in values and not any(e.field == field for e in errors):
-            names = " / ".join(ALIASES[field])
-            errors.append(FieldError(field, f"required (as one of: {names})"))
+            alternatives = " / ".join(ALIASES[field])
+            errors.append(FieldError(field, f"required (as one of: {alternatives})"))
     errors += _check_order_type(values)
     if errors:
         raise InvalidAlertError(errors)
@@ -192,6 +192,49 @@ def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
         values["side"] = "close"  # an exit to flat closes the whole position, whatever its size
     values["id"] = str(values["id"]) if "id" in values else alert_id(payload)
     return Alert(**values, received_at=received_at, extras=extras)
+
+
+# Where each field is looked for: name -> (field, rank among the field's names), for
+# top-level names; (field, rank, nested name) for those under `strategy`.
+_TOP: Final = {
+    name: (field, rank)
+    for field, names in ALIASES.items()
+    for rank, name in enumerate(names)
+    if "." not in name
+}
+_NESTED: Final = tuple(
+    (field, rank, name.partition(".")[2])
+    for field, names in ALIASES.items()
+    for rank, name in enumerate(names)
+    if name.startswith("strategy.")
+)
+_NESTED_NAME: Final = {(field, rank): name for field, rank, name in _NESTED}
+_CHOICES: Final = tuple(field for field in ALIASES if field not in FIELD_TYPES)
+_FIELD_ORDER: Final = {field: i for i, field in enumerate(ALIASES)}
+
+
+def _by_field(error: FieldError) -> int:
+    return _FIELD_ORDER[error.field]
+
+
+# Every typed field at once: one msgspec conversion per alert instead of one per field.
+_Typed = msgspec.defstruct("_Typed", [(f, t | None, None) for f, t in FIELD_TYPES.items()])
+
+
+def _typed(raw: dict[str, Any], errors: list[FieldError]) -> dict[str, Any]:
+    """The typed fields of `raw`, converted; a refused one goes to `errors` instead."""
+    present = {field: value for field, value in raw.items() if field in FIELD_TYPES}
+    try:
+        typed = msgspec.convert(present, _Typed, strict=False)
+    except msgspec.ValidationError:  # find every field at fault, one by one
+        values = {}
+        for field, value in present.items():
+            try:
+                values[field] = _convert(field, value)
+            except ValueError as exc:
+                errors.append(FieldError(field, str(exc)))
+        return values
+    return {field: getattr(typed, field) for field in present}
 
 
 def _flat_after(payload: dict[str, Any]) -> bool:
@@ -203,18 +246,27 @@ def _flat_after(payload: dict[str, Any]) -> bool:
     return isinstance(position, str) and position.strip().lower() == "flat"
 
 
-def _take(payload: dict[str, Any], names: tuple[str, ...]) -> Any:
-    """The first present alias; top-level keys found are consumed (removed from extras)."""
-    for name in names:
-        head, _, tail = name.partition(".")
-        if not tail:
-            if name in payload:
-                return payload.pop(name)
-            continue
-        nested = payload.get(head)
-        if isinstance(nested, dict) and tail in nested:
-            return nested[tail]  # nested objects stay whole in extras for the audit trail
-    return None
+def _take(extras: dict[str, Any]) -> dict[str, Any]:
+    """Each field's value under its first present alias (None counts as absent). The
+    top-level keys taken are removed from `extras`; nested objects stay whole there,
+    for the audit trail."""
+    found: dict[str, tuple[int, str | None]] = {}  # field -> (rank, top-level key or None)
+    for key, value in extras.items():
+        hit = _TOP.get(key)
+        if hit is not None and value is not None:
+            field, rank = hit
+            if field not in found or rank < found[field][0]:
+                found[field] = (rank, key)
+    strategy = extras.get("strategy")
+    nested: dict[str, Any] = strategy if isinstance(strategy, dict) else {}
+    if nested:
+        for field, rank, name in _NESTED:
+            if nested.get(name) is not None and (field not in found or rank < found[field][0]):
+                found[field] = (rank, None)
+    raw = {}
+    for field, (rank, top) in found.items():
+        raw[field] = extras.pop(top) if top is not None else nested[_NESTED_NAME[field, rank]]
+    return raw
 
 
 def _convert(field: str, value: Any) -> Any:

@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
-from nats.js.errors import APIError, NoStreamResponseError, TooManyStalledMsgsError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from nats.js.errors import APIError, NoStreamResponseError
 
 from contracts import tracing
 from contracts.headers import MSG_ID
@@ -34,13 +32,17 @@ class UnavailableError(Exception):
     """The alert could not be stored in time; the sender should retry (503)."""
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Publisher:
     """Publishes alerts to `ALERTS` and reports whether the server already had them."""
 
     def __init__(self, settings: IngressSettings, instruments: IngressMetrics) -> None:
         self._settings = settings
         self._metrics = instruments
-        self._tracer = trace.get_tracer("alertbridge.ingress")
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -71,49 +73,41 @@ class Publisher:
             await self._nc.drain()
 
     async def publish(self, alert: Alert) -> bool:
-        """Store the alert; return True when it was a duplicate. Raise UnavailableError."""
+        """Store the alert with the current trace context; return True when it was a
+        duplicate. Raise UnavailableError."""
         subject = alert_subject(alert.account, alert.symbol)
-        with self._tracer.start_as_current_span(
-            f"publish {tracing.ALERTS_TEMPLATE}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                tracing.SYSTEM: "nats",
-                tracing.OPERATION_NAME: "publish",
-                tracing.OPERATION_TYPE: "send",
-                tracing.DESTINATION: subject,
-                tracing.DESTINATION_TEMPLATE: tracing.ALERTS_TEMPLATE,
-                tracing.MESSAGE_ID: alert.id,
-            },
-        ) as span:
-            headers = tracing.inject({MSG_ID: alert.id})
-            started = time.perf_counter()
-            try:
-                duplicate = await self._publish(subject, alert, headers)
-            except UnavailableError as exc:
-                self._metrics.unavailable.add(1)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                raise
-            self._metrics.publish_duration.record(time.perf_counter() - started)
-            if duplicate:
-                self._metrics.duplicates.add(1)
-            span.set_attribute("messaging.nats.duplicate", duplicate)
-            return duplicate
+        headers = tracing.inject({MSG_ID: alert.id})
+        started = time.perf_counter()
+        try:
+            duplicate = await self._publish(subject, alert, headers)
+        except UnavailableError:
+            self._metrics.unavailable += 1
+            raise
+        self._metrics.publish_duration.record(time.perf_counter() - started)
+        if duplicate:
+            self._metrics.duplicates += 1
+        return duplicate
 
     async def _publish(self, subject: str, alert: Alert, headers: dict[str, str]) -> bool:
         js = self._js
         if js is None:
             raise UnavailableError("not connected to NATS")
         timeout = self._settings.publish_timeout
+        # The wait for the acknowledgement has a deadline of one timer: publish_async's
+        # own stall bound (`wait_stall`) would cost a task per alert, and asyncio.timeout
+        # or wait_for several objects (docs/performance.md). Sending itself only buffers;
+        # the client bounds what may be pending at once, and each pending publish
+        # expires within `timeout`.
         try:
             future = await js.publish_async(
-                subject,
-                alert_encoder.encode(alert),
-                wait_stall=timeout,
-                stream=ALERTS_STREAM,
-                headers=headers,
+                subject, alert_encoder.encode(alert), stream=ALERTS_STREAM, headers=headers
             )
-            ack = await asyncio.wait_for(future, timeout)
-        except (TimeoutError, TooManyStalledMsgsError) as exc:
+            expiry = asyncio.get_running_loop().call_later(timeout, _expire, future)
+            try:
+                ack = await future
+            finally:
+                expiry.cancel()
+        except TimeoutError as exc:
             raise UnavailableError(f"no acknowledgement from JetStream within {timeout}s") from exc
         except (ConnectionClosedError, OutboundBufferLimitError, NoStreamResponseError) as exc:
             raise UnavailableError(f"JetStream unavailable: {type(exc).__name__}") from exc

@@ -36,14 +36,21 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--workers", default=1, show_default=True, help="worker processes")
+@click.option(
+    "--ingress",
+    "ingresses",
+    default=1,
+    show_default=True,
+    help="ingress processes, sharing the port (SO_REUSEPORT)",
+)
 @click.option("--port", "http_port", default=8080, show_default=True, help="ingress HTTP port")
 @click.option("--nats-port", default=4222, show_default=True)
 @click.option("--monitor-port", default=8222, show_default=True, help="nats-server monitoring")
-def up(workers: int, http_port: int, nats_port: int, monitor_port: int) -> None:
-    """Run nats-server, provisioning, worker(s) and ingress in the foreground."""
+def up(workers: int, ingresses: int, http_port: int, nats_port: int, monitor_port: int) -> None:
+    """Run nats-server, provisioning, worker(s) and ingress(es) in the foreground."""
     stack = Stack(
         var=var_dir(), http_port=http_port, nats_port=nats_port, monitor_port=monitor_port,
-        workers=workers,
+        workers=workers, ingresses=ingresses,
     )  # fmt: skip
     sys.exit(run(stack))
 

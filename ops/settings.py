@@ -101,6 +101,9 @@ class IngressSettings(Common, frozen=True, kw_only=True):
 
     http_host: str = "127.0.0.1"
     http_port: Port = 8080
+    # SO_REUSEPORT: several ingress processes listen on one port, the kernel spreads
+    # the connections (`alertbridge up --ingress N`).
+    http_reuse_port: bool = False
     secrets: tuple[Secret, ...] = ()
     max_body_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
     # TradingView cancels at 3 s and does not resend timeouts: answer 503 well before.

@@ -48,6 +48,7 @@ class Stack:
     monitor_port: int = 8222
     http_port: int = 8080
     workers: int = 1
+    ingresses: int = 1
     otel_endpoint: str | None = None
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
@@ -178,7 +179,11 @@ def _start(stack: Stack, secret: Path) -> None:
     env = stack.env_as(
         "ingress", ALERTBRIDGE_SECRETS_FILE=str(secret), ALERTBRIDGE_HTTP_PORT=str(stack.http_port)
     )
-    stack.spawn("ingress", [sys.executable, "-m", "ingress"], env)
+    if stack.ingresses > 1:  # one port, the kernel spreads the connections
+        env["ALERTBRIDGE_HTTP_REUSE_PORT"] = "true"
+    for i in range(stack.ingresses):
+        name = "ingress" if stack.ingresses == 1 else f"ingress-{i}"
+        stack.spawn(name, [sys.executable, "-m", "ingress"], env)
 
 
 async def _provision(settings: WorkerSettings, port: int, wait: float = 15.0) -> None:

@@ -31,12 +31,20 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:port."""
+class ExitedError(Exception):
+    """The process meant to listen exited first."""
+
+
+def wait_for_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until something accepts connections on 127.0.0.1:port (or `proc` exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
+        if proc is not None and proc.poll() is not None:
+            raise ExitedError(f"exited with {proc.returncode} before listening on {port}")
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
@@ -60,6 +68,7 @@ class NatsServer:
     ) -> None:
         self.store = store
         self.port = port or free_port()
+        self._port_chosen = port is None  # ours to change while it never listened
         self.args = args
         self.config = config
         self.env = env
@@ -72,20 +81,33 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
-        """Start (or restart on the same port and store) and wait until it listens."""
-        config = ("--config", str(self.config)) if self.config else ()
-        log = ("--log", str(self.log)) if self.log else ()
-        self.proc = subprocess.Popen(
-            [
-                nats_server_binary(), *config, "--jetstream", "--store_dir", str(self.store),
-                "--addr", "127.0.0.1", "--port", str(self.port), *log, *self.args,
-            ],
-            env={**os.environ, **self.env} if self.env else None,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(self.port)
-        return self
+        """Start (or restart on the same port and store) and wait until it listens.
+
+        A free port can be taken between choosing it and binding it (by any socket,
+        an outgoing one included): a first start that exits early tries another port.
+        """
+        for attempt in range(3):
+            config = ("--config", str(self.config)) if self.config else ()
+            log = ("--log", str(self.log)) if self.log else ()
+            self.proc = subprocess.Popen(
+                [
+                    nats_server_binary(), *config, "--jetstream", "--store_dir", str(self.store),
+                    "--addr", "127.0.0.1", "--port", str(self.port), *log, *self.args,
+                ],
+                env={**os.environ, **self.env} if self.env else None,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                wait_for_port(self.port, proc=self.proc)
+            except ExitedError:
+                if not self._port_chosen or attempt == 2:
+                    raise
+                self.port = free_port()
+                continue
+            self._port_chosen = False  # it listened: restarts keep this port
+            return self
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Stop it (SIGTERM, then SIGKILL) and wait."""

@@ -218,3 +218,25 @@ async def test_secret_never_logged(client: Client_, caplog: pytest.LogCaptureFix
     assert "accepted" in ours  # the requests were logged ...
     assert "7f3c9a1e" not in ours  # ... without the secret
     assert "not-the-secret-123" not in ours
+
+
+async def test_other_methods_and_paths_are_refused_in_json(client: Client_, nc: Client) -> None:
+    wrong_method = await client.get("/webhook")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"ok": False, "error": "method not allowed: POST alerts here"}
+    for path in ("/webhook/7f3c9a1e/extra", "/webhookx", "/nowhere"):
+        response = await client.post(path, content=body(qty=1))
+        assert response.status_code == 404, path
+        assert response.json()["ok"] is False
+    assert await stored(nc) == 0
+    # A trailing slash is the same route.
+    assert (await client.post("/webhook/", content=body(qty=1))).status_code == 200
+    assert await stored(nc) == 1
+
+
+async def test_the_webhook_document_is_served(client: Client_) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    assert set(document["paths"]) == {"/webhook", "/webhook/{secret}"}
+    answers = document["paths"]["/webhook"]["post"]["responses"]
+    assert {"200", "401", "413", "422", "503"} <= set(answers)

@@ -1,5 +1,5 @@
 """The sender-verification settings: off by default, errors that name the variable, the
-subject and network parsers, and no middleware at all when every check is off."""
+subject and network parsers, and where the limits live."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
-from litestar.handlers import HTTPRouteHandler
-from litestar.routes import HTTPRoute
+from litestar.routes import ASGIRoute
 
 from ingress.__main__ import _check, _warn_short_secrets
 from ingress.app import create_app
 from ingress.guard import Policy
-from ingress.serve import ClientCertProtocol, uvicorn_options
+from ingress.serve import IngressProtocol, uvicorn_options
 from ops.access import format_subject, parse_networks, parse_subject, subject_matches
 from ops.accounts import load_accounts
 from ops.settings import IngressSettings, SettingsError, load
@@ -46,28 +44,24 @@ def test_every_sender_check_is_off_by_default() -> None:
     assert (config.body_timeout, config.max_header_bytes) == (10.0, 8192)
     policy = Policy.from_settings(config)
     assert not policy.needs_source  # no address parsing, no limiter, no certificate check
-    assert policy.active  # the size caps and the body deadline are on
+    assert policy.body_timeout == 10.0
 
 
-def _webhook_posts(app: Litestar) -> list[HTTPRouteHandler]:
-    routes = [r for r in app.routes if isinstance(r, HTTPRoute) and "webhook" in r.path]
-    return [h for r in routes for h in r.route_handlers if "POST" in h.http_methods]
-
-
-def test_with_everything_off_there_is_no_middleware() -> None:
-    config = _load(body_timeout="0", max_header_bytes="0")
-    assert not Policy.from_settings(config).active
-    posts = _webhook_posts(create_app(config))
-    assert len(posts) == 2 and all(not h.middleware for h in posts)
-    assert uvicorn_options(config)["h11_max_incomplete_event_size"] is None  # h11's default
-
-
-def test_the_default_webhook_routes_are_guarded() -> None:
-    posts = _webhook_posts(create_app(_load()))
-    assert len(posts) == 2 and all(h.middleware for h in posts)
+def test_the_protocol_carries_the_head_cap_and_the_body_deadline() -> None:
     options = uvicorn_options(_load())
     assert options["proxy_headers"] is False  # uvicorn must not rewrite the client address
-    assert options["http"] == "h11" and options["h11_max_incomplete_event_size"] == 8192
+    protocol = options["http"]
+    assert issubclass(protocol, IngressProtocol)
+    assert (protocol.max_head, protocol.body_timeout) == (8192, 10.0)
+    off = uvicorn_options(_load(body_timeout="0", max_header_bytes="0"))["http"]
+    assert (off.max_head, off.body_timeout) == (0, 0.0)
+
+
+def test_the_webhook_is_one_asgi_route() -> None:
+    app = create_app(_load())
+    webhook = [r for r in app.routes if "webhook" in r.path]
+    assert [r.path for r in webhook] == ["/webhook"]  # mounted: /webhook/{secret} too
+    assert isinstance(webhook[0], ASGIRoute)
 
 
 def test_tls_options(tmp_path: Path) -> None:
@@ -83,7 +77,7 @@ def test_tls_options(tmp_path: Path) -> None:
     assert options["ssl_certfile"] == str(tmp_path / "cert.pem")
     assert options["ssl_ca_certs"] == str(tmp_path / "ca.pem")
     assert options["ssl_cert_reqs"] == 2  # ssl.CERT_REQUIRED
-    assert options["http"] is ClientCertProtocol
+    assert issubclass(options["http"], IngressProtocol)
 
 
 @pytest.mark.parametrize(

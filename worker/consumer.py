@@ -43,7 +43,7 @@ from worker.pull import pull
 from worker.telemetry import QueueDepth, WorkerMetrics
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import Iterator
 
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
@@ -61,22 +61,29 @@ def reference_time(alert: Alert) -> datetime:
     return alert.replayed_at or alert.timenow or alert.received_at
 
 
-@contextlib.asynccontextmanager
-async def working(msg: Msg, every: float) -> AsyncIterator[None]:
-    """Tell the server we are still on it (+WPI) while a slow broker call runs."""
+@contextlib.contextmanager
+def working(msg: Msg, every: float) -> Iterator[None]:
+    """Tell the server we are still on it (+WPI) while a slow broker call runs.
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(every)
-            await msg.in_progress()
+    A timer, not a task: most broker calls end long before the first beat is due, and
+    a task per delivery would cost every one of them.
+    """
+    loop = asyncio.get_running_loop()
+    beats: set[asyncio.Task[None]] = set()
+    timer: asyncio.TimerHandle
 
-    task = asyncio.create_task(beat())
+    def beat() -> None:
+        nonlocal timer
+        task = loop.create_task(msg.in_progress())
+        beats.add(task)
+        task.add_done_callback(beats.discard)
+        timer = loop.call_later(every, beat)
+
+    timer = loop.call_later(every, beat)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        timer.cancel()
 
 
 class Worker:
@@ -143,7 +150,7 @@ class Worker:
         producer = trace.get_current_span(parent).get_span_context()
         meta = msg.metadata
         if meta.num_delivered > 1:
-            self._metrics.redeliveries.add(1)
+            self._metrics.redeliveries += 1
         with self._tracer.start_as_current_span(
             f"process {tracing.ALERTS_TEMPLATE}",
             context=parent,
@@ -162,7 +169,7 @@ class Worker:
         ) as span:
             outcome = await self._handle(msg)
             span.set_attribute("alertbridge.outcome", outcome)
-            self._metrics.outcomes.add(1, {"outcome": outcome})
+            self._metrics.outcomes[outcome] += 1
 
     async def _handle(self, msg: Msg) -> str:
         meta = msg.metadata
@@ -214,7 +221,7 @@ class Worker:
         self._metrics.alert_age.record(executed.latency or 0.0)
         if await self._events.record(executed):
             await msg.ack()
-            log.info("alert %s executed as %s", alert.id, result.client_order_id)
+            log.debug("alert %s executed as %s", alert.id, result.client_order_id)
         return "executed"
 
     async def _reject(self, msg: Msg, alert: Alert, exc: TerminalError) -> str:
@@ -239,11 +246,11 @@ class Worker:
             attributes={"alertbridge.broker": broker.name, "alertbridge.alert_id": alert.id},
         ) as span:
             try:
-                async with working(msg, every=settings.ack_wait / 3):
-                    result, already_done = await asyncio.wait_for(
-                        execute(alert, account, broker, settings.default_quantity),
-                        settings.broker_timeout,
-                    )
+                with working(msg, every=settings.ack_wait / 3):
+                    async with asyncio.timeout(settings.broker_timeout):
+                        result, already_done = await execute(
+                            alert, account, broker, settings.default_quantity
+                        )
                 outcome = "duplicate" if already_done else "ok"
                 span.set_attribute("alertbridge.client_order_id", result.client_order_id)
                 return result, already_done

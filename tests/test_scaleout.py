@@ -1,0 +1,104 @@
+"""Several ingress processes on one port (`alertbridge up --ingress N`): the kernel
+spreads fresh connections over them (SO_REUSEPORT), each stores what it answers 200,
+and the others go on when one stops. Without the setting a second one cannot start."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httpx
+
+from tests.ingress_support import alert, ingress_env, stored, wait_ready
+from tests.support import free_port, python_module
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from nats.aio.client import Client
+
+    from tests.support import NatsServer
+
+
+async def _send_fresh(url: str, first: int, count: int) -> list[int]:
+    """`count` alerts, each on a connection of its own (as TradingView sends)."""
+
+    async def one(n: int) -> int:
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.post(f"{url}/webhook", content=alert(id=f"scale-{n}"))
+            return response.status_code
+
+    return list(await asyncio.gather(*(one(n) for n in range(first, first + count))))
+
+
+async def test_two_ingress_processes_share_a_port(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = ingress_env(
+        nats_server.url,
+        http_port=str(port),
+        http_reuse_port="true",
+        log_level="DEBUG",
+        log_format="json",
+    )
+    logs = [tmp_path / "ingress-0.log", tmp_path / "ingress-1.log"]
+    procs = [python_module("ingress", env, log) for log in logs]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await _all_ready(url)
+        statuses = await _send_fresh(url, 0, 80)
+        assert statuses == [200] * 80
+        assert await stored(nc) == 80
+        served = [log.read_text().count(" accepted (duplicate=False)") for log in logs]
+        assert sum(served) == 80 and min(served) > 0, served  # both took connections
+
+        procs[0].terminate()
+        procs[0].wait(15)  # (uvicorn re-raises SIGTERM once it has shut down)
+        assert "ingress stopped" in logs[0].read_text()  # gracefully
+        statuses = await _send_fresh(url, 80, 20)  # the other one takes them all
+        assert statuses == [200] * 20
+        assert await stored(nc) == 100
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+
+
+def test_without_reuse_port_a_second_ingress_cannot_start(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = ingress_env(nats_server.url, http_port=str(port))
+    first = python_module("ingress", env, tmp_path / "first.log")
+    try:
+        asyncio.run(_ready(f"http://127.0.0.1:{port}"))
+        second = python_module("ingress", env, tmp_path / "second.log")
+        assert second.wait(15) == 3  # uvicorn could not bind: exit 3, nothing served
+        assert "address already in use" in (tmp_path / "second.log").read_text().lower()
+    finally:
+        first.terminate()
+        first.wait(15)
+
+
+async def _all_ready(url: str, within: float = 20.0) -> None:
+    """Until 40 fresh connections in a row find a ready ingress: the kernel hashes each
+    to one of the processes, so every one that listens has answered."""
+    deadline = asyncio.get_running_loop().time() + within
+    in_a_row = 0
+    while in_a_row < 40:
+        assert asyncio.get_running_loop().time() < deadline, "not every ingress got ready"
+        async with httpx.AsyncClient(timeout=5) as client:
+            try:
+                ok = (await client.get(f"{url}/readyz")).status_code == 200
+            except httpx.TransportError:
+                ok = False
+        in_a_row = in_a_row + 1 if ok else 0
+        if not ok:
+            await asyncio.sleep(0.05)
+
+
+async def _ready(url: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        await wait_ready(url, client)
