@@ -35,7 +35,11 @@ def main() -> int:
     providers = telemetry.setup("alertbridge-ingress")
     try:
         server = serve.server(create_app(settings, accounts), settings)
-        sock = serve.listening_socket(settings)
+        try:
+            sock = serve.listening_socket(settings)
+        except OSError as exc:
+            print(f"ingress: cannot listen on {settings.http_port}: {exc}", file=sys.stderr)
+            return 3
         server.run(sockets=[sock] if sock is not None else None)
     finally:
         providers.shutdown()

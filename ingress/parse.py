@@ -218,7 +218,11 @@ def _by_field(error: FieldError) -> int:
 
 
 # Every typed field at once: one msgspec conversion per alert instead of one per field.
-_Typed = msgspec.defstruct("_Typed", [(f, t | None, None) for f, t in FIELD_TYPES.items()])
+# UNSET, not None, marks a field not sent: with `T | None` lax conversion would turn
+# the string "null" into None (an absent quantity or limit price) instead of a 422.
+_Typed = msgspec.defstruct(
+    "_Typed", [(f, t | msgspec.UnsetType, msgspec.UNSET) for f, t in FIELD_TYPES.items()]
+)
 
 
 def _typed(raw: dict[str, Any], errors: list[FieldError]) -> dict[str, Any]:

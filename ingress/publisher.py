@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
 from nats.js.errors import APIError, NoStreamResponseError
@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 
 class UnavailableError(Exception):
     """The alert could not be stored in time; the sender should retry (503)."""
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
 
 
 class Publisher:
@@ -89,24 +84,23 @@ class Publisher:
         return duplicate
 
     async def _publish(self, subject: str, alert: Alert, headers: dict[str, str]) -> bool:
-        js = self._js
-        if js is None:
+        nc, js = self._nc, self._js
+        if nc is None or js is None:
             raise UnavailableError("not connected to NATS")
+        if not nc.is_connected:
+            # Not buffered for a reconnect: nats-py leaks a slot of its pending-publish
+            # bound whenever a buffered publish fails, and enough of them would stall
+            # every later alert. The sender resends the 503.
+            raise UnavailableError("not connected to NATS (reconnecting)")
         timeout = self._settings.publish_timeout
-        # The wait for the acknowledgement has a deadline of one timer: publish_async's
-        # own stall bound (`wait_stall`) would cost a task per alert, and asyncio.timeout
-        # or wait_for several objects (docs/performance.md). Sending itself only buffers;
-        # the client bounds what may be pending at once, and each pending publish
-        # expires within `timeout`.
+        # One deadline for the whole call, the wait for a pending-publish slot included
+        # (publish_async's own `wait_stall` would cost a task per alert).
         try:
-            future = await js.publish_async(
-                subject, alert_encoder.encode(alert), stream=ALERTS_STREAM, headers=headers
-            )
-            expiry = asyncio.get_running_loop().call_later(timeout, _expire, future)
-            try:
+            async with asyncio.timeout(timeout):
+                future = await js.publish_async(
+                    subject, alert_encoder.encode(alert), stream=ALERTS_STREAM, headers=headers
+                )
                 ack = await future
-            finally:
-                expiry.cancel()
         except TimeoutError as exc:
             raise UnavailableError(f"no acknowledgement from JetStream within {timeout}s") from exc
         except (ConnectionClosedError, OutboundBufferLimitError, NoStreamResponseError) as exc:

@@ -5,10 +5,11 @@ httptools (llhttp) parses a request in C, about twice as fast as h11 here
 (docs/performance.md), but has no cap on the request line plus headers, so
 `IngressProtocol` counts them as they are parsed: past `max_header_bytes` the
 sender gets a 431 and the connection closes, whether the head is complete or
-still trickling in; nothing of it reaches the app. The body deadline
-(`body_timeout`, a slow-loris body holds nothing for long) lives here too: a timer
-only for a body that did not arrive with its headers, where an `asyncio.timeout`
-around every read would cost each request (docs/performance.md).
+still trickling in; nothing of it reaches the app. The request deadline
+(`body_timeout`: slow-loris headers or body, or a connection that sends nothing,
+hold nothing for long) lives here too: a timer per new connection and for a
+request that did not arrive in one piece, where an `asyncio.timeout` around every
+read would cost each request (docs/performance.md).
 
 uvicorn (0.54) verifies a client certificate against `ssl_ca_certs` during the
 handshake but does not pass it to the app: the ASGI `tls` extension is not filled
@@ -39,24 +40,32 @@ if TYPE_CHECKING:
 
 
 class IngressProtocol(HttpToolsProtocol):
-    """httptools with a cap on the request head (431) and a deadline for the body (408),
-    plus the client certificate."""
+    """httptools with a cap on the request head (431) and a deadline for the request
+    (408), plus the client certificate."""
 
     # Set by `protocol_for`: bytes of request line + headers (0: no cap), and seconds
-    # from the end of the headers to the end of the body (0: no deadline).
+    # a request may take to arrive, head and body (0: no deadline).
     max_head = 0
     body_timeout = 0.0
 
     _head = 0  # bytes of the request line and headers parsed so far
-    _unparsed = 0  # bytes received while a head is incomplete (its last line is pending)
+    _unparsed = 0  # bytes received while a head or trailer line is incomplete
     _mid_head = False
+    _began = False  # a request began in the data being parsed
+    _fed_body = False  # body bytes came in the data being parsed
+    _body_seen = False  # the request's body has begun (what follows may be trailers)
+    _ended = False  # a request ended in the data being parsed
     _refused = False
     _in_body = False  # the headers are in, the body is not yet
-    _body_timer: asyncio.TimerHandle | None = None
+    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Read the peer certificate once per connection (the handshake verified it)."""
+        """The first request's deadline starts now (uvicorn's keep-alive timeout covers
+        only the time between requests); read the peer certificate once per connection
+        (the handshake verified it)."""
         super().connection_made(transport)
+        if self.body_timeout > 0:
+            self._deadline = self.loop.call_later(self.body_timeout, self._late)
         cert = transport.get_extra_info("peercert")
         if cert is None:
             return
@@ -74,31 +83,45 @@ class IngressProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """Nothing more is parsed once the head was refused (the connection is closing).
 
-        A body still incomplete at the end of what arrived gets its deadline now: the
-        usual request arrives whole, and costs no timer.
+        httptools hands over a header (or a chunked trailer) only once its line ends:
+        bytes that arrive while one is pending are counted against the head cap, so a
+        line that never ends is not buffered without bound. (Data in which one request
+        ended and the next began, pipelined, is not counted: the cap on what is
+        parsed, `_count`, still covers the new head.) A request still incomplete at the end of what
+        arrived gets its deadline now (the usual one arrives whole and costs no timer),
+        and so do bytes that begin no request (bare CRLFs would otherwise hold an idle
+        keep-alive connection forever).
         """
         if self._refused:
             return
+        self._began = self._fed_body = self._ended = False
         super().data_received(data)
-        if self._mid_head and self.max_head and not self._refused:
-            # httptools hands over a header only once the next one starts: a head that
-            # never ends would otherwise be buffered without bound.
+        if self._refused:
+            return
+        trailer = self._in_body and self._body_seen and not self._fed_body
+        if (self._mid_head or trailer) and not (self._began and self._ended) and self.max_head:
             self._unparsed += len(data)
             if self._unparsed > self.max_head:
                 self._refuse(431, f"request line and headers over {self.max_head} bytes")
                 return
-        if self._in_body and self._body_timer is None and self.body_timeout > 0:
-            self._body_timer = self.loop.call_later(self.body_timeout, self._body_late)
+        idle = not (self._began or self._ended)  # blank lines between requests, or nothing
+        if (
+            self._deadline is None
+            and self.body_timeout
+            and (self._in_body or self._mid_head or idle)
+        ):
+            self._deadline = self.loop.call_later(self.body_timeout, self._late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """No deadline outlives its connection."""
-        self._stop_body_timer()
+        self._stop_deadline()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         """A new request: its head has no bytes yet."""
         self._head = self._unparsed = 0
-        self._mid_head = True
+        self._mid_head = self._began = True
+        self._body_seen = False
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -121,26 +144,43 @@ class IngressProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         """Pass the body on, unless the head was refused."""
         if not self._refused:
+            self._fed_body = self._body_seen = True
+            self._unparsed = 0
             super().on_body(body)
 
     def on_message_complete(self) -> None:
         """Finish the request, unless the head was refused."""
         if not self._refused:
             self._in_body = False
-            self._stop_body_timer()
+            self._ended = True
+            self._stop_deadline()
             super().on_message_complete()
 
-    def _stop_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
-    def _body_late(self) -> None:
-        """The body missed its deadline: 408, and the connection closes (the app sees
-        a disconnect and answers nothing)."""
-        self._body_timer = None
-        if self._in_body and not self.transport.is_closing():
+    def _late(self) -> None:
+        """The request missed its deadline: 408, and the connection closes (an app
+        already reading the body sees a disconnect and answers nothing)."""
+        self._deadline = None
+        cycle = self.cycle
+        if self.transport.is_closing():
+            return
+        if cycle is not None and not cycle.response_complete and not self._in_body:
+            # The app still answers an earlier request (this one waits behind it,
+            # pipelined): its time starts once that answer is out.
+            self._deadline = self.loop.call_later(self.body_timeout, self._late)
+            return
+        if self._in_body and cycle is not None and cycle.response_started:
+            # Answered already (an early refusal); the rest of its body never came.
+            self._refused = True
+            self.transport.close()
+        elif self._in_body:
             self._refuse(408, f"body not received within {self.body_timeout:g} s")
+        else:  # nothing yet, headers still arriving, or only blank lines
+            self._refuse(408, f"request not received within {self.body_timeout:g} s")
 
     def _count(self, size: int) -> bool:
         """Add to the head; False (and a 431 sent, the connection closing) past the cap."""

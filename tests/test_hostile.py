@@ -5,6 +5,7 @@ that must not hold the ingress. Each refusal is a 4xx with a JSON reason and sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -280,6 +281,93 @@ async def test_slow_bodies_are_cut_off_and_do_not_hold_the_server(
         assert b'"error":"body not received within 2 s"' in answer
         assert elapsed < 4.0
     assert await stored(nc) == 10
+
+
+async def test_slow_headers_and_silent_connections_are_cut_off(
+    process: Process, nc: Client
+) -> None:
+    """The deadline covers the whole request: headers a line a second, or nothing at all."""
+
+    def run(first: bytes, trickle: bytes) -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(first)
+            sock.settimeout(0.1)
+            received, next_line = b"", started + 0.5
+            while time.monotonic() - started < 8:
+                if trickle and time.monotonic() >= next_line:
+                    sock.sendall(trickle)
+                    next_line += 1.0
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    break
+                received += chunk
+            return received, time.monotonic() - started
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        await wait_ready(f"http://127.0.0.1:{process.port}", client)
+    head = b"POST /webhook HTTP/1.1\r\nHost: x\r\n"
+    for first, trickle in ((head, b"X-Pad: p\r\n"), (b"", b"")):
+        answer, elapsed = await asyncio.to_thread(run, first, trickle)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert answer.endswith(b'{"ok":false,"error":"request not received within 2 s"}')
+        assert 1.5 < elapsed < 4.0
+    assert await stored(nc) == 0
+
+
+async def test_a_trailer_that_never_ends_is_capped(process: Process, nc: Client) -> None:
+    """Chunked trailers are head-like lines: the head cap holds for them too."""
+
+    def run() -> bytes:
+        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\n{}\r\n0\r\nX-Trailer: "
+            )
+            for _ in range(3):
+                time.sleep(0.1)
+                sock.sendall(b"t" * 5000)  # one trailer line, never ended
+            return _answer(sock)
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        await wait_ready(f"http://127.0.0.1:{process.port}", client)
+    answer = await asyncio.to_thread(run)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    assert await stored(nc) == 0
+
+
+async def test_blank_lines_do_not_keep_an_idle_connection_open(process: Process) -> None:
+    """After an answer, CRLFs (which begin no request) do not hold the connection."""
+
+    def run() -> tuple[bytes, float]:
+        body = alert()
+        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
+            sock.sendall(_request_head(process.port, len(body)) + body)
+            started = time.monotonic()
+            sock.settimeout(0.1)
+            received = b""
+            while time.monotonic() - started < 8:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"\r\n")
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    time.sleep(0.4)
+                    continue
+                if not chunk:
+                    break
+                received += chunk
+            return received, time.monotonic() - started
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        await wait_ready(f"http://127.0.0.1:{process.port}", client)
+    answer, elapsed = await asyncio.to_thread(run)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert b"HTTP/1.1 408" in answer
+    assert elapsed < 4.0
 
 
 async def test_without_a_deadline_a_slow_body_holds_its_connection(

@@ -382,3 +382,16 @@ def test_an_exit_to_flat_closes_the_position(fields: dict[str, Any]) -> None:
 def test_a_reversal_is_not_a_close() -> None:
     body = {"ticker": "ES1!", "action": "sell", "market_position": "short", "contracts": 2}
     assert to_alert(body, received_at=datetime.now(UTC)).side == "sell"
+
+
+@pytest.mark.parametrize("text", ["null", "NULL", "None", ""])
+def test_a_null_looking_string_is_not_an_absent_amount(text: str) -> None:
+    assert _fields(_errors(symbol="AAPL", side="buy", qty=text)) == ["quantity"]
+    limit = _errors(symbol="AAPL", side="buy", type="limit", limit=text)
+    assert _fields(limit) == ["limit_price", "limit_price"]  # not a number; then missing
+
+
+def test_a_json_null_alias_counts_as_absent() -> None:
+    """`{{strategy.order.price}}`-style fields can render as null: the next alias counts."""
+    alert = _alert(symbol="AAPL", side="buy", price=None, close=101.5)
+    assert alert.price == 101.5

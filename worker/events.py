@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from contracts import tracing
 from contracts.headers import MSG_ID
@@ -27,27 +27,19 @@ class EventLog:
     async def record(self, event: Event) -> bool:
         """Publish and await the PubAck; False when it could not be stored (caller retries).
 
-        The wait has a deadline of one timer (as the ingress's publish): `js.publish`
-        would start a task per event for its timeout.
+        One deadline for the whole call, the wait for a pending-publish slot included
+        (`js.publish` would start a task per event for its timeout).
         """
         kind = event_kind(event)
         try:
-            future = await self._js.publish_async(
-                event_subject(kind, event.account, event.symbol),
-                event_encoder.encode(event),
-                headers=tracing.inject({MSG_ID: event_msg_id(event)}),
-            )
-            expiry = asyncio.get_running_loop().call_later(self._timeout, _expire, future)
-            try:
+            async with asyncio.timeout(self._timeout):
+                future = await self._js.publish_async(
+                    event_subject(kind, event.account, event.symbol),
+                    event_encoder.encode(event),
+                    headers=tracing.inject({MSG_ID: event_msg_id(event)}),
+                )
                 await future
-            finally:
-                expiry.cancel()
         except Exception as exc:  # noqa: BLE001 - unrecorded: leave unacked, server redelivers
             log.warning("could not record %s for %s: %r", kind, event.alert_id, exc)
             return False
         return True
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("no acknowledgement from JetStream"))

@@ -89,18 +89,30 @@ class PaperBroker:
     async def _write(self) -> None:
         """Write batches until the queue is empty; every call gets its outcome."""
         while self._queue:
-            batch, self._queue = self._queue, []
+            # A caller that gave up (its timeout) is not written: it will be retried,
+            # and looked up first, like any broker call that timed out.
+            batch = [call for call in self._queue if not call[2].done()]
+            self._queue = []
+            if not batch:
+                continue
             try:
                 outcomes = await asyncio.to_thread(self._run, batch)
-            except Exception as exc:  # noqa: BLE001 - the whole batch failed: each caller hears
-                outcomes = [exc] * len(batch)
+            except Exception:  # noqa: BLE001 - not the orders' fault: each on its own
+                outcomes = [await self._alone(call) for call in batch]
             for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():  # the caller gave up (its timeout); the book is still right
+                if future.done():
                     continue
                 if isinstance(outcome, Exception):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+    async def _alone(self, call: _Call) -> object:
+        """One call in a transaction of its own: its own error, if any, is its outcome."""
+        try:
+            return (await asyncio.to_thread(self._run, [call]))[0]
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            return exc
 
     def _run(self, batch: list[_Call]) -> list[object]:
         """One transaction for the batch; a call's own error fails only that call."""
