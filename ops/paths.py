@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import sysconfig
@@ -57,16 +59,37 @@ def nats_server_password_var(role: str) -> str:
     return f"ALERTBRIDGE_NATS_{role.upper()}_PASSWORD"
 
 
+# nats-server parses a `$VAR` reference's value as config: `123456` becomes a number,
+# `-ab…` or `9-8…` a parse error, `true` a boolean, and the server will not start. A
+# password it always reads as a string starts with a letter and has no separators.
+_NATS_SAFE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_NATS_BOOLEANS: Final = frozenset({"true", "false", "yes", "no", "on", "off"})
+
+
+def _nats_reads_as_string(value: str) -> bool:
+    return bool(_NATS_SAFE.match(value)) and value.lower() not in _NATS_BOOLEANS
+
+
+def new_nats_password() -> str:
+    """A random password nats-server reads as a string (192 bits)."""
+    return "n" + secrets.token_hex(24)
+
+
 def ensure_nats_passwords(var: Path) -> dict[str, Path]:
-    """A random password per NATS role on first run (mode 0600), kept after that."""
+    """A random password per NATS role on first run (mode 0600), kept after that;
+    one written by an earlier version that nats-server might misread is replaced."""
     files = {}
+    var.mkdir(parents=True, exist_ok=True)
     for role in NATS_ROLES:
         path = nats_password_file(var, role)
-        if not path.exists():
-            var.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(secrets.token_urlsafe(24) + "\n")
+        with contextlib.suppress(OSError, ValueError):
+            if _nats_reads_as_string(read_secret(path)):
+                files[role] = path
+                continue
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(new_nats_password() + "\n")
         files[role] = path
     return files
 

@@ -229,33 +229,42 @@ async def test_a_huge_declared_body_is_refused_before_it_is_sent(
     assert await stored(nc) == 0
 
 
-async def _trickle(port: int, seconds: float) -> tuple[bytes, float]:
-    """Headers for a 100-byte body, then a byte a second; what came back, and when it closed.
+async def _drip(
+    port: int, first: bytes, drip: bytes, seconds: float, every: float = 1.0
+) -> tuple[bytes, float]:
+    """Send `first`, then `drip` every `every` s (from 0.5 s on) for up to `seconds`;
+    what came back, and when the server closed the connection.
 
-    The bytes go out half a second off the server's 2 s deadline, so its answer is read
-    before the next byte meets a closed socket (which would reset the connection).
+    The drips go out half a second off the server's 2 s deadline, so its answer is
+    read before the next drip meets a closed socket (which would reset the connection).
     """
 
     def run() -> tuple[bytes, float]:
         with socket.create_connection(("127.0.0.1", port), timeout=seconds + 5) as sock:
             started = time.monotonic()
-            sock.sendall(_request_head(port, 100))
+            sock.sendall(first)
             sock.settimeout(0.1)
-            received, next_byte = b"", started + 0.5
+            received, next_drip = b"", started + 0.5
             while (now := time.monotonic()) - started < seconds:
-                if now >= next_byte:
-                    sock.sendall(b" ")
-                    next_byte += 1.0
+                if drip and now >= next_drip:
+                    with contextlib.suppress(OSError):  # closed under us: read the answer
+                        sock.sendall(drip)
+                    next_drip += every
                 try:
                     chunk = sock.recv(65536)
                 except TimeoutError:
                     continue
                 if not chunk:  # closed by the server
-                    return received, time.monotonic() - started
+                    break
                 received += chunk
             return received, time.monotonic() - started
 
     return await asyncio.to_thread(run)
+
+
+async def _trickle(port: int, seconds: float) -> tuple[bytes, float]:
+    """Headers for a 100-byte body, then a byte a second."""
+    return await _drip(port, _request_head(port, 100), b" ", seconds)
 
 
 async def test_slow_bodies_are_cut_off_and_do_not_hold_the_server(
@@ -287,31 +296,11 @@ async def test_slow_headers_and_silent_connections_are_cut_off(
     process: Process, nc: Client
 ) -> None:
     """The deadline covers the whole request: headers a line a second, or nothing at all."""
-
-    def run(first: bytes, trickle: bytes) -> tuple[bytes, float]:
-        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
-            started = time.monotonic()
-            sock.sendall(first)
-            sock.settimeout(0.1)
-            received, next_line = b"", started + 0.5
-            while time.monotonic() - started < 8:
-                if trickle and time.monotonic() >= next_line:
-                    sock.sendall(trickle)
-                    next_line += 1.0
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    continue
-                if not chunk:
-                    break
-                received += chunk
-            return received, time.monotonic() - started
-
     async with httpx.AsyncClient(timeout=5) as client:
         await wait_ready(f"http://127.0.0.1:{process.port}", client)
     head = b"POST /webhook HTTP/1.1\r\nHost: x\r\n"
-    for first, trickle in ((head, b"X-Pad: p\r\n"), (b"", b"")):
-        answer, elapsed = await asyncio.to_thread(run, first, trickle)
+    for first, drip in ((head, b"X-Pad: p\r\n"), (b"", b"")):
+        answer, elapsed = await _drip(process.port, first, drip, 8.0)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
         assert answer.endswith(b'{"ok":false,"error":"request not received within 2 s"}')
         assert 1.5 < elapsed < 4.0
@@ -341,30 +330,11 @@ async def test_a_trailer_that_never_ends_is_capped(process: Process, nc: Client)
 
 async def test_blank_lines_do_not_keep_an_idle_connection_open(process: Process) -> None:
     """After an answer, CRLFs (which begin no request) do not hold the connection."""
-
-    def run() -> tuple[bytes, float]:
-        body = alert()
-        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as sock:
-            sock.sendall(_request_head(process.port, len(body)) + body)
-            started = time.monotonic()
-            sock.settimeout(0.1)
-            received = b""
-            while time.monotonic() - started < 8:
-                with contextlib.suppress(OSError):
-                    sock.sendall(b"\r\n")
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    time.sleep(0.4)
-                    continue
-                if not chunk:
-                    break
-                received += chunk
-            return received, time.monotonic() - started
-
     async with httpx.AsyncClient(timeout=5) as client:
         await wait_ready(f"http://127.0.0.1:{process.port}", client)
-    answer, elapsed = await asyncio.to_thread(run)
+    body = alert()
+    first = _request_head(process.port, len(body)) + body
+    answer, elapsed = await _drip(process.port, first, b"\r\n", 8.0, every=0.5)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
     assert b"HTTP/1.1 408" in answer
     assert elapsed < 4.0

@@ -44,6 +44,7 @@ from ops.paths import (
     nats_config_file,
     nats_password_file,
     nats_server_password_var,
+    new_nats_password,
 )
 from ops.settings import Common, IngressSettings, SettingsError, WorkerSettings, load
 from ops.stack import Stack
@@ -110,7 +111,7 @@ class Secured:
 
 
 def _role_passwords() -> dict[str, str]:
-    return {role: secrets.token_urlsafe(18) for role in NATS_ROLES}
+    return {role: new_nats_password() for role in NATS_ROLES}
 
 
 def _server_env(passwords: dict[str, str]) -> dict[str, str]:
@@ -551,6 +552,32 @@ async def test_an_nkey_seed_file_logs_in_and_another_key_is_refused(tmp_path: Pa
 
 
 # --- `just up`: each process only its own user ---------------------------------------
+
+
+@pytest.mark.parametrize("unparsable", ["123456", "-abcdef", "9-8xyz", "true", "10m", ""])
+def test_a_password_nats_server_would_misread_is_replaced(tmp_path: Path, unparsable: str) -> None:
+    """nats-server parses a `$VAR` value as config: these stopped it from starting (seen:
+    1 in ~20 starts with token_urlsafe passwords, which can begin with `-`)."""
+    var = tmp_path / "var"
+    var.mkdir()
+    bad = nats_password_file(var, "ingress")
+    bad.write_text(unparsable + "\n")
+    good = nats_password_file(var, "worker")
+    good.write_text("kept0123456789abcdef\n")
+    ensure_nats_passwords(var)
+    replaced = bad.read_text().strip()
+    assert replaced != unparsable and replaced.startswith("n") and len(replaced) == 49
+    assert bad.stat().st_mode & 0o777 == 0o600
+    assert good.read_text() == "kept0123456789abcdef\n"
+
+
+def test_generated_passwords_start_a_real_server(tmp_path: Path) -> None:
+    passwords = {role: new_nats_password() for role in NATS_ROLES}
+    server = NatsServer(tmp_path / "store", config=nats_config_file(), env=_server_env(passwords))
+    try:
+        server.start()
+    finally:
+        server.stop()
 
 
 def test_just_up_gives_each_process_its_own_user(
