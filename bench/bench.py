@@ -46,13 +46,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import natsq  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 PY = sys.executable
 AB_SECRET = "s3cret-bench-0123"  # alertbridge wants >= 8 characters; the reference: s3cret
@@ -64,6 +68,22 @@ SYMBOLS_64 = ",".join(f"SYM{i:02d}" for i in range(64))
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S', time.gmtime())}] {msg}", flush=True)
+
+
+@dataclass
+class Running:
+    """What `Bench.running` started: its environment and processes."""
+
+    env: dict[str, str]
+    nats: subprocess.Popen[bytes]
+    ingress: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def the_ingress(self) -> subprocess.Popen[bytes]:
+        """The ingress (for a run started with one)."""
+        if self.ingress is None:
+            raise BenchError("this run has no ingress")
+        return self.ingress
 
 
 class BenchError(Exception):
@@ -321,6 +341,32 @@ class Bench:
         )
         wait_port(self.nats_port, proc, "nats-server")
         return proc, store
+
+    @contextlib.contextmanager
+    def running(
+        self,
+        tag: str,
+        env: Callable[[], dict[str, str]] | None = None,
+        *,
+        ingress: bool = True,
+    ) -> Iterator[Running]:
+        """A fresh nats-server (CPU 0), provisioned, and an ingress (CPU 0) unless told
+        otherwise, with `env` built once the server's port is known (default: ab_env).
+        Workers put in `run.workers`, the ingress and the server are stopped on exit
+        and the store removed."""
+        nats_p, store = self.start_nats(tag, cpu=0)
+        run = Running((env or self.ab_env)(), nats_p)
+        try:
+            self.provision(run.env)
+            if ingress:
+                run.ingress = self.start_ingress(tag, run.env, cpu=0)
+            yield run
+        finally:
+            for w in run.workers:
+                PROCS.stop(w)
+            PROCS.stop(run.ingress)
+            PROCS.stop(nats_p)
+            shutil.rmtree(store, ignore_errors=True)
 
     def provision(self, env: dict[str, str]) -> None:
         r = subprocess.run(
@@ -582,12 +628,8 @@ class Bench:
         self, i: int, variant: str = "", extra: dict[str, str] | None = None
     ) -> dict[str, Any]:
         tag = f"ab{'-' + variant if variant else ''}-round{i}"
-        nats_p, store = self.start_nats(tag, cpu=0)
-        env = self.ab_env(**(extra or {}))
-        ing = None
-        try:
-            self.provision(env)
-            ing = self.start_ingress(tag, env, cpu=0)
+        with self.running(tag, lambda: self.ab_env(**(extra or {}))) as run:
+            nats_p, ing = run.nats, run.the_ingress()
             self.ab_smoke()
             url = f"http://127.0.0.1:{self.a.ab_port}/webhook"
             wrk_env = {"SECRET": AB_SECRET, "BENCH_ALERTS_LUA": str(self.lua)}
@@ -615,10 +657,6 @@ class Bench:
             n1, r1, s1, t1 = ticks(ing.pid), ticks(nats_p.pid), cpu_snap(), time.monotonic()
             stored = self.settle(self.stream_count) - count0
             ids = self.nq("ids", "ALERTS", time.monotonic() + 120)
-        finally:
-            PROCS.stop(ing)
-            PROCS.stop(nats_p)
-            shutil.rmtree(store, ignore_errors=True)
         d = cpu_delta(s0, s1)
         el = t1 - t0
         reqs, fresh = int(f["requests"]), int(f["fresh"])
@@ -823,12 +861,8 @@ class Bench:
         return burst_verdict(lg)
 
     def ab_burst(self, args: list[str]) -> dict[str, Any]:
-        nats_p, store = self.start_nats("burst", cpu=0)
-        env = self.ab_env()
-        ing = None
-        try:
-            self.provision(env)
-            ing = self.start_ingress("burst", env, cpu=0)
+        with self.running("burst") as run:
+            ing = run.the_ingress()
             self.loadgen("count", self.a.ab_port, AB_SECRET, "--requests", "5000", "--conns", "64")
             count0 = self.settle(self.stream_count)
             pre = wait_quiet(self.a.quiet_wait, self.a.quiet_pct) if self.a.quiet_wait else -1
@@ -844,24 +878,15 @@ class Bench:
                     "rss_kib_ingress_after": rss_kib(ing.pid)["VmRSS"],
                 }
             )
-        finally:
-            PROCS.stop(ing)
-            PROCS.stop(nats_p)
-            shutil.rmtree(store, ignore_errors=True)
         return burst_verdict(lg)
 
     # -------------------------------------------------------- phase: worker
     def phase_worker(self) -> None:
         res: dict[str, Any] = {}
         self.results["worker"] = res
-        nats_p, store = self.start_nats("worker", cpu=0)
-        env = self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")
-        ing = None
-        workers: list[subprocess.Popen[bytes]] = []
-        try:
-            self.provision(env)
-            ing = self.start_ingress("worker", env, cpu=0)
-            workers = self.start_workers("worker", 1, env, cpu=1)
+        with self.running("worker", lambda: self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")) as run:
+            env, workers = run.env, run.workers
+            workers += self.start_workers("worker", 1, env, cpu=1)
             # warm up the path (and the paper book) before measuring
             self.loadgen(
                 "paced",
@@ -929,15 +954,9 @@ class Bench:
             ):
                 for w in workers:
                     PROCS.stop(w)
+                workers.clear()
                 res[label] = self.drain(label, env, symbols, n, 1, cpu=1)
-                workers = []
                 self.save()
-        finally:
-            for w in workers:
-                PROCS.stop(w)
-            PROCS.stop(ing)
-            PROCS.stop(nats_p)
-            shutil.rmtree(store, ignore_errors=True)
 
     def e2e_direct(
         self, worker: subprocess.Popen[bytes], rate: int, seconds: int
@@ -1091,19 +1110,10 @@ class Bench:
                 log(
                     f"scaling: {nworkers} worker(s), {partitions} partitions, broker {self.a.broker_delay * 1000:.0f} ms"
                 )
-                nats_p, store = self.start_nats(tag, cpu=0)
-                env = self.scaling_env(partitions)
-                ing = None
-                try:
-                    self.provision(env)
-                    ing = self.start_ingress(tag, env, cpu=0)
-                    r = self.drain(tag, env, SYMBOLS_64, self.a.scaling_n, nworkers, cpu=None)
+                with self.running(tag, lambda p=partitions: self.scaling_env(p)) as run:
+                    r = self.drain(tag, run.env, SYMBOLS_64, self.a.scaling_n, nworkers, cpu=None)
                     r["partitions"] = partitions
                     res.append(r)
-                finally:
-                    PROCS.stop(ing)
-                    PROCS.stop(nats_p)
-                    shutil.rmtree(store, ignore_errors=True)
                 self.save()
         finally:
             PROCS.stop(broker)
@@ -1112,14 +1122,9 @@ class Bench:
     def phase_memory(self) -> None:
         res: dict[str, Any] = {}
         self.results["memory"] = res
-        nats_p, store = self.start_nats("memory", cpu=0)
-        env = self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")
-        ing = None
-        workers: list[subprocess.Popen[bytes]] = []
-        try:
-            self.provision(env)
-            ing = self.start_ingress("memory", env, cpu=0)
-            workers = self.start_workers("memory", 1, env, cpu=1)
+        with self.running("memory", lambda: self.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")) as run:
+            nats_p, ing, workers = run.nats, run.the_ingress(), run.workers
+            workers += self.start_workers("memory", 1, run.env, cpu=1)
             self.ab_smoke()
             time.sleep(5)
             res["at_rest"] = {
@@ -1185,12 +1190,6 @@ class Bench:
                 f"  after {stored} alerts: ingress {res['after']['ingress']} worker "
                 f"{res['after']['worker']} (executed {res['executed']}, all: {drained})"
             )
-        finally:
-            for w in workers:
-                PROCS.stop(w)
-            PROCS.stop(ing)
-            PROCS.stop(nats_p)
-            shutil.rmtree(store, ignore_errors=True)
 
     # -------------------------------------------------------- phase: dedup
     def phase_dedup(self) -> None:
@@ -1198,10 +1197,8 @@ class Bench:
         self.results["dedup"] = res
         for with_ids in (True, False):
             label = "with_ids" if with_ids else "without_ids"
-            nats_p, store = self.start_nats(f"dedup-{label}", cpu=0)
-            env = self.ab_env()
-            try:
-                self.provision(env)
+            with self.running(f"dedup-{label}", ingress=False) as run:
+                nats_p = run.nats
                 time.sleep(2)
                 base = rss_kib(nats_p.pid)["VmRSS"]
                 argv = [
@@ -1230,9 +1227,6 @@ class Bench:
                     "stream_messages": self.stream_count(),
                 }
                 log(f"dedup {label}: nats RSS {base} -> {after['VmRSS']} KiB after {fill}")
-            finally:
-                PROCS.stop(nats_p)
-                shutil.rmtree(store, ignore_errors=True)
             self.save()
         w, wo = res["with_ids"], res["without_ids"]
         delta = (w["rss_kib_after"] - w["rss_kib_before"]) - (
@@ -1251,12 +1245,8 @@ class Bench:
             res["skipped"] = "py-spy not available (see bench/run.sh)"
             log("profile: skipped, py-spy not available")
             return
-        nats_p, store = self.start_nats("profile", cpu=0)
-        env = self.ab_env()
-        ing = None
-        try:
-            self.provision(env)
-            ing = self.start_ingress("profile", env, cpu=0)
+        with self.running("profile") as run:
+            ing = run.the_ingress()
             url = f"http://127.0.0.1:{self.a.ab_port}/webhook"
             wrk_env = {"SECRET": AB_SECRET, "BENCH_ALERTS_LUA": str(self.lua)}
             self.wrk(
@@ -1279,10 +1269,6 @@ class Bench:
             )
             res["rps_while_profiled"] = float(f["rps"])
             res.update(self.spy_summary(spy, raw, "profile"))
-        finally:
-            PROCS.stop(ing)
-            PROCS.stop(nats_p)
-            shutil.rmtree(store, ignore_errors=True)
         self.save()
         try:
             self.results["profile_worker"] = self.profile_worker(pyspy)
@@ -1293,41 +1279,38 @@ class Bench:
         """py-spy on one worker draining a backlog into the 20 ms HTTP broker."""
         res: dict[str, Any] = {}
         broker = self.start_broker("profile-worker")
-        nats_p, store = self.start_nats("profile-worker", cpu=0)
-        env = self.scaling_env(16)
-        ing = None
-        workers: list[subprocess.Popen[bytes]] = []
         try:
-            self.provision(env)
-            ing = self.start_ingress("profile-worker", env, cpu=0)
-            n = max(2000, int(self.a.profile_seconds * 400))
-            self.loadgen(
-                "count",
-                self.a.ab_port,
-                AB_SECRET,
-                "--requests",
-                str(n),
-                "--conns",
-                "64",
-                "--symbols",
-                SYMBOLS_64,
-            )
-            before = self.executed_count()
-            workers = self.start_workers("profile-worker", 1, env, cpu=1)
-            raw = self.out / "profile-worker.pyspy.txt"
-            t0, tk0 = time.monotonic(), ticks(workers[0].pid)
-            spy = self.spy(pyspy, workers[0].pid, self.a.profile_seconds, raw)
-            res.update(self.spy_summary(spy, raw, "profile-worker"))
-            el = time.monotonic() - t0
-            res["worker_cpu_pct"] = round(100 * (ticks(workers[0].pid) - tk0) / HZ / el)
-            res["executed_per_s_while_profiled"] = round((self.executed_count() - before) / el, 1)
+            with self.running("profile-worker", lambda: self.scaling_env(16)) as run:
+                res.update(self.profile_draining_worker(pyspy, run))
         finally:
-            for w in workers:
-                PROCS.stop(w)
-            PROCS.stop(ing)
-            PROCS.stop(nats_p)
             PROCS.stop(broker)
-            shutil.rmtree(store, ignore_errors=True)
+        return res
+
+    def profile_draining_worker(self, pyspy: list[str], run: Running) -> dict[str, Any]:
+        """Fill a backlog through the ingress, then profile one worker draining it."""
+        res: dict[str, Any] = {}
+        n = max(2000, int(self.a.profile_seconds * 400))
+        self.loadgen(
+            "count",
+            self.a.ab_port,
+            AB_SECRET,
+            "--requests",
+            str(n),
+            "--conns",
+            "64",
+            "--symbols",
+            SYMBOLS_64,
+        )
+        before = self.executed_count()
+        workers = run.workers
+        workers += self.start_workers("profile-worker", 1, run.env, cpu=1)
+        raw = self.out / "profile-worker.pyspy.txt"
+        t0, tk0 = time.monotonic(), ticks(workers[0].pid)
+        spy = self.spy(pyspy, workers[0].pid, self.a.profile_seconds, raw)
+        res.update(self.spy_summary(spy, raw, "profile-worker"))
+        el = time.monotonic() - t0
+        res["worker_cpu_pct"] = round(100 * (ticks(workers[0].pid) - tk0) / HZ / el)
+        res["executed_per_s_while_profiled"] = round((self.executed_count() - before) / el, 1)
         return res
 
     def spy(self, pyspy: list[str], pid: int, seconds: int, raw: Path) -> subprocess.Popen[bytes]:
