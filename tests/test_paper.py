@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,9 @@ async def test_close_flattens_a_long_position(broker: PaperBroker, db_path: Path
     assert _rows(db_path)[-1] == ("ab-close", "sell", 12.0, 190.25, "filled")
     with pytest.raises(OrderRejectedError, match="AAPL"):
         await broker.place(_order("ab-close-again", side="close", quantity=0.0))
+    # The same close redelivered is a duplicate, not "nothing to close".
+    with pytest.raises(DuplicateOrderError):
+        await broker.place(_order("ab-close", side="close", quantity=0.0))
 
 
 async def test_close_flattens_a_short_position(broker: PaperBroker) -> None:
@@ -193,6 +197,80 @@ async def test_the_book_survives_a_restart(db_path: Path) -> None:
             await reopened.place(_order("ab-1"))
     finally:
         await reopened.close()
+
+
+async def test_orders_of_one_loop_turn_are_written_together_each_with_its_outcome(
+    broker: PaperBroker, db_path: Path
+) -> None:
+    await broker.place(_order("ab-known"))
+    outcomes = await asyncio.gather(
+        broker.place(_order("ab-a")),
+        broker.place(_order("ab-known")),
+        broker.place(_order("ab-close", side="close", symbol="MSFT", quantity=0.0)),
+        broker.place(_order("ab-b", side="sell", quantity=3.0)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], OrderResult)
+    assert isinstance(outcomes[1], DuplicateOrderError)
+    assert isinstance(outcomes[2], OrderRejectedError)
+    assert isinstance(outcomes[3], OrderResult)
+    assert [row[0] for row in _rows(db_path)] == ["ab-known", "ab-a", "ab-b"]
+
+
+async def test_an_order_the_book_cannot_store_fails_alone(
+    broker: PaperBroker, db_path: Path
+) -> None:
+    unstorable = _order("ab-bad", quantity=[1.0])  # SQLite cannot bind a list
+    outcomes = await asyncio.gather(
+        broker.place(_order("ab-1")),
+        broker.place(unstorable),
+        broker.place(_order("ab-2")),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], OrderResult)
+    assert isinstance(outcomes[1], sqlite3.Error), outcomes[1]
+    assert isinstance(outcomes[2], OrderResult)
+    assert [row[0] for row in _rows(db_path)] == ["ab-1", "ab-2"]
+
+
+async def test_a_call_given_up_before_its_batch_is_not_written(
+    broker: PaperBroker, db_path: Path
+) -> None:
+    gave_up = asyncio.create_task(broker.place(_order("ab-gave-up")))
+    await asyncio.sleep(0)  # queued, not yet written
+    gave_up.cancel()
+    placed = await broker.place(_order("ab-kept"))
+    assert gave_up.cancelled()
+    assert placed.client_order_id == "ab-kept"
+    assert [row[0] for row in _rows(db_path)] == ["ab-kept"]
+
+
+async def test_a_book_another_process_holds_is_waited_for_off_the_event_loop(
+    broker: PaperBroker, db_path: Path
+) -> None:
+    await broker.place(_order("ab-first"))
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the book
+    try:
+        waiting = [asyncio.create_task(broker.place(_order(f"ab-w{i}"))) for i in range(3)]
+        started = time.monotonic()
+        for _ in range(20):  # the loop keeps turning while the orders wait
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 2.0  # not stuck in a busy timeout (30 s)
+        assert not any(task.done() for task in waiting)
+        later = asyncio.create_task(broker.place(_order("ab-later")))
+        await asyncio.sleep(0.05)
+        assert not later.done()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    placed = await asyncio.wait_for(asyncio.gather(*waiting, later), timeout=10)
+    assert [p.client_order_id for p in placed] == ["ab-w0", "ab-w1", "ab-w2", "ab-later"]
+    assert [row[0] for row in _rows(db_path)] == [
+        "ab-first", "ab-w0", "ab-w1", "ab-w2", "ab-later",
+    ]  # fmt: skip
+    # Once the thread is done, orders are written in the loop again.
+    assert (await broker.place(_order("ab-after"))).client_order_id == "ab-after"
 
 
 # --- worker.execute --------------------------------------------------------------

@@ -12,9 +12,9 @@ redelivers after `ack_wait`, and the broker call is idempotent, so that is safe.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -43,10 +43,9 @@ from worker.pull import pull
 from worker.telemetry import QueueDepth, WorkerMetrics
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
+    from opentelemetry.trace import Span
 
     from ops.accounts import Account
     from ops.settings import WorkerSettings
@@ -61,29 +60,34 @@ def reference_time(alert: Alert) -> datetime:
     return alert.replayed_at or alert.timenow or alert.received_at
 
 
-@contextlib.contextmanager
-def working(msg: Msg, every: float) -> Iterator[None]:
+class Working:
     """Tell the server we are still on it (+WPI) while a slow broker call runs.
 
     A timer, not a task: most broker calls end long before the first beat is due, and
     a task per delivery would cost every one of them.
     """
-    loop = asyncio.get_running_loop()
-    beats: set[asyncio.Task[None]] = set()
-    timer: asyncio.TimerHandle
 
-    def beat() -> None:
-        nonlocal timer
-        task = loop.create_task(msg.in_progress())
-        beats.add(task)
-        task.add_done_callback(beats.discard)
-        timer = loop.call_later(every, beat)
+    __slots__ = ("_beats", "_every", "_msg", "_timer")
 
-    timer = loop.call_later(every, beat)
-    try:
-        yield
-    finally:
-        timer.cancel()
+    def __init__(self, msg: Msg, every: float) -> None:
+        self._msg = msg
+        self._every = every
+        self._beats: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._every, self._beat)
+
+    def __exit__(self, *_: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._msg.in_progress())
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
+        self._timer = loop.call_later(self._every, self._beat)
 
 
 class Worker:
@@ -145,28 +149,32 @@ class Worker:
 
         The producer's context is the parent (one trace per alert, retries included) and
         also a link, as the messaging conventions advise for single-message processing.
+        Attributes are only built for a span that is recorded (most are not when no
+        trace exporter is configured, and building them cost every delivery).
         """
         parent = tracing.extract(msg.headers)
-        producer = trace.get_current_span(parent).get_span_context()
         meta = msg.metadata
         if meta.num_delivered > 1:
             self._metrics.redeliveries += 1
         with self._tracer.start_as_current_span(
-            f"process {tracing.ALERTS_TEMPLATE}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            links=[trace.Link(producer)] if producer.is_valid else [],
-            attributes={
-                tracing.SYSTEM: "nats",
-                tracing.OPERATION_NAME: "process",
-                tracing.OPERATION_TYPE: "process",
-                tracing.DESTINATION: msg.subject,
-                tracing.DESTINATION_TEMPLATE: tracing.ALERTS_TEMPLATE,
-                tracing.MESSAGE_ID: (msg.headers or {}).get(MSG_ID, ""),
-                tracing.CONSUMER_GROUP: meta.consumer or "",
-                tracing.DELIVERY_COUNT: meta.num_delivered,
-            },
+            f"process {tracing.ALERTS_TEMPLATE}", context=parent, kind=SpanKind.CONSUMER
         ) as span:
+            if span.is_recording():
+                producer = trace.get_current_span(parent).get_span_context()
+                if producer.is_valid:
+                    span.add_link(producer)
+                span.set_attributes(
+                    {
+                        tracing.SYSTEM: "nats",
+                        tracing.OPERATION_NAME: "process",
+                        tracing.OPERATION_TYPE: "process",
+                        tracing.DESTINATION: msg.subject,
+                        tracing.DESTINATION_TEMPLATE: tracing.ALERTS_TEMPLATE,
+                        tracing.MESSAGE_ID: (msg.headers or {}).get(MSG_ID, ""),
+                        tracing.CONSUMER_GROUP: meta.consumer or "",
+                        tracing.DELIVERY_COUNT: meta.num_delivered,
+                    }
+                )
             outcome = await self._handle(msg)
             span.set_attribute("alertbridge.outcome", outcome)
             self._metrics.outcomes[outcome] += 1
@@ -240,13 +248,9 @@ class Worker:
         settings = self._settings
         outcome = "error"
         started = time.perf_counter()
-        with self._tracer.start_as_current_span(
-            f"{broker.name} place order",
-            kind=SpanKind.CLIENT,
-            attributes={"alertbridge.broker": broker.name, "alertbridge.alert_id": alert.id},
-        ) as span:
+        with self._broker_span(broker.name, alert.id) as span:
             try:
-                with working(msg, every=settings.ack_wait / 3):
+                with Working(msg, every=settings.ack_wait / 3):
                     async with asyncio.timeout(settings.broker_timeout):
                         result, already_done = await execute(
                             alert, account, broker, settings.default_quantity
@@ -271,6 +275,18 @@ class Worker:
                 self._metrics.broker_duration.record(
                     time.perf_counter() - started, {"broker": broker.name, "outcome": outcome}
                 )
+
+    def _broker_span(self, broker: str, alert_id: str) -> AbstractContextManager[Span]:
+        """The CLIENT span of the broker call, inside a recorded CONSUMER span only (a
+        parent-based sampler, the default, would not record it anyway: making it cost
+        every delivery)."""
+        if not trace.get_current_span().is_recording():
+            return nullcontext(trace.INVALID_SPAN)
+        return self._tracer.start_as_current_span(
+            f"{broker} place order",
+            kind=SpanKind.CLIENT,
+            attributes={"alertbridge.broker": broker, "alertbridge.alert_id": alert_id},
+        )
 
     async def _retry(self, msg: Msg, alert: Alert, seq: int, attempts: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
