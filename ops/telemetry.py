@@ -44,6 +44,9 @@ class Telemetry:
     def __init__(self, tracer_provider: TracerProvider, meter_provider: MeterProvider) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        # False when no span can be recorded (no trace exporter and no sampler asked
+        # for): hot paths then skip making spans and only pass the trace context on.
+        self.records_spans = tracer_provider.sampler is not ALWAYS_OFF
 
     def shutdown(self) -> None:
         """Flush and stop exporting (at process exit)."""

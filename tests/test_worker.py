@@ -9,12 +9,15 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 
+from contracts.headers import MSG_ID
 from contracts.messages import AttemptFailed, Executed, Rejected
-from contracts.subjects import ALERTS_STREAM
+from contracts.subjects import ALERTS_STREAM, alert_subject
 from contracts.topology import partition_durable
+from contracts.tracing import trace_id_of
 from ops import provision
 from ops.settings import WorkerSettings, load
 from tests.support import ROOT, eventually, python_module
@@ -63,6 +66,30 @@ async def test_alert_becomes_one_order_and_one_executed_event(
     assert event.client_order_id == client_order_id("default", "a-1")
     assert event.already_done is False and event.attempts == 1
     assert paper_rows(settings.paper_db) == [(event.client_order_id, "NASDAQ:AAPL", "buy", 3.0)]
+
+
+@pytest.mark.parametrize("spans", [True, False])
+async def test_events_carry_the_alerts_trace_with_or_without_spans(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings, spans: bool
+) -> None:
+    """A process that records no spans makes none, yet passes the alert's trace on."""
+    js = nc.jetstream()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    alert = make_alert("traced-1")
+    await js.publish(
+        alert_subject(alert.account, alert.symbol),
+        msgspec.json.encode(alert),
+        headers={MSG_ID: alert.id, "traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"},
+    )
+    sub = await js.subscribe("events.executed.>", ordered_consumer=True)
+    worker = await run_worker(nc, paper, settings, spans=spans)
+    try:
+        msg = await sub.next_msg(timeout=20)
+    finally:
+        worker.stop()
+        await sub.unsubscribe()
+    assert msg.headers is not None
+    assert trace_id_of(msg.headers) == trace_id
 
 
 async def test_redelivery_after_a_crash_does_not_place_a_second_order(

@@ -75,9 +75,16 @@ class FlakyBroker:
 
 
 async def run_worker(
-    nc: Client, broker: Broker, settings: WorkerSettings, *, with_router: bool = True
+    nc: Client,
+    broker: Broker,
+    settings: WorkerSettings,
+    *,
+    with_router: bool = True,
+    spans: bool = True,
 ) -> Worker:
-    worker = Worker(nc.jetstream(), Desk.single(broker), settings, with_router=with_router)
+    worker = Worker(
+        nc.jetstream(), Desk.single(broker), settings, with_router=with_router, spans=spans
+    )
     task = asyncio.create_task(worker.run())
     worker_tasks.add(task)
     task.add_done_callback(worker_tasks.discard)

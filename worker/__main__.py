@@ -28,14 +28,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker")
 
 
-async def serve(settings: WorkerSettings) -> None:
-    """Connect, provision, consume; on a signal stop fetching, finish, drain."""
+async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
+    """Connect, provision, consume; on a signal stop fetching, finish, drain.
+
+    `spans`: whether this process records spans (else deliveries make none).
+    """
     desk = Desk.from_accounts(load_accounts(os.environ), os.environ, settings.paper_db)
     nc = await connect(settings, name="alertbridge-worker")
     js = nc.jetstream()
     topology = settings.topology()
     await provision.apply(js, topology)
-    worker = Worker(js, desk, settings)
+    worker = Worker(js, desk, settings, spans=spans)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -89,7 +92,7 @@ def main() -> int:
     try:
         # uvloop: the event loop's own overhead was a fifth of the worker's CPU.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, spans=providers.records_spans))
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from contracts import tracing
@@ -45,6 +45,7 @@ from worker.telemetry import QueueDepth, WorkerMetrics
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
     from ops.accounts import Account
@@ -100,8 +101,10 @@ class Worker:
         settings: WorkerSettings,
         *,
         with_router: bool = True,
+        spans: bool = True,
     ) -> None:
         self._with_router = with_router
+        self._spans = spans
         self._tracer = trace.get_tracer("alertbridge.worker")
         self._metrics = WorkerMetrics()
         self._js = js
@@ -149,35 +152,44 @@ class Worker:
 
         The producer's context is the parent (one trace per alert, retries included) and
         also a link, as the messaging conventions advise for single-message processing.
-        Attributes are only built for a span that is recorded (most are not when no
-        trace exporter is configured, and building them cost every delivery).
+        In a process that records no spans (no trace exporter) only the producer's
+        context is made current: events and logs still carry the alert's trace id, and
+        no delivery pays for a span nobody sees.
         """
         parent = tracing.extract(msg.headers)
-        meta = msg.metadata
-        if meta.num_delivered > 1:
+        if msg.metadata.num_delivered > 1:
             self._metrics.redeliveries += 1
-        with self._tracer.start_as_current_span(
-            f"process {tracing.ALERTS_TEMPLATE}", context=parent, kind=SpanKind.CONSUMER
-        ) as span:
-            if span.is_recording():
-                producer = trace.get_current_span(parent).get_span_context()
-                if producer.is_valid:
-                    span.add_link(producer)
-                span.set_attributes(
-                    {
-                        tracing.SYSTEM: "nats",
-                        tracing.OPERATION_NAME: "process",
-                        tracing.OPERATION_TYPE: "process",
-                        tracing.DESTINATION: msg.subject,
-                        tracing.DESTINATION_TEMPLATE: tracing.ALERTS_TEMPLATE,
-                        tracing.MESSAGE_ID: (msg.headers or {}).get(MSG_ID, ""),
-                        tracing.CONSUMER_GROUP: meta.consumer or "",
-                        tracing.DELIVERY_COUNT: meta.num_delivered,
-                    }
-                )
-            outcome = await self._handle(msg)
-            span.set_attribute("alertbridge.outcome", outcome)
-            self._metrics.outcomes[outcome] += 1
+        if self._spans:
+            with self._consumer_span(msg, parent) as span:
+                outcome = await self._handle(msg)
+                span.set_attribute("alertbridge.outcome", outcome)
+        else:
+            token = context.attach(parent)
+            try:
+                outcome = await self._handle(msg)
+            finally:
+                context.detach(token)
+        self._metrics.outcomes[outcome] += 1
+
+    def _consumer_span(self, msg: Msg, parent: Context) -> AbstractContextManager[Span]:
+        producer = trace.get_current_span(parent).get_span_context()
+        meta = msg.metadata
+        return self._tracer.start_as_current_span(
+            f"process {tracing.ALERTS_TEMPLATE}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=[trace.Link(producer)] if producer.is_valid else [],
+            attributes={
+                tracing.SYSTEM: "nats",
+                tracing.OPERATION_NAME: "process",
+                tracing.OPERATION_TYPE: "process",
+                tracing.DESTINATION: msg.subject,
+                tracing.DESTINATION_TEMPLATE: tracing.ALERTS_TEMPLATE,
+                tracing.MESSAGE_ID: (msg.headers or {}).get(MSG_ID, ""),
+                tracing.CONSUMER_GROUP: meta.consumer or "",
+                tracing.DELIVERY_COUNT: meta.num_delivered,
+            },
+        )
 
     async def _handle(self, msg: Msg) -> str:
         meta = msg.metadata
@@ -277,10 +289,8 @@ class Worker:
                 )
 
     def _broker_span(self, broker: str, alert_id: str) -> AbstractContextManager[Span]:
-        """The CLIENT span of the broker call, inside a recorded CONSUMER span only (a
-        parent-based sampler, the default, would not record it anyway: making it cost
-        every delivery)."""
-        if not trace.get_current_span().is_recording():
+        """The CLIENT span of the broker call (none in a process that records no spans)."""
+        if not self._spans:
             return nullcontext(trace.INVALID_SPAN)
         return self._tracer.start_as_current_span(
             f"{broker} place order",
