@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import uvloop
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-from ops import logs, provision, telemetry
+from ops import heap, logs, provision, telemetry
 from ops.accounts import load_accounts
 from ops.healthserver import health_server
 from ops.natsconn import connect
@@ -39,6 +39,7 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
     topology = settings.topology()
     await provision.apply(js, topology)
     worker = Worker(js, desk, settings, spans=spans)
+    heap.freeze_startup_objects()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
