@@ -16,7 +16,7 @@ from contracts.messages import Alert
 from ops.accounts import Account
 from worker.accounts import size
 from worker.brokers.base import Order, OrderResult
-from worker.brokers.paper import PaperBroker
+from worker.brokers.paper import CHECKPOINT_EVERY, WAL_RESTART_FRAMES, PaperBroker
 from worker.errors import DuplicateOrderError, OrderRejectedError, TerminalError
 from worker.execute import client_order_id, execute, to_order
 
@@ -271,6 +271,25 @@ async def test_a_book_another_process_holds_is_waited_for_off_the_event_loop(
     ]  # fmt: skip
     # Once the thread is done, orders are written in the loop again.
     assert (await broker.place(_order("ab-after"))).client_order_id == "ab-after"
+
+
+async def test_the_wal_is_checkpointed_while_orders_flow(db_path: Path) -> None:
+    """The loop's connection never checkpoints (an fsync in the event loop): a thread
+    does, every CHECKPOINT_EVERY commits, so the WAL stays small."""
+    book = PaperBroker(db_path)
+    wal = db_path.with_name(db_path.name + "-wal")
+    biggest = 0
+    try:
+        for i in range(10 * CHECKPOINT_EVERY):  # one commit per loop turn
+            await book.place(_order(f"ab-{i}"))
+            if i % 50 == 0:
+                await asyncio.sleep(0.001)  # let a checkpoint thread finish now and then
+                biggest = max(biggest, wal.stat().st_size)
+    finally:
+        await book.close()
+    # Without checkpoints the WAL would hold every commit: 2,000 x 3 pages of 4 KiB.
+    assert 0 < biggest < (WAL_RESTART_FRAMES + 6 * CHECKPOINT_EVERY) * 4096, biggest
+    assert len(_rows(db_path)) == 10 * CHECKPOINT_EVERY
 
 
 # --- worker.execute --------------------------------------------------------------
