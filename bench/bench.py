@@ -15,8 +15,8 @@ Phases (`--phases`, default all, in this order):
   worker      end-to-end latency at 1,000 alerts/s (the `latency` of `executed`
               events), drain rate with the paper broker (64 symbols, and 1 symbol).
   scaling     drain rate with 1, 2, 4 worker processes against a 20 ms HTTP broker
-              (slow_broker.py via the signed HTTP forwarder), 16 partitions; and 4
-              workers with 64 partitions.
+              (slow_broker.py via the signed HTTP forwarder), with 16 and with 64
+              partitions (one alert in flight per partition).
   memory      RSS of ingress and worker at rest and after N alerts.
   dedup       nats-server RSS after K publishes with unique Nats-Msg-Ids vs without.
   profile     py-spy on the ingress under wrk load (needs py-spy: see run.sh).
@@ -1127,16 +1127,19 @@ class Bench:
         self.results["scaling"] = res
         broker = self.start_broker("scaling")
         try:
-            for nworkers, partitions in ((1, 16), (2, 16), (4, 16), (4, 64)):
-                tag = f"scaling-w{nworkers}-p{partitions}"
-                log(
-                    f"scaling: {nworkers} worker(s), {partitions} partitions, broker {self.a.broker_delay * 1000:.0f} ms"
-                )
-                with self.running(tag, lambda p=partitions: self.scaling_env(p)) as run:
-                    r = self.drain(tag, run.env, SYMBOLS_64, self.a.scaling_n, nworkers, cpu=None)
-                    r["partitions"] = partitions
-                    res.append(r)
-                self.save()
+            for partitions in (16, 64):
+                for nworkers in (1, 2, 4):
+                    tag = f"scaling-w{nworkers}-p{partitions}"
+                    log(
+                        f"scaling: {nworkers} worker(s), {partitions} partitions, broker {self.a.broker_delay * 1000:.0f} ms"
+                    )
+                    with self.running(tag, lambda p=partitions: self.scaling_env(p)) as run:
+                        r = self.drain(
+                            tag, run.env, SYMBOLS_64, self.a.scaling_n, nworkers, cpu=None
+                        )
+                        r["partitions"] = partitions
+                        res.append(r)
+                    self.save()
         finally:
             PROCS.stop(broker)
 
@@ -1653,35 +1656,30 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:  # noqa: C
                 )
             )
     sc = r.get("scaling") or []
-    if sc:
-        base = [x for x in sc if x["partitions"] == 16]
+    for n, partitions in enumerate(sorted({x["partitions"] for x in sc})):
+        row = [x for x in sc if x["partitions"] == partitions]
+        grows = len(row) >= 2 and (row[-1]["rate_mid80_per_s"] or 0) > 1.3 * (
+            row[0]["rate_mid80_per_s"] or 1
+        )
+        label = (
+            f"4 drain /s, {r['settings']['broker_delay'] * 1000:.0f} ms broker, "
+            if n == 0
+            else "  same, "
+        )
         rows.append(
             (
-                f"4 drain /s, {r['settings']['broker_delay'] * 1000:.0f} ms broker, 1 / 2 / 4 workers (16 partitions)",
+                label
+                + " / ".join(str(x["workers"]) for x in row)
+                + f" workers ({partitions} partitions)",
                 "n/a",
                 " / ".join(
                     fmt(x["rate_mid80_per_s"]) + ("*" if x.get("noise") == "noisy" else "")
-                    for x in base
+                    for x in row
                 ),
-                "grows with workers",
-                yes(
-                    len(base) >= 2
-                    and (base[-1]["rate_mid80_per_s"] or 0)
-                    > 1.3 * (base[0]["rate_mid80_per_s"] or 1)
-                ),
+                "grows with workers" if partitions == max(y["partitions"] for y in sc) else "",
+                yes(grows) if partitions == max(y["partitions"] for y in sc) else "",
             )
         )
-        for x in sc:
-            if x["partitions"] != 16:
-                rows.append(
-                    (
-                        f"  {x['workers']} workers, {x['partitions']} partitions",
-                        "n/a",
-                        fmt(x["rate_mid80_per_s"]) + ("*" if x.get("noise") == "noisy" else ""),
-                        "",
-                        "",
-                    )
-                )
     m = r.get("memory") or {}
     if m.get("after"):
         mib = lambda k: round(k / 1024)

@@ -22,10 +22,14 @@ import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts.messages import Alert
 from ops.accounts import Account
 from tests.support import free_port, serving
+from worker.brokers import _http
 from worker.brokers.base import Broker, Order, OrderResult
 from worker.brokers.http_forward import HttpForwardBroker, HttpForwardConfig
 from worker.errors import (
@@ -51,6 +55,7 @@ class Receiver:
     secret: str = SECRET
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
     # Scripted answers for the next requests: (status, text).
     script: list[tuple[int, str]] = field(default_factory=list)
     # What a 2xx carries: "order" (id and status), "empty" (204), "text" (not JSON).
@@ -76,6 +81,7 @@ class Receiver:
     async def verify(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         body = await request.read()
         self.bodies.append(body)
+        self.headers.append(dict(request.headers))
         if self.delay:
             await asyncio.wait_for(self.release.wait(), self.delay)
         if not self._signed(request, body):
@@ -298,5 +304,38 @@ async def test_a_slow_receiver_is_a_retryable_timeout(
 
 async def test_connection_refused_is_retryable() -> None:
     async with connected(f"http://127.0.0.1:{free_port()}/orders") as broker:
-        with pytest.raises(RetryableError, match="ConnectError"):
+        with pytest.raises(RetryableError, match=r"(?i)connect"):
             await broker.place(_order())
+
+
+async def test_each_request_is_a_client_span_that_carries_the_trace(
+    broker: HttpForwardBroker, receiver: Receiver, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    monkeypatch.setattr(_http, "_tracer", tracer)  # a recording tracer, not the global one
+    with tracer.start_as_current_span("http place order") as parent:
+        await broker.place(_order())
+    (request,) = [s for s in exporter.get_finished_spans() if s.name == "POST"]
+    assert request.parent is not None
+    assert request.parent.span_id == parent.get_span_context().span_id
+    assert request.attributes is not None
+    assert request.attributes["http.response.status_code"] == 201
+    assert request.attributes["url.full"] == url
+    _, trace_id, span_id, _ = receiver.headers[-1]["traceparent"].split("-")
+    assert trace_id == format(parent.get_span_context().trace_id, "032x")
+    assert span_id == format(request.context.span_id, "016x") if request.context else None
+
+
+async def test_no_span_is_made_outside_a_recorded_one(
+    broker: HttpForwardBroker, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(_http, "_tracer", provider.get_tracer("test"))
+    await broker.place(_order())
+    assert exporter.get_finished_spans() == ()
+    assert "traceparent" not in receiver.headers[-1]

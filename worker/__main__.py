@@ -11,7 +11,6 @@ import sys
 from typing import TYPE_CHECKING
 
 import uvloop
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from ops import heap, logs, provision, telemetry
 from ops.accounts import load_accounts
@@ -86,10 +85,6 @@ def main() -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
     providers = telemetry.setup("alertbridge-worker")
-    # Alpaca and the forwarder speak HTTP through httpx: each request becomes a CLIENT
-    # span under the `place order` span. (ccxt uses aiohttp, whose instrumentation has
-    # no release matching the others yet: its calls show as the `place order` span.)
-    HTTPXClientInstrumentor().instrument()
     try:
         # uvloop: the event loop's own overhead was a fifth of the worker's CPU.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

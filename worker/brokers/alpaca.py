@@ -1,4 +1,4 @@
-"""Alpaca Trading API v2 over its REST API (httpx): stocks and crypto, paper and live.
+"""Alpaca Trading API v2 over its REST API (aiohttp): stocks and crypto, paper and live.
 
 How an alertbridge order becomes an Alpaca order (numbers travel as decimal strings):
 
@@ -46,9 +46,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import quote
 
-import httpx
 import msgspec
 
+from worker.brokers._http import Answer, HttpClient
 from worker.brokers._text import clip
 from worker.brokers.base import Order, OrderResult
 from worker.errors import DuplicateOrderError, OrderRejectedError, RetryableError, TerminalError
@@ -191,18 +191,18 @@ def _close_request(
     )
 
 
-def _message(response: httpx.Response) -> str:
+def _message(response: Answer) -> str:
     """Alpaca's error message (`{"code": 40310000, "message": "..."}`), else the raw text."""
     try:
         message = _error_decoder.decode(response.content).message
     except msgspec.DecodeError:
         message = ""
-    return clip(message or response.text or response.reason_phrase)
+    return clip(message or response.text or response.reason)
 
 
-def _raise_for(response: httpx.Response) -> None:
+def _raise_for(response: Answer) -> None:
     """Map a non-2xx answer onto the worker's exceptions (see the table above)."""
-    status = response.status_code
+    status = response.status
     if 200 <= status < 300:
         return
     message = _message(response)
@@ -219,13 +219,11 @@ def _raise_for(response: httpx.Response) -> None:
     raise TerminalError(f"{answer} (is the base URL right?)")
 
 
-def _result(response: httpx.Response) -> OrderResult:
+def _result(response: Answer) -> OrderResult:
     try:
         raw = _order_decoder.decode(response.content)
     except msgspec.DecodeError as exc:
-        raise RetryableError(
-            f"alpaca answered {response.status_code} with no order: {exc}"
-        ) from exc
+        raise RetryableError(f"alpaca answered {response.status} with no order: {exc}") from exc
     side: Side = raw.side
     quantity = raw.qty if raw.qty is not None else raw.filled_qty
     return OrderResult(
@@ -245,14 +243,15 @@ class AlpacaBroker:
 
     def __init__(self, config: AlpacaConfig) -> None:
         self._config = config
-        self._client = httpx.AsyncClient(
+        self._client = HttpClient(
+            "alpaca",
+            config.timeout,
             base_url=config.base_url,
             headers={
                 "APCA-API-KEY-ID": config.key_id,
                 "APCA-API-SECRET-KEY": config.secret_key,
                 "Accept": "application/json",
             },
-            timeout=config.timeout,
         )
 
     async def place(self, order: Order) -> OrderResult:
@@ -282,7 +281,7 @@ class AlpacaBroker:
             "/v2/orders:by_client_order_id",
             params={"client_order_id": order.client_order_id},
         )
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         _raise_for(response)
         return _result(response)
@@ -298,13 +297,13 @@ class AlpacaBroker:
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
+        await self._client.close()
 
     async def _position(self, order: Order) -> _AlpacaPosition:
         """The open position a close flattens (see the table above for a flat one)."""
         path = f"/v2/positions/{quote(order.symbol.replace('/', ''), safe='')}"
         response = await self._send("GET", path)
-        if response.status_code == 404:
+        if response.status == 404:
             # Flat: never opened, or closed by an earlier delivery of this very close.
             if await self.lookup(order) is not None:
                 raise DuplicateOrderError(
@@ -326,17 +325,7 @@ class AlpacaBroker:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        try:
-            return await self._client.request(
-                method, path, content=content, headers=headers, params=params
-            )
-        except httpx.TimeoutException as exc:
-            raise RetryableError(
-                f"alpaca {method} {path}: no answer within {self._config.timeout:g}s"
-                f" ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise RetryableError(
-                f"alpaca {method} {path} failed: {type(exc).__name__}: {clip(str(exc))}"
-            ) from exc
+    ) -> Answer:
+        return await self._client.request(
+            method, path, content=content, headers=headers, params=params
+        )

@@ -48,10 +48,10 @@ import time
 from typing import Final, Literal
 from urllib.parse import quote
 
-import httpx
 import msgspec
 
 from contracts.messages import Side
+from worker.brokers._http import Answer, HttpClient
 from worker.brokers._text import clip
 from worker.brokers.base import Order, OrderResult
 from worker.errors import DuplicateOrderError, OrderRejectedError, RetryableError, TerminalError
@@ -97,12 +97,12 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
-def _raise_for(response: httpx.Response) -> None:
+def _raise_for(response: Answer) -> None:
     """Map a non-2xx answer onto the worker's exceptions (see the table above)."""
-    status = response.status_code
+    status = response.status
     if 200 <= status < 300:
         return
-    answer = f"forward target answered {status}: {clip(response.text or response.reason_phrase)}"
+    answer = f"forward target answered {status}: {clip(response.text or response.reason)}"
     if status == 409:
         raise DuplicateOrderError(answer)
     if status in (408, 429) or status >= 500:
@@ -113,7 +113,7 @@ def _raise_for(response: httpx.Response) -> None:
     raise TerminalError(f"{answer} (is the URL right?)")
 
 
-def _decode(response: httpx.Response) -> _Answer:
+def _decode(response: Answer) -> _Answer:
     """The answer's order fields; an empty or non-JSON 2xx body has none."""
     try:
         return _answer_decoder.decode(response.content)
@@ -128,9 +128,7 @@ class HttpForwardBroker:
 
     def __init__(self, config: HttpForwardConfig) -> None:
         self._config = config
-        self._client = httpx.AsyncClient(
-            timeout=config.timeout, headers={"User-Agent": "alertbridge"}
-        )
+        self._client = HttpClient("forward", config.timeout)
 
     async def place(self, order: Order) -> OrderResult:
         """POST the order; a 2xx answer means the receiver has it."""
@@ -160,7 +158,7 @@ class HttpForwardBroker:
             )
         url = f"{self._config.url.rstrip('/')}/{quote(client_order_id, safe='')}"
         response = await self._send("GET", url, client_order_id, b"")
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         _raise_for(response)
         answer = _decode(response)
@@ -189,11 +187,11 @@ class HttpForwardBroker:
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
+        await self._client.close()
 
     async def _send(
         self, method: Literal["GET", "POST"], url: str, key: str, body: bytes
-    ) -> httpx.Response:
+    ) -> Answer:
         timestamp = str(int(time.time()))
         headers = {
             IDEMPOTENCY_KEY: key,
@@ -202,14 +200,4 @@ class HttpForwardBroker:
         }
         if body:
             headers["Content-Type"] = "application/json"
-        try:
-            return await self._client.request(method, url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise RetryableError(
-                f"forward {method} got no answer within {self._config.timeout:g}s"
-                f" ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise RetryableError(
-                f"forward {method} failed: {type(exc).__name__}: {clip(str(exc))}"
-            ) from exc
+        return await self._client.request(method, url, content=body, headers=headers)
