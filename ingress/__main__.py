@@ -34,7 +34,8 @@ def main() -> int:
     _warn_short_secrets(settings, accounts)
     providers = telemetry.setup("alertbridge-ingress")
     try:
-        server = serve.server(create_app(settings, accounts), settings)
+        app = create_app(settings, accounts, spans=providers.records_spans)
+        server = serve.server(app, settings)
         try:
             sock = serve.listening_socket(settings)
         except OSError as exc:

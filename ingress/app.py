@@ -36,8 +36,9 @@ from litestar import Litestar, Request, asgi, get
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.response import Response
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import context, trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from contracts import tracing
 from ingress.answers import JSON, Reply, accepted, encode, refuse, refused
@@ -68,6 +69,7 @@ ROUTE: Final = "/webhook"
 ROUTE_WITH_SECRET: Final = "/webhook/{secret}"  # noqa: S105 (a route template)
 _ALLOW_POST: Final = ((b"allow", b"POST"),)
 _TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate"))
+_ids: Final = RandomIdGenerator()
 
 
 class Webhook:
@@ -80,7 +82,10 @@ class Webhook:
         guard: SenderGuard,
         account_rate: RateLimit | None,
         instruments: IngressMetrics,
+        *,
+        spans: bool = True,
     ) -> None:
+        self._spans = spans
         self._gate = gate
         self._publisher = publisher
         self._guard = guard
@@ -100,6 +105,13 @@ class Webhook:
             self._metrics.answered("unmatched", 404)
             return
         route = ROUTE_WITH_SECRET if secret else ROUTE
+        if not self._spans:  # nothing is recorded: only a trace context to pass on
+            token = context.attach(_untraced(scope))
+            try:
+                await self._reply(scope, receive, send, secret, route, trace.INVALID_SPAN)
+            finally:
+                context.detach(token)
+            return
         with self._tracer.start_as_current_span(
             f"{scope['method']} {route}",
             context=_parent(scope),
@@ -108,20 +120,25 @@ class Webhook:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            try:
-                reply = await self._answer(scope, receive, secret or None, span)
-            except DisconnectedError:
-                span.set_attribute("error.type", "disconnected")
-                return
-            except Exception as exc:  # answered, logged, and on the span
-                log.error("unexpected error", exc_info=exc)
-                span.record_exception(exc)
-                reply = refused(500, "internal error")
-            span.set_attribute("http.response.status_code", reply.status)
-            if reply.status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-            self._metrics.answered(route, reply.status)
-            await reply.send(send)
+            await self._reply(scope, receive, send, secret, route, span)
+
+    async def _reply(
+        self, scope: HTTPScope, receive: Receive, send: Send, secret: str, route: str, span: Span
+    ) -> None:
+        try:
+            reply = await self._answer(scope, receive, secret or None, span)
+        except DisconnectedError:
+            span.set_attribute("error.type", "disconnected")
+            return
+        except Exception as exc:  # answered, logged, and on the span
+            log.error("unexpected error", exc_info=exc)
+            span.record_exception(exc)
+            reply = refused(500, "internal error")
+        span.set_attribute("http.response.status_code", reply.status)
+        if reply.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        self._metrics.answered(route, reply.status)
+        await reply.send(send)
 
     async def _answer(
         self, scope: HTTPScope, receive: Receive, path_secret: str | None, span: Span
@@ -188,6 +205,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _untraced(scope: Scope) -> Context:
+    """The context of a request no span is recorded for: the sender's trace (or a new
+    one) under a new span id, not sampled, as an unrecorded SERVER span would have."""
+    parent = _parent(scope)
+    sender = trace.get_current_span(parent).get_span_context() if parent else None
+    trace_id = sender.trace_id if sender and sender.is_valid else _ids.generate_trace_id()
+    span = trace.NonRecordingSpan(
+        SpanContext(trace_id, _ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(0))
+    )
+    return trace.set_span_in_context(span, parent)
+
+
 def _parent(scope: Scope) -> Context | None:
     """The sender's trace context, when it sent one (TradingView does not)."""
     carrier = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _TRACE_HEADERS}
@@ -204,8 +233,11 @@ def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes
     return refuse(500, "internal error")
 
 
-def create_app(settings: IngressSettings, accounts: Accounts | None = None) -> Litestar:
-    """Build the ingress app; the process's telemetry must be set up before."""
+def create_app(
+    settings: IngressSettings, accounts: Accounts | None = None, *, spans: bool = True
+) -> Litestar:
+    """Build the ingress app; the process's telemetry must be set up before. `spans`:
+    whether this process records spans (else webhooks make none, see `_untraced`)."""
     accounts = accounts or load_accounts({})
     gate = Gate(
         settings.secrets,
@@ -220,7 +252,7 @@ def create_app(settings: IngressSettings, accounts: Accounts | None = None) -> L
         RateLimit(settings.account_rate_limit, "account") if settings.account_rate_limit else None
     )
     guard = SenderGuard(Policy.from_settings(settings))
-    hook = Webhook(gate, pub, guard, account_rate, instruments)
+    hook = Webhook(gate, pub, guard, account_rate, instruments, spans=spans)
     document = encode(openapi_document())
 
     @asynccontextmanager

@@ -84,6 +84,32 @@ async def test_sample_accepted_only_after_it_is_stored(client: Client_, nc: Clie
     assert msg.subject.startswith("alerts.in.default.DOGEUSDT.")
 
 
+async def test_without_spans_the_alert_carries_the_senders_trace_or_a_new_one(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    """A process that records no spans makes none, yet the stored alert carries a trace
+    context, as an unrecorded span would give it: the sender's trace under a span id of
+    the ingress's own, or a new trace. (With spans: tests/test_observability.py.)"""
+    sender = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    app = create_app(settings_for(nats_server.url), spans=False)
+    async with AsyncTestClient(app=app) as c:
+        await eventually(lambda: _ready(c))
+        traced = {"traceparent": sender}
+        first = await c.post("/webhook", content=body(id="traced-1"), headers=traced)
+        second = await c.post("/webhook", content=body(id="traced-2"))
+    assert (first.status_code, second.status_code) == (200, 200)
+    js = nc.jetstream()
+    carried = [
+        (await js.get_msg(ALERTS_STREAM, seq=seq, direct=True)).headers or {} for seq in (1, 2)
+    ]
+    _, trace_id, span_id, flags = carried[0]["traceparent"].split("-")
+    assert trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span_id != "00f067aa0ba902b7" and int(span_id, 16) != 0
+    assert flags == "00"  # not recorded here
+    _, new_trace, new_span, _ = carried[1]["traceparent"].split("-")
+    assert new_trace != trace_id and int(new_trace, 16) != 0 and int(new_span, 16) != 0
+
+
 async def test_resend_is_a_duplicate_and_stored_once(client: Client_, nc: Client) -> None:
     raw = (SAMPLES / "futures-short-entry.json").read_bytes()
     first = (await client.post("/webhook", content=raw)).json()
