@@ -506,3 +506,25 @@ async def test_close_errors_are_mapped_too(broker: AlpacaBroker, book: AlpacaBoo
     with pytest.raises(RetryableError, match="503"):
         await broker.place(_order("ab-close", side="close", quantity=0.0))
     assert book.orders == {}
+
+
+async def test_a_redirect_elsewhere_is_not_followed_and_the_keys_stay_home() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def other_host(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"status": "accepted"})
+
+    other = web.Application()
+    other.router.add_route("*", "/{tail:.*}", other_host)
+    async with serving(other) as elsewhere:
+
+        async def moved(_: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(location=f"{elsewhere}/v2/orders")
+
+        api = web.Application()
+        api.router.add_post("/v2/orders", moved)
+        async with serving(api) as base, connected(base) as broker:
+            with pytest.raises(TerminalError, match=r"307.*base URL"):
+                await broker.place(_order())
+    assert seen == []  # neither the order nor APCA-API-SECRET-KEY left for the other host

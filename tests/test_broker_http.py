@@ -323,7 +323,9 @@ async def test_each_request_is_a_client_span_that_carries_the_trace(
     assert request.parent.span_id == parent.get_span_context().span_id
     assert request.attributes is not None
     assert request.attributes["http.response.status_code"] == 201
-    assert request.attributes["url.full"] == url
+    # A webhook URL may carry a token: the span names the host, never the URL.
+    assert request.attributes["server.address"] == "127.0.0.1"
+    assert "url.full" not in request.attributes
     _, trace_id, span_id, _ = receiver.headers[-1]["traceparent"].split("-")
     assert trace_id == format(parent.get_span_context().trace_id, "032x")
     assert span_id == format(request.context.span_id, "016x") if request.context else None
@@ -339,3 +341,31 @@ async def test_no_span_is_made_outside_a_recorded_one(
     await broker.place(_order())
     assert exporter.get_finished_spans() == ()
     assert "traceparent" not in receiver.headers[-1]
+
+
+async def test_a_redirect_is_a_wrong_url_not_followed() -> None:
+    """A POST that a redirect would turn into a bodiless GET must not count as placed."""
+    elsewhere: list[str] = []
+
+    async def moved(_: web.Request) -> web.Response:
+        raise web.HTTPFound(location="/landing")
+
+    async def landing(request: web.Request) -> web.Response:
+        elsewhere.append(request.method)
+        return web.json_response({"status": "accepted"})
+
+    app = web.Application()
+    app.router.add_post("/orders", moved)
+    app.router.add_route("*", "/landing", landing)
+    async with serving(app) as base, connected(f"{base}/orders") as broker:
+        with pytest.raises(TerminalError, match=r"302.*is the URL right"):
+            await broker.place(_order())
+    assert elsewhere == []
+
+
+async def test_errors_never_show_the_webhook_url(receiver: Receiver) -> None:
+    """A user's webhook URL may carry a token in its path or query."""
+    async with connected(f"http://127.0.0.1:{free_port()}/hook/tok-123?key=tok-456") as broker:
+        with pytest.raises(RetryableError) as caught:
+            await broker.place(_order())
+    assert "tok-" not in str(caught.value), caught.value

@@ -4,10 +4,10 @@ aiohttp parses in C and needs no extra task per request: a broker call cost the 
 about 0.3 ms of CPU here, where httpx (over anyio) cost about 4 ms, which capped a
 worker at ~250 orders/s against a broker that answers in 20 ms (docs/performance.md).
 
-Each request is a CLIENT span (method, URL without the query, status) under the
-broker call's span when that one is recorded, and carries the trace context in its
-headers; a timeout or a transport failure is a `RetryableError` saying which
-request failed.
+Each request is a CLIENT span (method, host, URL without credentials or query,
+status) under the broker call's span when that one is recorded, and carries the trace
+context in its headers; a timeout or a transport failure is a `RetryableError` saying
+which request failed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from opentelemetry import trace
@@ -45,7 +46,14 @@ class Answer:
 
 
 class HttpClient:
-    """Requests to one broker; `label` names it in errors ("alpaca", "forward")."""
+    """Requests to one broker; `label` names it in errors ("alpaca", "forward").
+
+    Redirects are not followed: a broker's URL that redirects is a wrong URL (the
+    adapters say so), and following one would turn a POST into a bodiless GET and send
+    the API key headers to another host. With `private_urls` (a user's webhook URL may
+    carry a token in its path or query) errors name the method only and spans the
+    host only; else they name the path (and spans the URL without its query).
+    """
 
     def __init__(
         self,
@@ -54,9 +62,11 @@ class HttpClient:
         *,
         base_url: str = "",
         headers: Mapping[str, str] | None = None,
+        private_urls: bool = False,
     ) -> None:
         self._label = label
         self._timeout = timeout
+        self._private = private_urls
         self._base_url = base_url.rstrip("/")
         self._headers = {"User-Agent": "alertbridge", **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
@@ -72,20 +82,33 @@ class HttpClient:
     ) -> Answer:
         """Send one request and read the whole answer; RetryableError when none came."""
         target = self._base_url + url if self._base_url else url
-        what = f"{self._label} {method} {url}"
+        what = f"{self._label} {method}" if self._private else f"{self._label} {method} {url}"
         parent = trace.get_current_span()
         if not parent.is_recording():
             return await self._send(method, target, what, content, headers, params)
         with _tracer.start_as_current_span(
-            method,
-            kind=SpanKind.CLIENT,
-            attributes={"http.request.method": method, "url.full": target},
+            method, kind=SpanKind.CLIENT, attributes=self._attributes(method, target)
         ) as span:
             answer = await self._send(method, target, what, content, headers, params)
             span.set_attribute("http.response.status_code", answer.status)
             if answer.status >= 400:
                 span.set_status(Status(StatusCode.ERROR))
             return answer
+
+    def _attributes(self, method: str, target: str) -> dict[str, str | int]:
+        """The request's span attributes: never credentials, a query, or a private path."""
+        parts = urlsplit(target)
+        attributes: dict[str, str | int] = {
+            "http.request.method": method,
+            "server.address": parts.hostname or "",
+        }
+        if parts.port is not None:
+            attributes["server.port"] = parts.port
+        if not self._private:
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port is not None else host
+            attributes["url.full"] = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return attributes
 
     async def _send(
         self,
@@ -103,6 +126,7 @@ class HttpClient:
                 data=content,
                 headers=tracing.inject(dict(headers or {})),
                 params=params,
+                allow_redirects=False,
             ) as response:
                 body = await response.read()
                 return Answer(response.status, response.reason or "", body)

@@ -128,7 +128,7 @@ class HttpForwardBroker:
 
     def __init__(self, config: HttpForwardConfig) -> None:
         self._config = config
-        self._client = HttpClient("forward", config.timeout)
+        self._client = HttpClient("forward", config.timeout, private_urls=True)
 
     async def place(self, order: Order) -> OrderResult:
         """POST the order; a 2xx answer means the receiver has it."""

@@ -24,6 +24,7 @@ during which the loop's writes find the book busy and go to the thread.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import sqlite3
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 # WAL size (in pages) past which a checkpoint also makes the WAL start over.
 CHECKPOINT_EVERY: Final = 200
 WAL_RESTART_FRAMES: Final = 2000
+CHECKPOINT_WAIT: Final = 0.05  # seconds a restarting checkpoint waits for others
 
 
 class PaperBroker:
@@ -83,7 +85,9 @@ class PaperBroker:
         self._waiting_db.executescript(SCHEMA)
         self._db = _connect(path, timeout=0)
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints: see _checkpoint
-        self._checkpoint_db = _connect(path, timeout=30)
+        # A restarting checkpoint holds writers off while it waits: only briefly (a
+        # reader that keeps a transaction open must not stop every write for long).
+        self._checkpoint_db = _connect(path, timeout=CHECKPOINT_WAIT)
         self._commits = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._queue: list[_Call] = []
@@ -109,7 +113,8 @@ class PaperBroker:
         self._queue.append((fn, order, future))
         if not self._scheduled and self._waiter is None:
             self._scheduled = True
-            loop.call_soon(self._write_now)
+            # In a context of its own: the batch belongs to no one alert's trace.
+            loop.call_soon(self._write_now, context=contextvars.Context())
         return future
 
     def _take(self) -> list[_Call]:
@@ -134,7 +139,9 @@ class PaperBroker:
                 outcomes = [self._alone(self._db, call) for call in batch]
             else:
                 self._queue[:0] = batch
-                self._waiter = asyncio.get_running_loop().create_task(self._write_waiting())
+                self._waiter = asyncio.get_running_loop().create_task(
+                    self._write_waiting(), context=contextvars.Context()
+                )
                 return
         except Exception:  # noqa: BLE001 - not the orders' fault: each on its own
             outcomes = [self._alone(self._db, call) for call in batch]
@@ -142,13 +149,17 @@ class PaperBroker:
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY and self._checkpointing is None:
             self._commits = 0
-            self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
+            self._checkpointing = asyncio.get_running_loop().create_task(
+                self._checkpoint(), context=contextvars.Context()
+            )
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the book in a thread, without waiting for other writers."""
         try:
-            _, frames, _ = await asyncio.to_thread(self._wal_checkpoint, "PASSIVE")
-            if frames > WAL_RESTART_FRAMES:
+            _, frames, copied = await asyncio.to_thread(self._wal_checkpoint, "PASSIVE")
+            # Restart only a WAL that is all copied: else a reader holds part of it, and
+            # a restart would only hold the writers off until it gives up.
+            if frames > WAL_RESTART_FRAMES and copied == frames:
                 await asyncio.to_thread(self._wal_checkpoint, "RESTART")
         except sqlite3.Error as exc:  # the next one catches up
             log.warning("paper book checkpoint failed: %r", exc)
@@ -168,7 +179,12 @@ class PaperBroker:
                 try:
                     outcomes = await asyncio.to_thread(self._run, db, batch)
                 except Exception:  # noqa: BLE001 - not the orders' fault: each on its own
-                    outcomes = [await asyncio.to_thread(self._alone, db, call) for call in batch]
+                    outcomes = [
+                        await asyncio.to_thread(self._alone, db, call)
+                        if not call[2].done()
+                        else None  # gave up meanwhile: not written
+                        for call in batch
+                    ]
                 _settle(batch, outcomes)
         finally:
             self._waiter = None
