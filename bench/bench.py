@@ -492,6 +492,21 @@ class Bench:
             raise BenchError(f"loadgen {mode} failed: {r.stderr.decode()[-800:]}")
         return json.loads(r.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
+    def fill(self, n: int, symbols: str, *extra: str) -> dict[str, Any]:
+        """`n` alerts through the ingress over 64 keep-alive connections, as fast as it takes."""
+        return self.loadgen(
+            "count",
+            self.a.ab_port,
+            AB_SECRET,
+            "--requests",
+            str(n),
+            "--conns",
+            "64",
+            "--symbols",
+            symbols,
+            *extra,
+        )
+
     def wrk(
         self,
         url: str,
@@ -1040,17 +1055,7 @@ class Bench:
         before = self.executed_count()
         stored0 = self.stream_count()
         since = self.nq("count", "EVENTS")["last_seq"] + 1
-        fill = self.loadgen(
-            "count",
-            self.a.ab_port,
-            AB_SECRET,
-            "--requests",
-            str(n),
-            "--conns",
-            "64",
-            "--symbols",
-            symbols,
-        )
+        fill = self.fill(n, symbols)
         stored = self.settle(self.stream_count) - stored0
         pre = wait_quiet(self.a.quiet_wait, self.a.quiet_pct) if self.a.quiet_wait else -1
         t0 = time.monotonic()
@@ -1168,15 +1173,8 @@ class Bench:
             chunk = 100_000
             samples = []
             while sent < self.a.mem_alerts and time.monotonic() - t0 < self.a.mem_max_seconds:
-                lg = self.loadgen(
-                    "count",
-                    self.a.ab_port,
-                    AB_SECRET,
-                    "--requests",
-                    str(min(chunk, self.a.mem_alerts - sent)),
-                    "--conns",
-                    "64",
-                    "--symbols",
+                lg = self.fill(
+                    min(chunk, self.a.mem_alerts - sent),
                     SYMBOLS_64,
                     "--max-seconds",
                     str(max(1.0, self.a.mem_max_seconds - (time.monotonic() - t0))),
@@ -1315,17 +1313,7 @@ class Bench:
         """Fill a backlog through the ingress, then profile one worker draining it."""
         res: dict[str, Any] = {}
         n = max(2000, int(self.a.profile_seconds * 400))
-        self.loadgen(
-            "count",
-            self.a.ab_port,
-            AB_SECRET,
-            "--requests",
-            str(n),
-            "--conns",
-            "64",
-            "--symbols",
-            SYMBOLS_64,
-        )
+        self.fill(n, SYMBOLS_64)
         before = self.executed_count()
         workers = run.workers
         workers += self.start_workers("profile-worker", 1, run.env, cpu=1)

@@ -8,7 +8,7 @@ import sys
 
 from ingress import serve
 from ingress.app import create_app
-from ops import logs, telemetry
+from ops import heap, logs, telemetry
 from ops.accounts import Accounts, load_accounts
 from ops.settings import (
     PREFIX,
@@ -41,6 +41,7 @@ def main() -> int:
         except OSError as exc:
             print(f"ingress: cannot listen on {settings.http_port}: {exc}", file=sys.stderr)
             return 3
+        heap.freeze_startup_objects()  # the app is built: keep it out of full GC passes
         server.run(sockets=[sock] if sock is not None else None)
     finally:
         providers.shutdown()

@@ -49,7 +49,6 @@ from ingress.parse import FieldError, InvalidAlertError, decode_body, pop_secret
 from ingress.publisher import Publisher, UnavailableError
 from ingress.ratelimit import RateLimit
 from ingress.telemetry import COUNTS_ITSELF, CountRequests, IngressMetrics
-from ops import heap
 from ops.accounts import load_accounts
 from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
@@ -258,7 +257,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await pub.start()
-        heap.freeze_startup_objects()
         try:
             yield
         finally:

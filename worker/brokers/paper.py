@@ -134,16 +134,13 @@ class PaperBroker:
             return
         try:
             outcomes = self._run(self._db, batch)
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc):
-                outcomes = [self._alone(self._db, call) for call in batch]
-            else:
+        except Exception as exc:  # noqa: BLE001 - not the orders' fault: each on its own
+            if _busy(exc):  # another process holds the book: wait for it off the loop
                 self._queue[:0] = batch
                 self._waiter = asyncio.get_running_loop().create_task(
                     self._write_waiting(), context=contextvars.Context()
                 )
                 return
-        except Exception:  # noqa: BLE001 - not the orders' fault: each on its own
             outcomes = [self._alone(self._db, call) for call in batch]
         _settle(batch, outcomes)
         self._commits += 1
@@ -316,8 +313,10 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     return db
 
 
-def _busy(exc: sqlite3.OperationalError) -> bool:
+def _busy(exc: Exception) -> bool:
     """Another connection holds the lock (SQLITE_BUSY or SQLITE_LOCKED)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
