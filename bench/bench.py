@@ -64,6 +64,7 @@ REF_SECRET = "s3cret"
 HZ = os.sysconf("SC_CLK_TCK")
 PHASES = ("throughput", "burst", "worker", "scaling", "memory", "dedup", "profile")
 SYMBOLS_64 = ",".join(f"SYM{i:02d}" for i in range(64))
+SYMBOLS_1024 = ",".join(f"SYM{i:04d}" for i in range(1024))
 
 
 def log(msg: str) -> None:
@@ -1132,17 +1133,17 @@ class Bench:
         self.results["scaling"] = res
         broker = self.start_broker("scaling")
         try:
-            for partitions in (16, 64):
+            # 256 partitions over 1,024 symbols: partitions no longer bound one worker.
+            for partitions, symbols in ((16, SYMBOLS_64), (64, SYMBOLS_64), (256, SYMBOLS_1024)):
                 for nworkers in (1, 2, 4):
                     tag = f"scaling-w{nworkers}-p{partitions}"
                     log(
                         f"scaling: {nworkers} worker(s), {partitions} partitions, broker {self.a.broker_delay * 1000:.0f} ms"
                     )
                     with self.running(tag, lambda p=partitions: self.scaling_env(p)) as run:
-                        r = self.drain(
-                            tag, run.env, SYMBOLS_64, self.a.scaling_n, nworkers, cpu=None
-                        )
+                        r = self.drain(tag, run.env, symbols, self.a.scaling_n, nworkers, cpu=None)
                         r["partitions"] = partitions
+                        r["symbols"] = symbols.count(",") + 1
                         res.append(r)
                     self.save()
         finally:
@@ -1658,7 +1659,7 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:  # noqa: C
             (
                 label
                 + " / ".join(str(x["workers"]) for x in row)
-                + f" workers ({partitions} partitions)",
+                + f" workers ({partitions} partitions, {row[0].get('symbols', 64)} symbols)",
                 "n/a",
                 " / ".join(
                     fmt(x["rate_mid80_per_s"]) + ("*" if x.get("noise") == "noisy" else "")

@@ -179,8 +179,11 @@ async def fill(nc: nats.NATS, k: int, with_ids: bool, deadline: float) -> dict[s
     return {"published": done, "seconds": round(time.monotonic() - t0, 2), "with_ids": with_ids}
 
 
-async def publish(nc: nats.NATS, rate: float, seconds: float, deadline: float) -> dict[str, Any]:
-    """Alerts straight into ALERTS at `rate`/s (64 symbols), as the ingress stores them.
+async def publish(
+    nc: nats.NATS, rate: float, seconds: float, deadline: float, symbols: int = 64
+) -> dict[str, Any]:
+    """Alerts straight into ALERTS at `rate`/s (over `symbols` symbols), as the ingress
+    stores them.
 
     Built with alertbridge's own contract (contracts.messages.Alert, received_at = now,
     Nats-Msg-Id = id) so the worker's `latency` counts from the moment of storing. Used
@@ -205,7 +208,7 @@ async def publish(nc: nats.NATS, rate: float, seconds: float, deadline: float) -
             late = max(late, now - due)
         if loop.time() > deadline - 5:
             break
-        symbol = f"SYM{i % 64:02d}"
+        symbol = f"SYM{i % symbols:02d}"
         alert = Alert(
             id=f"{prefix}-{i}",
             symbol=symbol,
@@ -245,7 +248,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.cmd == "pending":
             return await pending(nc)
         if args.cmd == "publish":
-            return await publish(nc, args.rate, args.seconds, deadline)
+            return await publish(nc, args.rate, args.seconds, deadline, args.symbols)
         if args.cmd == "fill":
             return await fill(nc, args.k, not args.no_ids, deadline)
         raise SystemExit(f"unknown command {args.cmd}")
@@ -270,6 +273,7 @@ def main() -> int:
     p = sub.add_parser("publish")
     p.add_argument("rate", type=float)
     p.add_argument("seconds", type=float)
+    p.add_argument("--symbols", type=int, default=64)
     f = sub.add_parser("fill")
     f.add_argument("k", type=int)
     f.add_argument("--no-ids", action="store_true")
