@@ -1,0 +1,172 @@
+# ruff: noqa: S603, E501
+"""The ingress app's CPU per webhook without HTTP: a steadier measure than wrk here.
+
+    uv run python bench/inproc.py [--requests 20000] [--rounds 3] [--concurrency 64]
+
+Starts a nats-server (temp storage, CPU 0) and provisions it, builds the ingress app
+as `python -m ingress` does (settings from the environment, the same telemetry,
+start-up objects frozen), and on CPU 1 sends it `--requests` webhooks straight
+through ASGI from `--concurrency` coroutines: the real checks, the real publish and
+PubAck, no sockets on the HTTP side. Prints one JSON line per round and the median:
+webhooks per second and the process's CPU microseconds per webhook; every answer must
+be a 200 (else it exits 1).
+
+On this 2-core machine ten-second wrk runs of the same code differ by ±20 % within
+minutes; these rounds differ by about ±10 %. Use it for A/B steps between code
+versions (run it in each worktree), and `just bench` for the issue's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SECRET = "inproc-secret-0123456789"  # noqa: S105 (a throwaway bench secret)
+BODY = b'{"secret":"%s","id":"inproc-%d-%d","symbol":"BTCUSDT","action":"buy","qty":1}'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(argv: list[str], cpu: int) -> list[str]:
+    """argv run on one CPU when taskset exists and the machine has two or more."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(cpu), *argv]
+    return argv
+
+
+@contextlib.contextmanager
+def nats_server(store: Path) -> Any:
+    """A JetStream nats-server on a free loopback port, on CPU 0; yields its URL."""
+    from ops.paths import nats_server_binary
+
+    port = free_port()
+    argv = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(pinned(argv, 0), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("nats-server did not start")
+            time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def drive(app: Any, requests: int, concurrency: int, ids: itertools.count[int]) -> Any:
+    """Send `requests` webhooks from `concurrency` coroutines; the answers' statuses."""
+    statuses: dict[int, int] = {}
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 40000), "scheme": "http",
+        "method": "POST", "root_path": "", "path": "/webhook", "raw_path": b"/webhook",
+        "query_string": b"", "headers": [(b"host", b"127.0.0.1:8080"),
+        (b"content-type", b"application/json"), (b"content-length", b"100")],
+    }  # fmt: skip
+
+    async def sender(n: int) -> None:
+        status = [0]
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+
+        for _ in range(n):
+            message = {"type": "http.request", "body": BODY % (SECRET.encode(), os.getpid(), next(ids)), "more_body": False}  # fmt: skip
+
+            async def receive(message: dict[str, Any] = message) -> dict[str, Any]:
+                return message
+
+            await app(dict(scope), receive, send)
+            statuses[status[0]] = statuses.get(status[0], 0) + 1
+
+    share, extra = divmod(requests, concurrency)
+    await asyncio.gather(*(sender(share + (i < extra)) for i in range(concurrency)))
+    return statuses
+
+
+async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ingress.app import create_app
+    from ops import heap, logs, telemetry
+    from ops.accounts import load_accounts
+    from ops.settings import IngressSettings, load
+
+    logs.setup("alertbridge-ingress")
+    providers = telemetry.setup("alertbridge-ingress")
+    settings = load(IngressSettings, os.environ)
+    app = create_app(settings, load_accounts(os.environ), spans=providers.records_spans)
+    ids = itertools.count()
+    rounds = []
+    async with app.lifespan():
+        deadline = time.monotonic() + 10
+        while (await drive(app, 1, 1, ids)).get(200) != 1:  # connected and provisioned
+            if time.monotonic() > deadline:
+                raise SystemExit("the ingress app never answered 200")
+            await asyncio.sleep(0.1)
+        await drive(app, 2_000, args.concurrency, ids)  # warm-up
+        heap.freeze_startup_objects()
+        for n in range(args.rounds):
+            wall, cpu = time.perf_counter(), time.process_time()
+            statuses = await drive(app, args.requests, args.concurrency, ids)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            result = {
+                "round": n + 1,
+                "webhooks_per_s": round(args.requests / wall),
+                "cpu_us_per_webhook": round(cpu / args.requests * 1e6, 1),
+                "statuses": statuses,
+            }
+            print(json.dumps(result), flush=True)
+            rounds.append(result)
+    providers.shutdown()
+    return rounds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=64)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="inproc-") as tmp, nats_server(Path(tmp)) as url:
+        os.environ.update(
+            ALERTBRIDGE_NATS_URL=url, ALERTBRIDGE_SECRETS=SECRET, ALERTBRIDGE_VAR=tmp,
+            ALERTBRIDGE_HEALTH_PORT="0",
+        )  # fmt: skip
+        alertbridge = Path(sys.executable).parent / "alertbridge"
+        subprocess.run([str(alertbridge), "provision"], check=True, capture_output=True)
+        if (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {1})
+        import uvloop
+
+        rounds = uvloop.run(measure(args))
+    cpu = statistics.median(r["cpu_us_per_webhook"] for r in rounds)
+    rate = statistics.median(r["webhooks_per_s"] for r in rounds)
+    print(json.dumps({"median_webhooks_per_s": rate, "median_cpu_us_per_webhook": cpu}))
+    return 0 if all(set(r["statuses"]) == {200} for r in rounds) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
