@@ -63,8 +63,14 @@ AB_SECRET = "s3cret-bench-0123"  # alertbridge wants >= 8 characters; the refere
 REF_SECRET = "s3cret"
 HZ = os.sysconf("SC_CLK_TCK")
 PHASES = ("throughput", "burst", "worker", "scaling", "memory", "dedup", "profile")
-SYMBOLS_64 = ",".join(f"SYM{i:02d}" for i in range(64))
-SYMBOLS_1024 = ",".join(f"SYM{i:04d}" for i in range(1024))
+
+
+def symbols(n: int) -> str:
+    """The loadgen's `--symbols`: SYM00, SYM01, ... (as `natsq.py publish --symbols n`)."""
+    return ",".join(f"SYM{i:02d}" for i in range(n))
+
+
+SYMBOLS_64 = symbols(64)
 
 
 def log(msg: str) -> None:
@@ -1134,16 +1140,18 @@ class Bench:
         broker = self.start_broker("scaling")
         try:
             # 256 partitions over 1,024 symbols: partitions no longer bound one worker.
-            for partitions, symbols in ((16, SYMBOLS_64), (64, SYMBOLS_64), (256, SYMBOLS_1024)):
+            for partitions, nsymbols in ((16, 64), (64, 64), (256, 1024)):
                 for nworkers in (1, 2, 4):
                     tag = f"scaling-w{nworkers}-p{partitions}"
                     log(
                         f"scaling: {nworkers} worker(s), {partitions} partitions, broker {self.a.broker_delay * 1000:.0f} ms"
                     )
                     with self.running(tag, lambda p=partitions: self.scaling_env(p)) as run:
-                        r = self.drain(tag, run.env, symbols, self.a.scaling_n, nworkers, cpu=None)
+                        r = self.drain(
+                            tag, run.env, symbols(nsymbols), self.a.scaling_n, nworkers, cpu=None
+                        )
                         r["partitions"] = partitions
-                        r["symbols"] = symbols.count(",") + 1
+                        r["symbols"] = nsymbols
                         res.append(r)
                     self.save()
         finally:

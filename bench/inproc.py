@@ -25,14 +25,16 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,39 +43,23 @@ SECRET = "inproc-secret-0123456789"  # noqa: S105 (a throwaway bench secret)
 BODY = b'{"secret":"%s","id":"inproc-%d-%d","symbol":"BTCUSDT","action":"buy","qty":1}'
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(argv: list[str], cpu: int) -> list[str]:
-    """argv run on one CPU when taskset exists and the machine has two or more."""
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(cpu), *argv]
-    return argv
-
-
 @contextlib.contextmanager
-def nats_server(store: Path) -> Any:
+def nats_server(store: Path) -> Iterator[str]:
     """A JetStream nats-server on a free loopback port, on CPU 0; yields its URL."""
+    from bench import PROCS, free_port, wait_port
     from ops.paths import nats_server_binary
 
     port = free_port()
     argv = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(pinned(argv, 0), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu = 0 if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else None
+    proc = PROCS.start(
+        "nats-server", argv, env=dict(os.environ), log_to=store / "nats.log", cpu=cpu
+    )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("nats-server did not start")
-            time.sleep(0.05)
+        wait_port(port, proc, "nats-server")
         yield f"nats://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        PROCS.stop(proc)
 
 
 async def drive(app: Any, requests: int, concurrency: int, ids: itertools.count[int]) -> Any:
