@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker")
 
+# How many alerts one pull request asks for: the partition's max_ack_pending of 1 still
+# hands them out one at a time, each after the last one's ack (worker.pull).
+PULL_BATCH = 100
+
 
 def reference_time(alert: Alert) -> datetime:
     """What an alert's age counts from: the replay, else the sender's fire time, else receipt."""
@@ -142,7 +146,8 @@ class Worker:
 
     async def _partition_loop(self, partition: int) -> None:
         await pull(
-            self._js, stream=ALERTS_STREAM, durable=partition_durable(partition), batch=1,
+            self._js, stream=ALERTS_STREAM, durable=partition_durable(partition),
+            batch=PULL_BATCH,
             handle=self.handle, stopping=self._stopping,
             fetch_timeout=self._settings.fetch_timeout,
         )  # fmt: skip

@@ -1,22 +1,46 @@
-"""The one pull loop every durable consumer of the worker runs."""
+"""The one pull loop every durable consumer of the worker runs.
+
+One pull request asks for `batch` messages and stays open until they have all come or
+it expires (after `fetch_timeout`). The server hands out the next message as soon as
+the consumer's ack-pending limit allows: for a partition consumer (max_ack_pending 1)
+that is right after the last one's ack, so a steady flow of alerts costs no pull
+request per alert. (nats-py's `fetch(1)` sends one per message, and waits for it with
+a task and a timer of its own: about a tenth of the worker's CPU per alert, and as
+much again in nats-server.)
+
+Each request's reply subject is a token of its own under the subscription's inbox:
+the status that ends a request (408 when it expires, 409 when the server drops it)
+names the request it ends, so a late status of an abandoned request is ignored. A
+request sent before a reconnect, or one that never ends (lost with a server), is
+replaced at the next tick. Messages are handled one at a time, in the order they come.
+To stop, the subscription is drained: the server drops the open request (no one is
+listening for it any more) and what it had sent already is handled.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
-from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import BadSubscriptionError, ConnectionClosedError
+from nats.js.api import Header
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
     from nats.js.client import JetStreamContext
 
 log = logging.getLogger("worker.pull")
+
+IDLE_HEARTBEAT: str = "100"  # a status that keeps a request alive: ignored
+OVERDUE: float = 1.0  # seconds past its expiry after which an open request counts as lost
 
 
 async def pull(
@@ -29,27 +53,135 @@ async def pull(
     stopping: asyncio.Event,
     fetch_timeout: float,
 ) -> None:
-    """Fetch from an existing durable consumer and handle each message, until `stopping`.
+    """Pull from an existing durable consumer and handle each message, until `stopping`.
 
-    Messages already fetched are handled before the loop looks at `stopping` again.
+    The message being handled when `stopping` is set is finished; then the subscription
+    is drained, and what the server had sent before it heard of it is handled too.
     """
-    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
-    try:
-        while not stopping.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=fetch_timeout)
-            except NatsTimeoutError:
+    puller = _Puller(js, stream, durable, batch, handle, stopping, fetch_timeout)
+    await puller.run()
+
+
+class _Puller:
+    """One durable consumer's open pull request, and the messages it brings."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        batch: int,
+        handle: Callable[[Msg], Awaitable[None]],
+        stopping: asyncio.Event,
+        fetch_timeout: float,
+    ) -> None:
+        self._nc: Client = js._nc
+        self._next = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._name = f"{stream}/{durable}"
+        self._batch = batch
+        self._handle = handle
+        self._stopping = stopping
+        self._expires = fetch_timeout
+        self._request = json.dumps({"batch": batch, "expires": int(fetch_timeout * 1e9)}).encode()
+        self._inbox = self._nc.new_inbox()
+        # Messages and statuses as they come, and a tick (None) now and then.
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._reply = ""  # the open request's reply subject ("" while none is open)
+        self._owed = 0  # messages the open request may still bring
+        self._count = 0
+        self._heard_at = 0.0  # when the request was sent, or the last word on it
+        self._reconnects = 0  # the connection's reconnects when the request was sent
+
+    async def run(self) -> None:
+        sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._queue_msg)
+        ticks = asyncio.create_task(self._tick())
+        try:
+            await self._ask()
+            await self._consume()
+            await self._drain(sub)
+            while not self._queue.empty():  # delivered before the server heard we stop
+                msg = self._queue.get_nowait()
+                if msg is not None and msg.data:
+                    await self._handle(msg)
+        finally:
+            ticks.cancel()
+            with contextlib.suppress(ConnectionClosedError, BadSubscriptionError):
+                await sub.unsubscribe()
+
+    async def _queue_msg(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
+
+    async def _tick(self) -> None:
+        """A tick (None) every half request, to replace a lost request, and one to stop."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._expires / 2):
+                    await self._stopping.wait()
+            self._queue.put_nowait(None)
+
+    async def _consume(self) -> None:
+        """Handle what comes, one at a time, until stopping."""
+        while not self._stopping.is_set():
+            msg = await self._queue.get()
+            if msg is None:
+                await self._ask_if_lost()
                 continue
-            except ConnectionClosedError:
-                return  # closed for good (shutdown): nothing more to fetch
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive NATS hiccups
-                log.warning("fetch from %s/%s failed: %r", stream, durable, exc)
-                await asyncio.sleep(min(fetch_timeout, 1.0))
+            status = (msg.headers or {}).get(Header.STATUS) if not msg.data else None
+            if status:
+                await self._ended(msg, status)
                 continue
-            for msg in msgs:
-                await handle(msg)
-    finally:
-        # A pull subscription left to `drain()` waits on status messages nobody
-        # reads (drain then times out after 30 s): end it here.
-        with contextlib.suppress(ConnectionClosedError):
-            await sub.unsubscribe()
+            self._owed -= 1
+            await self._handle(msg)
+            self._heard_at = time.monotonic()
+            if self._owed <= 0 and self._reply and not self._stopping.is_set():
+                await self._ask()  # all it asked for has come: the request is over
+
+    async def _drain(self, sub: Subscription) -> None:
+        """Tell the server we stop (it drops our open request), and take what it sent."""
+        # No deadline of our own: a flush cancelled from outside leaves its cancelled
+        # future among the PONGs awaited, and when that PONG comes nats-py's read loop
+        # fails on it and stops reading (nats-py 2.16). The flush has its own deadline
+        # (10 s); the worker's shutdown grace bounds the rest.
+        try:
+            await sub.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py 2.16
+        except Exception as exc:  # noqa: BLE001 - closed or gone: what came is in the queue
+            log.debug("draining the pull subscription to %s: %r", self._name, exc)
+
+    async def _ask_if_lost(self) -> None:
+        """Ask again when no request is open, or the open one is overdue without a word."""
+        if self._nc.is_closed or self._stopping.is_set():
+            return
+        if self._reply:
+            if self._nc.stats["reconnects"] != self._reconnects:
+                log.info("pull request to %s sent before a reconnect; asking again", self._name)
+            elif time.monotonic() - self._heard_at > self._expires + OVERDUE:
+                log.info("pull request to %s lost; asking again", self._name)
+            else:
+                return
+        await self._ask()
+
+    async def _ended(self, msg: Msg, status: str) -> None:
+        """A status: the end of the open request, unless a heartbeat or about an old one."""
+        if status == IDLE_HEARTBEAT or msg.subject != self._reply:
+            return
+        self._reply = ""
+        self._heard_at = time.monotonic()
+        if status != "408":  # 408: expired, the usual end of an idle request
+            description = (msg.headers or {}).get(Header.DESCRIPTION, "")
+            log.info("pull request to %s ended: %s %s", self._name, status, description)
+            await asyncio.sleep(min(self._expires, 1.0))  # e.g. a leader change
+        if not self._stopping.is_set():
+            await self._ask()
+
+    async def _ask(self) -> None:
+        """Open a new request (the one open before, if any, is abandoned)."""
+        self._count += 1
+        self._reply = f"{self._inbox}.{self._count}"
+        self._owed = self._batch
+        self._heard_at = time.monotonic()
+        self._reconnects = self._nc.stats["reconnects"]
+        try:
+            await self._nc.publish(self._next, self._request, reply=self._reply)
+        except Exception as exc:  # noqa: BLE001 - the next tick asks again
+            self._reply = ""
+            log.warning("pull request to %s failed: %r", self._name, exc)
