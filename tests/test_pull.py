@@ -17,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from tests.support import NatsServer, eventually
-from worker.pull import pull
+from worker.pull import Puller
 
 STREAM, DURABLE = "PULLTEST", "one-at-a-time"
 NEXT = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{DURABLE}"
@@ -49,16 +49,16 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 
 class Pulling:
-    """`pull` in a task, recording what it handled (and acking it)."""
+    """`Puller.run` in a task, recording what it handled (and acking it)."""
 
     def __init__(self, nc: Client, *, batch: int, fetch_timeout: float) -> None:
         self.handled: list[bytes] = []
         self.stopping = asyncio.Event()
         self.task = asyncio.create_task(
-            pull(
+            Puller(
                 nc.jetstream(), stream=STREAM, durable=DURABLE, batch=batch,
                 handle=self.handle, stopping=self.stopping, fetch_timeout=fetch_timeout,
-            )
+            ).run()
         )  # fmt: skip
 
     async def handle(self, msg: Msg) -> None:

@@ -39,7 +39,7 @@ from worker.dlq import DeadLetters, Router
 from worker.errors import RetryableError, TerminalError, backoff
 from worker.events import EventLog
 from worker.execute import execute
-from worker.pull import pull
+from worker.pull import Puller
 from worker.telemetry import QueueDepth, WorkerMetrics
 
 if TYPE_CHECKING:
@@ -145,12 +145,12 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _partition_loop(self, partition: int) -> None:
-        await pull(
+        await Puller(
             self._js, stream=ALERTS_STREAM, durable=partition_durable(partition),
             batch=PULL_BATCH,
             handle=self.handle, stopping=self._stopping,
             fetch_timeout=self._settings.fetch_timeout,
-        )  # fmt: skip
+        ).run()  # fmt: skip
 
     async def handle(self, msg: Msg) -> None:
         """Take one delivery to exactly one outcome, in a CONSUMER span of the alert's trace.

@@ -36,7 +36,7 @@ from contracts.subjects import (
     split_alert_subject,
 )
 from contracts.topology import DLQ_ROUTER
-from worker.pull import pull
+from worker.pull import Puller
 
 if TYPE_CHECKING:
     import asyncio
@@ -100,10 +100,10 @@ class Router:
 
     async def run(self, stopping: asyncio.Event, fetch_timeout: float) -> None:
         """Route advisories until `stopping` is set."""
-        await pull(
+        await Puller(
             self._js, stream=ADVISORIES_STREAM, durable=DLQ_ROUTER, batch=16,
             handle=self.route, stopping=stopping, fetch_timeout=fetch_timeout,
-        )  # fmt: skip
+        ).run()  # fmt: skip
 
     async def route(self, msg: Msg) -> None:
         """Handle one advisory; ack only once its DLQ entry (and event) are stored."""

@@ -43,31 +43,13 @@ IDLE_HEARTBEAT: str = "100"  # a status that keeps a request alive: ignored
 OVERDUE: float = 1.0  # seconds past its expiry after which an open request counts as lost
 
 
-async def pull(
-    js: JetStreamContext,
-    *,
-    stream: str,
-    durable: str,
-    batch: int,
-    handle: Callable[[Msg], Awaitable[None]],
-    stopping: asyncio.Event,
-    fetch_timeout: float,
-) -> None:
-    """Pull from an existing durable consumer and handle each message, until `stopping`.
-
-    The message being handled when `stopping` is set is finished; then the subscription
-    is drained, and what the server had sent before it heard of it is handled too.
-    """
-    puller = _Puller(js, stream, durable, batch, handle, stopping, fetch_timeout)
-    await puller.run()
-
-
-class _Puller:
+class Puller:
     """One durable consumer's open pull request, and the messages it brings."""
 
     def __init__(
         self,
         js: JetStreamContext,
+        *,
         stream: str,
         durable: str,
         batch: int,
@@ -93,6 +75,12 @@ class _Puller:
         self._reconnects = 0  # the connection's reconnects when the request was sent
 
     async def run(self) -> None:
+        """Pull and handle each message, one at a time, until `stopping`.
+
+        The message being handled when `stopping` is set is finished; then the
+        subscription is drained, and what the server had sent before it heard of it is
+        handled too.
+        """
         sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._queue_msg)
         ticks = asyncio.create_task(self._tick())
         try:
