@@ -434,8 +434,9 @@ async def test_the_cli_is_the_local_stacks_ops_user(
 
 
 async def test_a_password_file_and_a_password_variable_both_work(
-    secured: Secured, tmp_path: Path
+    secured: Secured, as_ops: JetStreamContext, tmp_path: Path
 ) -> None:
+    """Either way the worker logs in and reads the stream (`as_ops` provisions it)."""
     path = tmp_path / "worker.password"
     path.write_text(f"\n{secured.passwords['worker']}\n", encoding="utf-8")
     from_file = {**secured.env("worker"), "ALERTBRIDGE_NATS_PASSWORD": ""}
