@@ -282,9 +282,9 @@ async def test_the_wal_starts_over_while_orders_flow(db_path: Path) -> None:
     2,000 commits would leave 6,000 frames (25 MB) in it. How big it gets before it
     starts over depends on how long the disk takes to fsync while the writes go on
     (2,600 to 3,200 frames here; 3,700 to 4,900 with the disk and both cores busy;
-    3,613 in one CI run), so the test reads
-    the restarts off the WAL header (its checkpoint sequence number, which each
-    restart bumps) rather than bounding the file's size.
+    3,613 in one CI run), so the test reads the restarts off the WAL header (its
+    checkpoint sequence number, which each restart bumps) rather than bounding the
+    file's size.
     """
     book = PaperBroker(db_path)
     wal = db_path.with_name(db_path.name + "-wal")

@@ -5,8 +5,8 @@ it expires (after `fetch_timeout`). The server hands out the next message as soo
 the consumer's ack-pending limit allows: for a partition consumer (max_ack_pending 1)
 that is right after the last one's ack, so a steady flow of alerts costs no pull
 request per alert. (nats-py's `fetch(1)` sends one per message, and waits for it with
-a task and a timer of its own: about a tenth of the worker's CPU per alert, and as
-much again in nats-server.)
+a task and a timer of its own: about a tenth of the worker's CPU per alert,
+docs/performance.md.)
 
 Each request's reply subject is a token of its own under the subscription's inbox:
 the status that ends a request (408 when it expires, 409 when the server drops it)
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.pull")
 
-IDLE_HEARTBEAT: str = "100"  # a status that keeps a request alive: ignored
 OVERDUE: float = 1.0  # seconds past its expiry after which an open request counts as lost
 
 
@@ -149,8 +148,8 @@ class Puller:
         await self._ask()
 
     async def _ended(self, msg: Msg, status: str) -> None:
-        """A status: the end of the open request, unless a heartbeat or about an old one."""
-        if status == IDLE_HEARTBEAT or msg.subject != self._reply:
+        """A status: the end of the open request, unless it is about an abandoned one."""
+        if msg.subject != self._reply:
             return
         self._reply = ""
         self._heard_at = time.monotonic()
