@@ -12,6 +12,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from contracts.subjects import encode_token
+
 Side = Literal["buy", "sell", "close"]
 OrderType = Literal["market", "limit", "stop"]
 
@@ -141,15 +143,28 @@ def event_kind(event: Event) -> str:
     return EVENT_KINDS[type(event)]
 
 
+def alert_msg_id(account: str, alert_id: str) -> str:
+    """The `Nats-Msg-Id` of an alert: its id scoped to its account.
+
+    A sender's id is unique only within its account, so another account can never
+    pre-empt it. `alert.<account token>.<id>`: the account token holds no `.`, so the
+    form is unambiguous, and its first token is never `replay` (see `replay_msg_id`).
+    """
+    return f"alert.{encode_token(account)}.{alert_id}"
+
+
 def event_msg_id(event: Event) -> str:
     """The `Nats-Msg-Id` of an event: a redelivered alert never records a fact twice."""
-    base = f"{event.alert_id}:{event.replay}:{event_kind(event)}"
+    base = f"{alert_msg_id(event.account, event.alert_id)}:{event.replay}:{event_kind(event)}"
     return f"{base}:{event.attempts}" if isinstance(event, AttemptFailed) else base
 
 
 def replay_msg_id(alert: Alert) -> str:
-    """The `Nats-Msg-Id` of a replayed alert: new per round, the same for a repeated command."""
-    return alert.id if alert.replay == 0 else f"{alert.id}:replay:{alert.replay}"
+    """The `Nats-Msg-Id` of an alert in replay round `alert.replay`: new per round, the
+    same for a repeated command, and out of any webhook's reach (a webhook's message id
+    always starts `alert.`)."""
+    scoped = alert_msg_id(alert.account, alert.id)
+    return scoped if alert.replay == 0 else f"replay.{alert.replay}.{scoped}"
 
 
 # --- ADVISORIES: the server's own word (lenient: only the fields we use) -----------

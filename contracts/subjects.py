@@ -19,10 +19,13 @@ ALERTS_STREAM: Final = "ALERTS"
 EVENTS_STREAM: Final = "EVENTS"
 DLQ_STREAM: Final = "DLQ"
 ADVISORIES_STREAM: Final = "ADVISORIES"
+# Which body hashes the ingress saw within the resend window, and the id each one got.
+RESENDS_STREAM: Final = "RESENDS"
 
 ALERTS_PREFIX: Final = "alerts.in"
 EVENTS_PREFIX: Final = "events"
 DLQ_PREFIX: Final = "dlq.alerts"
+RESENDS_PREFIX: Final = "resends"
 
 # The server's advisories about the ALERTS consumers (core NATS, fire-and-forget).
 MAX_DELIVERIES_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{ALERTS_STREAM}.*"
@@ -59,6 +62,11 @@ def event_subject(kind: str, account: str, symbol: str) -> str:
 def dlq_subject(account: str, symbol: str) -> str:
     """Where a dead alert is kept: `dlq.alerts.<account>.<symbol>`."""
     return f"{DLQ_PREFIX}.{encode_token(account)}.{encode_token(symbol)}"
+
+
+def resend_subject(account: str, digest: str) -> str:
+    """Where the ingress keeps the id of a body without `id`: `resends.<account>.<digest>`."""
+    return f"{RESENDS_PREFIX}.{encode_token(account)}.{digest}"
 
 
 def split_alert_subject(subject: str) -> tuple[str, str]:

@@ -23,6 +23,8 @@ from contracts.subjects import (
     EVENTS_PREFIX,
     EVENTS_STREAM,
     MAX_DELIVERIES_ADVISORY,
+    RESENDS_PREFIX,
+    RESENDS_STREAM,
     TERMINATED_ADVISORY,
     partition_filter,
 )
@@ -40,6 +42,8 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 0.0
     allow_direct: bool = False
     replicas: int = 1
+    # At most this many messages per subject (0: no limit); the oldest goes first.
+    max_msgs_per_subject: int = 0
     # (source filter, destination) of a server-side subject transform.
     transform: tuple[str, str] | None = None
 
@@ -76,6 +80,7 @@ def topology(
     replicas: int,
     alerts_max_age: float,
     duplicate_window: float,
+    resend_window: float,
     max_deliver: int,
     ack_wait: float,
 ) -> Topology:
@@ -117,6 +122,16 @@ def topology(
         max_age=DAY,  # read within seconds by the router; a day covers an outage
         replicas=replicas,
     )
+    resends = StreamSpec(
+        name=RESENDS_STREAM,
+        subjects=(f"{RESENDS_PREFIX}.>",),
+        # A body hash counts as a resend while its entry lives; then the key is free
+        # again and the same body is a new alert (ingress.resends).
+        max_age=resend_window,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+        replicas=replicas,
+    )
     partition_consumers = tuple(
         ConsumerSpec(
             stream=ALERTS_STREAM,
@@ -137,5 +152,5 @@ def topology(
         replicas=replicas,
     )
     return Topology(
-        streams=(alerts, events, dlq, advisories), consumers=(*partition_consumers, router)
+        streams=(alerts, events, dlq, advisories, resends), consumers=(*partition_consumers, router)
     )

@@ -13,7 +13,9 @@ nothing unless configured (docs/security.md):
   503 NATS down or slow: the sender retries
   200 {"ok": true, "id", "duplicate"} only after JetStream acknowledged the alert
 
-Every refusal is a JSON object with a reason, and never repeats the secret.
+Every refusal is a JSON object with a reason, and never repeats the secret; each is
+logged once, within a bound (ingress.refusals). Before the body becomes an alert,
+any configured secret still in it is redacted (ingress.redact).
 Never 504: TradingView does not resend a 504.
 
 The webhook is a Litestar ASGI route: at thousands of alerts a second Litestar's
@@ -32,6 +34,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 from litestar import Litestar, Request, asgi, get
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
@@ -45,15 +48,25 @@ from ingress.answers import JSON, Reply, accepted, encode, refuse, refused
 from ingress.auth import SIGNATURE_REQUIRED, WRONG_SECRET, Gate
 from ingress.guard import DisconnectedError, Policy, RefusedError, SenderGuard
 from ingress.openapi import openapi_document
-from ingress.parse import FieldError, InvalidAlertError, decode_body, pop_secret, to_alert
+from ingress.parse import (
+    FieldError,
+    InvalidAlertError,
+    alert_id,
+    decode_body,
+    pop_secret,
+    to_alert,
+)
 from ingress.publisher import Publisher, UnavailableError
 from ingress.ratelimit import RateLimit
+from ingress.redact import Redactor
+from ingress.refusals import note
 from ingress.telemetry import COUNTS_ITSELF, CountRequests, IngressMetrics
 from ops.accounts import load_accounts
 from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from contracts.messages import Alert
+    from collections.abc import AsyncIterator, Sequence
 
     from litestar.types import HTTPScope, Receive, Scope, Send
     from opentelemetry.context import Context
@@ -91,6 +104,7 @@ class Webhook:
         self._account_rate = account_rate
         self._metrics = instruments
         self._tracer = trace.get_tracer("alertbridge.ingress")
+        self._redactor = Redactor(gate.every_secret())
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         """The ASGI app mounted at /webhook: one span, one answer, counted.
@@ -100,7 +114,7 @@ class Webhook:
         rest = scope["path"]
         secret = rest.strip("/") if rest.startswith("/") else None
         if secret is None or "/" in secret:  # /webhookx, /webhook/a/b
-            await refused(404, "not found").send(send)
+            await self._refuse(scope, 404, "not found").send(send)
             self._metrics.answered("unmatched", 404)
             return
         route = ROUTE_WITH_SECRET if secret else ROUTE
@@ -144,42 +158,83 @@ class Webhook:
     ) -> Reply:
         """The answer to one webhook (see the module docstring for the order of checks)."""
         if scope["method"] != "POST":
-            return refused(405, "method not allowed: POST alerts here", headers=_ALLOW_POST)
+            return self._refuse(scope, 405, "method not allowed: POST alerts here", _ALLOW_POST)
         try:
             await self._guard.check(scope)
             body = await self._guard.body(receive)
         except RefusedError as refusal:
+            self._note(scope, refusal.status, refusal.error)
             return refusal.reply()
         received_at = datetime.now(UTC)
         try:
             payload = decode_body(body)
         except InvalidAlertError as exc:
-            return refused(422, "invalid alert", exc.errors)
+            return self._refuse(scope, 422, "invalid alert", errors=exc.errors)
         body_secret = pop_secret(payload)
         account = payload.get("account", "default")
         account = account if isinstance(account, str) else ""
         secret = path_secret if path_secret is not None else body_secret
         if (reason := self._authenticate(scope, body, account, secret)) is not None:
-            return refused(401, reason)
+            return self._refuse(scope, 401, reason, account=account)
         if self._account_rate is not None:
             wait = await self._account_rate.wait(account)
             if wait is not None:
                 retry = ((b"retry-after", b"%d" % wait),)
-                return refused(429, "too many alerts for this account", headers=retry)
+                return self._refuse(scope, 429, "too many alerts for this account", retry, account)
+        payload = self._redactor.clean(payload, body, body_secret)  # nothing stored holds one
         try:
             alert = to_alert(payload, received_at=received_at)
         except InvalidAlertError as exc:
-            return refused(422, "invalid alert", exc.errors)
+            return self._refuse(scope, 422, "invalid alert", account=account, errors=exc.errors)
         if not self._gate.known(alert.account):
-            return refused(422, "invalid alert", [FieldError("account", "no such account")])
-        span.set_attribute(tracing.MESSAGE_ID, alert.id)
+            unknown = [FieldError("account", "no such account")]
+            return self._refuse(scope, 422, "invalid alert", errors=unknown)
+        alert, digest = self._identified(scope, payload, alert)
         try:
-            duplicate = await self._publisher.publish(alert)
+            alert_key, duplicate = await self._publisher.publish(alert, digest=digest)
         except UnavailableError as exc:
             log.warning("alert %s not stored: %s", alert.id, exc)
             return refused(503, "temporarily unavailable, retry")
-        log.debug("alert %s accepted (duplicate=%s)", alert.id, duplicate)
-        return accepted(alert.id, duplicate)
+        span.set_attribute(tracing.MESSAGE_ID, alert_key)
+        log.debug("alert %s accepted (duplicate=%s)", alert_key, duplicate)
+        return accepted(alert_key, duplicate)
+
+    def _identified(
+        self, scope: Scope, payload: dict[str, Any], alert: Alert
+    ) -> tuple[Alert, str | None]:
+        """The alert with its final id, and the body's digest when the id is to come
+        from the resend window (ingress.publisher). An explicit `id` stays as sent; a
+        signed body's id covers its X-Timestamp (a replay inside the HMAC window is the
+        same id, deduplicated for DUPLICATE_WINDOW); any other body is known by its hash
+        for the resend window only."""
+        if payload.get("id") is not None:
+            return alert, None
+        if self._gate.signs and _header(scope, b"x-signature") is not None:
+            signed_at = _header(scope, b"x-timestamp") or ""
+            return msgspec.structs.replace(alert, id=alert_id(payload, signed_at)), None
+        return alert, alert.id
+
+    def _refuse(
+        self,
+        scope: Scope,
+        status: int,
+        error: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        account: str | None = None,
+        *,
+        errors: list[FieldError] | None = None,
+    ) -> Reply:
+        """A refusal (with field-level reasons for a 422), logged."""
+        fields = f" ({', '.join(e.field for e in errors)})" if errors else ""
+        self._note(scope, status, error + fields, account)
+        return refused(status, error, errors, headers)
+
+    def _note(self, scope: Scope, status: int, reason: str, account: str | None = None) -> None:
+        """Log a refusal (ingress.refusals): an account only when it is a configured one
+        (the name is the sender's text), never the path (it may be the secret)."""
+        if account is not None and not self._gate.configured(account):
+            account = None
+        note(status, reason, source=self._guard.sender(scope), account=account)
 
     def _authenticate(
         self, scope: Scope, body: bytes, account: str, secret: str | None

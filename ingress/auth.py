@@ -97,6 +97,17 @@ class Gate:
         """Whether alerts for `account` can be executed at all."""
         return self._accounts.get(account) is not None
 
+    def configured(self, account: str) -> bool:
+        """Whether `account` is one of the configured names (without an accounts file
+        every name is known, but only `default` is configured): safe to log."""
+        return account in self._accounts.accounts
+
+    def every_secret(self) -> tuple[Secret, ...]:
+        """Every webhook secret and HMAC key, global or an account's (for ingress.redact)."""
+        accounts = self._accounts
+        own = [*accounts.secrets.values(), *accounts.hmac_secrets.values()]
+        return self._global + self._hmac_global + tuple(s for keys in own for s in keys)
+
 
 def _is_timestamp(value: str) -> bool:
     return 0 < len(value) <= _MAX_TIMESTAMP_DIGITS and value.isascii() and value.isdigit()

@@ -131,6 +131,12 @@ class SenderGuard:
         policy = self._policy
         return await read_body(receive, policy.max_body, self._drain)
 
+    def sender(self, scope: Scope) -> str | None:
+        """The source address as the checks see it (for a log line); None when unknown."""
+        policy = self._policy
+        address, _ = source(scope, policy.trusted, policy.proxy_header)
+        return None if address is None else str(address)
+
     async def _check_sender(self, scope: Scope) -> None:
         policy = self._policy
         address, via_proxy = source(scope, policy.trusted, policy.proxy_header)

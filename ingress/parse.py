@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 import msgspec
 
 from contracts.messages import Alert
+from ingress.redact import REDACTED
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 SECRET_KEYS: Final = ("secret", "passphrase", "key", "token")
+_SECRET_KEY_SET: Final = frozenset(SECRET_KEYS)
 
 # canonical field -> names accepted, in priority order; "a.b" reads nested objects.
 ALIASES: Final[dict[str, tuple[str, ...]]] = {
@@ -154,18 +156,33 @@ def _shape_error(reason: str) -> InvalidAlertError:
 
 
 def pop_secret(payload: dict[str, Any]) -> str | None:
-    """Remove every secret-bearing key; return the first one's value when it is a string."""
+    """Remove every top-level secret-bearing key, whatever its case; return the candidate.
+
+    The candidate is the first string among the keys' values, looked at in a fixed
+    order: the lower-case keys in `SECRET_KEYS` order, then the other casings
+    (`Secret`, `TOKEN`, ...) in the body's order.
+    """
     found: str | None = None
     for key in SECRET_KEYS:
         value = payload.pop(key, None)
         if found is None and isinstance(value, str):
             found = value
+    for key in [key for key in payload if key.lower() in _SECRET_KEY_SET]:
+        value = payload.pop(key)
+        if found is None and isinstance(value, str):
+            found = value
     return found
 
 
-def alert_id(payload: Mapping[str, Any]) -> str:
-    """A stable id for a body without `id`: TradingView's resends carry the same fields."""
-    return hashlib.sha256(_canonical.encode(payload)).hexdigest()[:32]
+def alert_id(payload: Mapping[str, Any], signed_at: str = "") -> str:
+    """A stable id for a body without `id`: TradingView's resends carry the same fields.
+
+    It names the body, not one firing of it: the ingress keeps it for a resend window
+    only (ingress.publisher). A signed request's id also covers its `X-Timestamp`, so a
+    replay of it is the same id and a new signing is a new alert."""
+    digest = hashlib.sha256(signed_at.encode())
+    digest.update(_canonical.encode(payload))
+    return digest.hexdigest()[:32]
 
 
 def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
@@ -174,6 +191,7 @@ def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
     raw = _take(extras)
     errors: list[FieldError] = []
     values = _typed(raw, errors)
+    errors += _check_names(values)
     for field in _CHOICES:
         if field in raw:
             try:
@@ -317,6 +335,28 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return "a string that is not one (not repeated here)"
     return f"a JSON {_JSON_TYPES.get(type(value), 'value')}"
+
+
+def _check_names(values: dict[str, Any]) -> list[FieldError]:
+    """What the patterns let through that is still no name: blank, padded, or a secret.
+
+    Names travel in NATS subjects, logs and broker calls; " AAPL" and "AAPL" would be
+    two symbols to the book and one to the broker. Inner spaces stay allowed.
+    """
+    errors = []
+    for field in ("id", "account", "symbol"):
+        value = values.get(field)
+        if not isinstance(value, str):  # absent, or a numeric id
+            continue
+        if value == REDACTED:  # it held a configured secret (ingress.redact)
+            errors.append(FieldError(field, "must not hold a secret"))
+        elif field == "id":
+            continue
+        elif not value.strip():
+            errors.append(FieldError(field, "must not be blank"))
+        elif value != value.strip():
+            errors.append(FieldError(field, "must not begin or end with whitespace"))
+    return errors
 
 
 def _check_order_type(values: dict[str, Any]) -> list[FieldError]:

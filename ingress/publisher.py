@@ -1,4 +1,13 @@
-"""The ingress's side of NATS: one connection, publish with dedup, bounded in time."""
+"""The ingress's side of NATS: one connection, publish with dedup, bounded in time.
+
+Identity (docs/security.md): an alert's `Nats-Msg-Id` is its id scoped to its account
+(`contracts.messages.alert_msg_id`). A body without `id` is known by its hash only while
+the resend window lasts: the first sending claims `resends.<account>.<hash>` in the
+`RESENDS` stream (first writer wins: `Nats-Expected-Last-Subject-Sequence: 0`) with a
+new id, and a resend within the window finds and reuses that id, in any ingress
+process. The stream's `max_age` is the window; after it the key is free again and the
+same body is a new alert.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +15,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+import msgspec
 from nats.errors import ConnectionClosedError, OutboundBufferLimitError
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from contracts import tracing
 from contracts.headers import MSG_ID
-from contracts.messages import Alert, alert_encoder
-from contracts.subjects import ALERTS_STREAM, alert_subject
+from contracts.messages import Alert, alert_encoder, alert_msg_id
+from contracts.subjects import ALERTS_STREAM, RESENDS_STREAM, alert_subject, resend_subject
 from ops import provision
-from ops.natsconn import NatsAuthError, connect
+from ops.natsconn import NatsAuthError, connect, jetstream
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -26,6 +36,14 @@ if TYPE_CHECKING:
     from ops.settings import IngressSettings
 
 log = logging.getLogger(__name__)
+
+# JetStream's "wrong last sequence": the resend key exists already.
+_KEY_TAKEN: Final = 10071
+_FIRST_WRITE: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
+
+
+# What the ingress writes to; /readyz checks they exist (by name only: STREAM.NAMES).
+INGRESS_STREAMS: Final = (ALERTS_STREAM, RESENDS_STREAM)
 
 
 class UnavailableError(Exception):
@@ -56,7 +74,7 @@ class Publisher:
             self._refused = str(exc)
             log.error("%s", exc)
             return
-        self._js = self._nc.jetstream()
+        self._js = jetstream(self._nc, self._settings)
 
     async def stop(self) -> None:
         """Flush what is in flight and close."""
@@ -67,38 +85,38 @@ class Publisher:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()
 
-    async def publish(self, alert: Alert) -> bool:
-        """Store the alert with the current trace context; return True when it was a
-        duplicate. Raise UnavailableError."""
-        subject = alert_subject(alert.account, alert.symbol)
-        headers = tracing.inject({MSG_ID: alert.id})
+    async def publish(self, alert: Alert, *, digest: str | None = None) -> tuple[str, bool]:
+        """Store the alert with the current trace context; return (its id, whether it was
+        a duplicate). `digest`: the hash of a body without `id`, whose id is then the
+        one its first sending got within the resend window. Raise UnavailableError."""
         started = time.perf_counter()
         try:
-            duplicate = await self._publish(subject, alert, headers)
+            alert_id, duplicate = await self._store(alert, digest)
         except UnavailableError:
             self._metrics.unavailable += 1
             raise
         self._metrics.publish_duration.record(time.perf_counter() - started)
         if duplicate:
             self._metrics.duplicates += 1
-        return duplicate
+        return alert_id, duplicate
 
-    async def _publish(self, subject: str, alert: Alert, headers: dict[str, str]) -> bool:
-        nc, js = self._nc, self._js
-        if nc is None or js is None:
-            raise UnavailableError("not connected to NATS")
-        if not nc.is_connected:
-            # Not buffered for a reconnect: nats-py leaks a slot of its pending-publish
-            # bound whenever a buffered publish fails, and enough of them would stall
-            # every later alert. The sender resends the 503.
-            raise UnavailableError("not connected to NATS (reconnecting)")
+    async def _store(self, alert: Alert, digest: str | None) -> tuple[str, bool]:
+        js = self._connected()
         timeout = self._settings.publish_timeout
         # One deadline for the whole call, the wait for a pending-publish slot included
         # (publish_async's own `wait_stall` would cost a task per alert).
         try:
             async with asyncio.timeout(timeout):
+                if digest is not None:
+                    alert = msgspec.structs.replace(
+                        alert, id=await self._resend_id(js, alert, digest)
+                    )
+                headers = tracing.inject({MSG_ID: alert_msg_id(alert.account, alert.id)})
                 future = await js.publish_async(
-                    subject, alert_encoder.encode(alert), stream=ALERTS_STREAM, headers=headers
+                    alert_subject(alert.account, alert.symbol),
+                    alert_encoder.encode(alert),
+                    stream=ALERTS_STREAM,
+                    headers=headers,
                 )
                 ack = await future
         except TimeoutError as exc:
@@ -107,7 +125,45 @@ class Publisher:
             raise UnavailableError(f"JetStream unavailable: {type(exc).__name__}") from exc
         except APIError as exc:
             raise UnavailableError(f"JetStream refused the message: {exc.description}") from exc
-        return bool(ack.duplicate)
+        return alert.id, bool(ack.duplicate)
+
+    def _connected(self) -> JetStreamContext:
+        nc, js = self._nc, self._js
+        if nc is None or js is None:
+            raise UnavailableError("not connected to NATS")
+        if not nc.is_connected:
+            # Not buffered for a reconnect: nats-py leaks a slot of its pending-publish
+            # bound whenever a buffered publish fails, and enough of them would stall
+            # every later alert. The sender resends the 503.
+            raise UnavailableError("not connected to NATS (reconnecting)")
+        return js
+
+    async def _resend_id(self, js: JetStreamContext, alert: Alert, digest: str) -> str:
+        """The id of the body `digest` in this resend window: a new one (`<digest>-<ms of
+        receipt>`) if this is its first sending, else the one the first sending got."""
+        subject = resend_subject(alert.account, digest)
+        fresh = f"{digest}-{int(alert.received_at.timestamp() * 1000)}"
+        while True:  # bounded by the caller's deadline
+            try:
+                # Not publish_async: nats-py 2.16 raises a refused one's error inside its
+                # reply callback, and the future never resolves.
+                await js.publish(
+                    subject,
+                    fresh.encode(),
+                    timeout=self._settings.publish_timeout,
+                    stream=RESENDS_STREAM,
+                    headers=dict(_FIRST_WRITE),
+                )
+            except APIError as exc:
+                if exc.err_code != _KEY_TAKEN:
+                    raise
+            else:
+                return fresh
+            try:
+                first = await js.get_msg(RESENDS_STREAM, subject=subject, direct=True)
+            except NotFoundError:
+                continue  # the window ended in between: the key is free again
+            return (first.data or b"").decode()
 
     async def ready(self) -> list[str]:
         """Why the ingress is not ready (empty when it is)."""
@@ -116,7 +172,9 @@ class Publisher:
         if self._nc is None or self._js is None or not self._nc.is_connected:
             return ["nats: not connected"]
         try:
-            missing = await provision.missing_streams(self._js, self._settings.topology())
+            missing = await provision.missing_streams(
+                self._js, self._settings.topology(), INGRESS_STREAMS
+            )
         except (TimeoutError, APIError) as exc:
             return [f"nats: {type(exc).__name__}"]
         return [f"stream {name}: missing" for name in missing]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ingress import refusals
 from ingress.answers import refusal_bytes
 from ops.access import format_subject
 
@@ -193,8 +194,12 @@ class IngressProtocol(HttpToolsProtocol):
         return False
 
     def _refuse(self, status: int, error: str) -> None:
-        """Answer `status` and close; nothing more of this connection is parsed."""
+        """Answer `status` and close; nothing more of this connection is parsed.
+
+        Logged with the TCP peer as the source: the head that would name the sender
+        behind a trusted proxy is what is refused (or still missing)."""
         self._refused = True
+        refusals.note(status, error, source=self.client[0] if self.client else None)
         self.transport.write(refusal_bytes(status, error))
         self.transport.close()
 

@@ -75,14 +75,20 @@ def alerts_group() -> None:
 
 @alerts_group.command("show")
 @click.argument("alert_id")
+@click.option(
+    "--account",
+    default="default",
+    show_default=True,
+    help="the alert's account: an id is unique only within its account",
+)
 @click.option("--json", "as_json", is_flag=True)
-def show(alert_id: str, as_json: bool) -> None:
+def show(alert_id: str, account: str, as_json: bool) -> None:
     """The alert's history from EVENTS (attempts, outcome, replays) and its trace id."""
-    found = with_js(lambda js: history(js, alert_id))
+    found = with_js(lambda js: history(js, account, alert_id))
     if as_json:
         emit_json([found])
         return
-    click.echo(f"alert    {found.alert_id}")
+    click.echo(f"alert    {found.alert_id} (account {found.account})")
     if found.alert is not None:
         a = found.alert
         click.echo(f"order    {a.side} {a.quantity if a.quantity is not None else 'default'} "

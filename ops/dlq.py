@@ -1,10 +1,13 @@
 """The operators' side of the dead-letter stream: list, show, replay, purge.
 
 A replay re-publishes the original alert with `replay` + 1 and a new
-`Nats-Msg-Id` (`<id>:replay:<n>`), so the same command run twice stores it once;
+`Nats-Msg-Id` (`replay.<n>.alert.<account>.<id>`, a form no webhook can produce:
+contracts.messages.replay_msg_id), so the same command run twice stores it once;
 the alert id, and so the broker's client order id, stay the same: an alert whose
 order did go through is found by the broker, never doubled. Its age counts from
-the replay. Every replay is a `replayed` event; the DLQ entry is then removed.
+the replay. Every replay is a `replayed` event; the DLQ entry is removed only once
+the replay's own message is stored (a duplicate PubAck must point at this very alert
+and round, else the entry stays and the command fails).
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from contracts.messages import (
     event_msg_id,
     replay_msg_id,
 )
-from contracts.subjects import DLQ_PREFIX, DLQ_STREAM, alert_subject, event_subject
+from contracts.subjects import (
+    ALERTS_STREAM,
+    DLQ_PREFIX,
+    DLQ_STREAM,
+    alert_subject,
+    event_subject,
+)
 from ops.streams import read_all
 
 if TYPE_CHECKING:
@@ -107,6 +116,8 @@ async def replay(js: JetStreamContext, dlq_seq: int) -> Replayed:
     ack = await js.publish(
         alert_subject(again.account, again.symbol), alert_encoder.encode(again), headers=headers
     )
+    if ack.duplicate:
+        await _check_is_ours(js, ack.seq, again, dlq_seq)
     event = Replayed(
         alert_id=again.id, account=again.account, symbol=again.symbol, at=now,
         replay=again.replay, dlq_seq=dlq_seq, stream_seq=ack.seq,
@@ -118,6 +129,25 @@ async def replay(js: JetStreamContext, dlq_seq: int) -> Replayed:
     )
     await js.delete_msg(DLQ_STREAM, dlq_seq)
     return event
+
+
+async def _check_is_ours(js: JetStreamContext, seq: int, again: Alert, dlq_seq: int) -> None:
+    """A duplicate PubAck: the replay is stored only if ALERTS `seq` is this alert in this
+    round (the same command run before); else the entry must stay."""
+    try:
+        raw = await js.get_msg(ALERTS_STREAM, seq=seq, direct=True)
+        stored = alert_decoder.decode(raw.data or b"")
+    except (NotFoundError, msgspec.DecodeError):
+        stored = None
+    if stored is None or (stored.account, stored.id, stored.replay) != (
+        again.account,
+        again.id,
+        again.replay,
+    ):
+        raise DlqError(
+            f"DLQ entry {dlq_seq} not replayed: its message id is taken by ALERTS message "
+            f"{seq}, which is not this alert's replay {again.replay}; the entry is kept"
+        )
 
 
 async def purge(js: JetStreamContext, dlq_seq: int) -> None:

@@ -9,7 +9,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import tracing
 from contracts.messages import Alert, Event, alert_decoder, event_decoder, event_kind
-from contracts.subjects import ALERTS_STREAM, EVENTS_STREAM
+from contracts.subjects import ALERTS_STREAM, EVENTS_PREFIX, EVENTS_STREAM, encode_token
 from ops.streams import read_all
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ class History(msgspec.Struct, frozen=True):
     """What happened to one alert."""
 
     alert_id: str
+    account: str
     alert: Alert | None
     trace_id: str | None
     steps: list[Step]
@@ -36,16 +37,19 @@ class History(msgspec.Struct, frozen=True):
 TERMINAL = ("executed", "rejected", "expired", "dead_lettered")
 
 
-async def history(js: JetStreamContext, alert_id: str) -> History:
-    """Fold the alert's events (scans `EVENTS`: fine for an operator, not for a hot path)."""
+async def history(js: JetStreamContext, account: str, alert_id: str) -> History:
+    """Fold the events of `account`'s alert `alert_id` (an id is unique only within its
+    account). Scans the account's part of `EVENTS`: fine for an operator, not for a hot
+    path."""
     steps: list[Step] = []
     trace_id: str | None = None
-    for msg in await read_all(js, EVENTS_STREAM, "events.>"):
+    subjects = f"{EVENTS_PREFIX}.*.{encode_token(account)}.*"
+    for msg in await read_all(js, EVENTS_STREAM, subjects):
         try:
             event = event_decoder.decode(msg.data)
         except msgspec.DecodeError:
             continue
-        if event.alert_id == alert_id:
+        if event.alert_id == alert_id and event.account == account:
             steps.append(Step(event_kind(event), event))
             trace_id = trace_id or tracing.trace_id_of(msg.headers)
     alert = None
@@ -59,4 +63,11 @@ async def history(js: JetStreamContext, alert_id: str) -> History:
             alert = None
     last = next((s.kind for s in reversed(steps) if s.kind in TERMINAL), None)
     outcome = last or ("in progress" if steps else "no events (unknown id, or not processed yet)")
-    return History(alert_id=alert_id, alert=alert, trace_id=trace_id, steps=steps, outcome=outcome)
+    return History(
+        alert_id=alert_id,
+        account=account,
+        alert=alert,
+        trace_id=trace_id,
+        steps=steps,
+        outcome=outcome,
+    )

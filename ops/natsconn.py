@@ -24,6 +24,8 @@ from nats.errors import Error as NatsError
 from ops.settings import PREFIX, SettingsError
 
 if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
+
     from ops.settings import Common
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,12 @@ def _refusal(exc: BaseException, settings: Common) -> str | None:
             "(wrong user or password, or no such user)"
         )
     return None
+
+
+def jetstream(client: Client, settings: Common, **options: int) -> JetStreamContext:
+    """The JetStream context of a role: the API under `ALERTBRIDGE_NATS_JS_API`, where
+    deploy/nats-server.conf maps the streams' account into the ingress's and worker's."""
+    return client.jetstream(prefix=settings.nats_js_api, **options)
 
 
 async def connect(settings: Common, *, name: str) -> Client:

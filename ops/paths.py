@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+from ops.settings import DEFAULT_JS_API, ROLE_JS_API
+
 # The users of deploy/nats-server.conf. `just up` generates a password for each.
 NATS_ROLES: Final = ("ingress", "worker", "ops")
 # What in the environment already says who a process is to NATS (ops/settings.py).
@@ -32,6 +34,23 @@ def var_dir() -> Path:
     return Path(os.environ.get("ALERTBRIDGE_VAR", "var")).resolve()
 
 
+def private_dir(path: Path) -> Path:
+    """Create `path` (and any missing parents) with the last folder open to its owner only
+    (0700: it holds secrets or the paper book). An existing folder is left as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def private_var(var: Path) -> Path:
+    """The stack's data folder, 0700: created so, or tightened when one made by an earlier
+    version (0755) is this user's."""
+    private_dir(var)
+    info = var.stat()
+    if info.st_mode & 0o077 and info.st_uid == os.getuid():
+        var.chmod(0o700)
+    return var
+
+
 def secret_file(var: Path) -> Path:
     """The generated local webhook secret."""
     return var / "secret"
@@ -40,9 +59,9 @@ def secret_file(var: Path) -> Path:
 def ensure_secret(var: Path) -> tuple[Path, bool]:
     """Create a random secret (mode 0600) on first run; return (path, created)."""
     path = secret_file(var)
+    private_var(var)
     if path.exists():
         return path, False
-    var.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(secrets.token_urlsafe(24) + "\n")
@@ -79,7 +98,7 @@ def ensure_nats_passwords(var: Path) -> dict[str, Path]:
     """A random password per NATS role on first run (mode 0600), kept after that;
     one written by an earlier version that nats-server might misread is replaced."""
     files = {}
-    var.mkdir(parents=True, exist_ok=True)
+    private_var(var)
     for role in NATS_ROLES:
         path = nats_password_file(var, role)
         with contextlib.suppress(OSError, ValueError):
@@ -99,7 +118,14 @@ def nats_identity(var: Path, role: str) -> dict[str, str]:
     env = dict.fromkeys(NATS_IDENTITY_VARS, "")  # empty: override what was inherited
     env["ALERTBRIDGE_NATS_USER"] = role
     env["ALERTBRIDGE_NATS_PASSWORD_FILE"] = str(nats_password_file(var, role))
+    env["ALERTBRIDGE_NATS_JS_API"] = nats_js_api(role)
     return env
+
+
+def nats_js_api(role: str) -> str:
+    """Where `role` finds the JetStream API under deploy/nats-server.conf: the operators
+    are in the streams' own account; the ingress and the worker import it."""
+    return DEFAULT_JS_API if role == "ops" else ROLE_JS_API
 
 
 def with_local_nats_identity(env: Mapping[str, str], var: Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ Idempotent: running it twice, or from several processes at once, converges.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nats.js.api import (
     AckPolicy,
@@ -18,14 +18,20 @@ from nats.js.api import (
     StreamConfig,
     SubjectTransform,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
+
+from ops.settings import PREFIX, ROLE_JS_API, SettingsError
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from nats.js.client import JetStreamContext
 
     from contracts.topology import ConsumerSpec, StreamSpec, Topology
 
 log = logging.getLogger(__name__)
+
+_NOT_ENABLED: Final = 10039  # "JetStream not enabled for account"
 
 
 def stream_config(spec: StreamSpec) -> StreamConfig:
@@ -42,6 +48,7 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
         max_age=spec.max_age,
         duplicate_window=spec.duplicate_window,
         allow_direct=spec.allow_direct,
+        max_msgs_per_subject=spec.max_msgs_per_subject or -1,
         num_replicas=spec.replicas,
         subject_transform=transform,
     )
@@ -82,12 +89,47 @@ async def apply(js: JetStreamContext, topology: Topology) -> None:
     )
 
 
-async def missing_streams(js: JetStreamContext, topology: Topology) -> list[str]:
-    """Names of the topology's streams the server does not have (for readiness)."""
+async def missing_streams(
+    js: JetStreamContext, topology: Topology, names: Collection[str] | None = None
+) -> list[str]:
+    """Names of the topology's streams (or of those among `names`) the server lacks.
+
+    Asked by subject through `STREAM.NAMES`, which answers names only: a role that must
+    see whether its streams exist is not given `STREAM.INFO`, which would also show what
+    they hold (per-subject counts with a filter).
+    """
     missing = []
     for stream in topology.streams:
+        if names is not None and stream.name not in names:
+            continue
         try:
-            await js.stream_info(stream.name)
+            found = await js.find_stream_name_by_subject(stream.subjects[0])
         except NotFoundError:
+            found = None
+        except APIError as exc:
+            if exc.err_code == _NOT_ENABLED:
+                raise SettingsError(
+                    f"JetStream is not enabled for this NATS account; a role whose account "
+                    f"imports the streams (deploy/nats-server.conf) needs "
+                    f"{PREFIX}NATS_JS_API={ROLE_JS_API}"
+                ) from None
+            raise
+        if found != stream.name:
             missing.append(stream.name)
     return missing
+
+
+async def missing(
+    js: JetStreamContext, topology: Topology, streams: Collection[str]
+) -> list[str]:
+    """What a process that uses `streams` and the topology's consumers on them needs and
+    the server lacks, said so an operator can act on it (`alertbridge provision`)."""
+    problems = [f"stream {name}" for name in await missing_streams(js, topology, streams)]
+    for consumer in topology.consumers:
+        if consumer.stream not in streams or f"stream {consumer.stream}" in problems:
+            continue
+        try:
+            await js.consumer_info(consumer.stream, consumer.durable)
+        except NotFoundError:
+            problems.append(f"consumer {consumer.stream}/{consumer.durable}")
+    return problems

@@ -35,6 +35,12 @@ RECOMMENDED_SECRET_LENGTH: Final = 16
 MIN_HMAC_KEY_LENGTH: Final = 32
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+# nats-server's `sync_interval`: `always` (fsync before every PubAck) or a duration.
+SYNC_PATTERN: Final = r"\A(always|[1-9][0-9]*(ms|s|m|h))\Z"
+# The JetStream API prefix of an account that reaches the streams through imports
+# (deploy/nats-server.conf: the ingress and worker accounts).
+DEFAULT_JS_API: Final = "$JS.API"
+ROLE_JS_API: Final = "$JS.alertbridge.API"
 Port = Annotated[int, msgspec.Meta(ge=0, le=65_535)]
 
 
@@ -70,6 +76,16 @@ class Common(msgspec.Struct, frozen=True, kw_only=True):
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     alerts_max_age: Positive = 30 * DAY
     duplicate_window: Annotated[float, msgspec.Meta(ge=0.1)] = 3_600.0
+    # How long a body without an `id` (its id is the body's hash) counts as a resend of
+    # the same alert: TradingView resends a 5xx within ~15 s. The same body fired later
+    # is a new alert. Alerts with an explicit `id` are deduplicated for DUPLICATE_WINDOW.
+    resend_window: Annotated[float, msgspec.Meta(ge=1, le=3_600)] = 60.0
+    # When nats-server fsyncs (README "What a 200 means"); read by whoever starts it.
+    nats_sync: Annotated[str, msgspec.Meta(pattern=SYNC_PATTERN)] = "always"
+    # `$JS.<x>.API` where the server maps the streams' API into this role's account.
+    nats_js_api: Annotated[str, msgspec.Meta(pattern=r"\A\$JS(\.[A-Za-z0-9_-]+)?\.API\Z")] = (
+        DEFAULT_JS_API
+    )
     max_deliver: Annotated[int, msgspec.Meta(ge=1)] = 5
     ack_wait: Positive = 30.0
     # Who this process is to NATS (ops/natsconn.py): a user and password (the password
@@ -91,6 +107,7 @@ class Common(msgspec.Struct, frozen=True, kw_only=True):
             replicas=self.replicas,
             alerts_max_age=self.alerts_max_age,
             duplicate_window=self.duplicate_window,
+            resend_window=self.resend_window,
             max_deliver=self.max_deliver,
             ack_wait=self.ack_wait,
         )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ops import provision
-from ops.natsconn import connect
+from ops.natsconn import connect, jetstream
 from ops.paths import (
     NATS_ROLES,
     ensure_nats_passwords,
@@ -154,9 +154,13 @@ def _jaeger(stack: Stack) -> None:
 
 
 def _start(stack: Stack, secret: Path) -> None:
-    _jaeger(stack)
     # One generated password per NATS user (deploy/nats-server.conf), kept under var/.
     passwords = ensure_nats_passwords(stack.var)
+    try:
+        settings = load(WorkerSettings, stack.env_as("ops"))  # a bad setting stops us first
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    _jaeger(stack)
     write_nats_context(stack.nats_url, stack.var)
     store = stack.var / "nats"
     store.mkdir(parents=True, exist_ok=True)
@@ -169,9 +173,11 @@ def _start(stack: Stack, secret: Path) -> None:
             "--addr", "127.0.0.1", "--port", str(stack.nats_port),
             "--http_port", str(stack.monitor_port), "--server_name", "alertbridge-local",
         ],
-        stack.env(**{nats_server_password_var(r): read_secret(p) for r, p in passwords.items()}),
+        stack.env(
+            **{nats_server_password_var(r): read_secret(p) for r, p in passwords.items()},
+            ALERTBRIDGE_NATS_SYNC=settings.nats_sync,
+        ),
     )  # fmt: skip
-    settings = load(WorkerSettings, stack.env_as("ops"))
     asyncio.run(_provision(settings, stack.nats_port))
     for i in range(stack.workers):
         env = stack.env_as("worker", ALERTBRIDGE_HEALTH_PORT=str(stack.http_port + 1 + i))
@@ -198,6 +204,6 @@ async def _provision(settings: WorkerSettings, port: int, wait: float = 15.0) ->
     except SettingsError as exc:  # e.g. var/nats-ops.password does not match the server's
         raise click.ClickException(str(exc)) from None
     try:
-        await provision.apply(nc.jetstream(), settings.topology())
+        await provision.apply(jetstream(nc, settings), settings.topology())
     finally:
         await nc.close()

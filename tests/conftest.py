@@ -12,7 +12,13 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
+from contracts.subjects import (
+    ADVISORIES_STREAM,
+    ALERTS_STREAM,
+    DLQ_STREAM,
+    EVENTS_STREAM,
+    RESENDS_STREAM,
+)
 from ops import provision
 from ops.settings import WorkerSettings, load
 from tests.support import NatsServer
@@ -45,7 +51,7 @@ async def nc(nats_server: NatsServer, worker_env: dict[str, str]) -> AsyncIterat
     """A connection to the module's server, with the streams freshly (re)created."""
     client = await nats.connect(nats_server.url)
     js = client.jetstream()
-    for stream in (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM, ADVISORIES_STREAM):
+    for stream in (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM, ADVISORIES_STREAM, RESENDS_STREAM):
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(stream)
     await provision.apply(js, load(WorkerSettings, worker_env).topology())

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
@@ -27,6 +28,7 @@ from tests.support import NatsServer, eventually
 from tests.workers import FlakyBroker, make_alert, paper_rows, publish, run_worker
 from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
+from worker.consumer import reference_time
 from worker.dlq import DeadLetters, Router
 from worker.errors import RetryableError
 from worker.events import EventLog
@@ -132,6 +134,39 @@ async def test_a_stale_alert_is_expired_without_a_broker_call(
     assert broker.calls == 0
     (event,) = await all_events(js)
     assert isinstance(event, Expired) and event.age > 60
+
+
+async def test_a_future_timenow_does_not_keep_an_old_alert_young(
+    nc: Client, paper: PaperBroker, settings: WorkerSettings
+) -> None:
+    """Age counts from the earlier of `timenow` and receipt: a sender's clock set to
+    9999 does not make an alert the ingress received long ago a fresh one."""
+    js = nc.jetstream()
+    received = datetime.now(UTC) - timedelta(seconds=settings.max_alert_age + 5)
+    future = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    alert = msgspec.structs.replace(make_alert("future-1", timenow=future), received_at=received)
+    await publish(js, alert)
+    broker = FlakyBroker(paper, failures=0)
+    await run_worker(nc, broker, settings)
+    (entry,) = await eventually(lambda: dlq_entries(js, 1))
+    assert entry.reason == "expired"
+    assert broker.calls == 0 and paper_rows(settings.paper_db) == []
+    (event,) = await all_events(js)
+    assert isinstance(event, Expired) and event.alert_id == "future-1"
+    assert settings.max_alert_age < event.age < settings.max_alert_age + 60
+
+
+def test_age_counts_from_the_earlier_of_timenow_and_receipt() -> None:
+    received = datetime(2025, 1, 15, 14, 30, 2, tzinfo=UTC)
+    earlier, later = received - timedelta(seconds=5), received + timedelta(days=9)
+    replayed = received + timedelta(hours=1)
+    alert = msgspec.structs.replace(make_alert("a"), received_at=received)
+    assert reference_time(alert) == received  # no timenow
+    assert reference_time(msgspec.structs.replace(alert, timenow=earlier)) == earlier
+    assert reference_time(msgspec.structs.replace(alert, timenow=later)) == received
+    # A replay restarts the clock, whatever the sender's time said.
+    again = msgspec.structs.replace(alert, timenow=earlier, replayed_at=replayed, replay=1)
+    assert reference_time(again) == replayed
 
 
 async def test_the_router_writes_one_entry_even_if_it_crashed_half_way(

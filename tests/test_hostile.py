@@ -103,6 +103,9 @@ async def test_the_limits_admit_what_tradingview_sends(client: Client_, nc: Clie
         ({"symbol": "A" * 65}, "symbol"),
         ({"symbol": "A\nB"}, "symbol"),
         ({"symbol": ""}, "symbol"),
+        ({"symbol": " "}, "symbol"),
+        ({"symbol": "NASDAQ:AAPL "}, "symbol"),
+        ({"account": " "}, "account"),
         ({"id": "x" * 129}, "id"),
         ({"comment": "c" * 257}, "comment"),
         ({"side": ["buy"]}, "side"),
@@ -174,6 +177,11 @@ async def test_oversized_headers_are_refused(process: Process, nc: Client) -> No
         fits = await client.post(f"{url}/webhook", content=alert(), headers={"X-Pad": "p" * 4000})
         assert fits.status_code == 200
     assert await stored(nc) == 1
+    # One JSON line per refusal (ingress.refusals), without the path that was too long.
+    lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+    refused = [line for line in lines if line.get("status") == 431]
+    assert [(r["level"], r["source"]) for r in refused] == [("INFO", "127.0.0.1")] * 2
+    assert "s" * 100 not in process.output()
 
 
 async def test_headers_that_never_end_are_capped(process: Process, nc: Client) -> None:

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from contracts.headers import MSG_ID
-from contracts.messages import Alert
+from contracts.messages import Alert, alert_msg_id
 from contracts.subjects import ALERTS_STREAM
 from ingress.app import create_app
 from ops.settings import IngressSettings, load
@@ -71,7 +71,8 @@ async def test_sample_accepted_only_after_it_is_stored(client: Client_, nc: Clie
     assert answer["ok"] is True and answer["duplicate"] is False
     assert await stored(nc) == 1
     msg = await nc.jetstream().get_msg(ALERTS_STREAM, seq=1, direct=True)
-    assert msg.headers is not None and msg.headers[MSG_ID] == answer["id"]
+    assert msg.headers is not None
+    assert msg.headers[MSG_ID] == alert_msg_id("default", answer["id"])
     assert msg.data is not None and msg.subject is not None
     alert = msgspec.json.decode(msg.data, type=Alert)
     assert (alert.id, alert.symbol, alert.side, alert.quantity) == (

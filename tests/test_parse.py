@@ -352,6 +352,27 @@ def test_control_characters_in_symbol_are_refused(symbol: str) -> None:
     assert _fields(_errors(symbol=symbol, side="buy")) == ["symbol"]
 
 
+@pytest.mark.parametrize(
+    ("field", "name", "reason"),
+    [
+        ("symbol", " ", "must not be blank"),
+        ("symbol", "\u00a0\u2003", "must not be blank"),
+        ("symbol", " AAPL", "must not begin or end with whitespace"),
+        ("symbol", "AAPL\u00a0", "must not begin or end with whitespace"),
+        ("account", " ", "must not be blank"),
+        ("account", "main ", "must not begin or end with whitespace"),
+    ],
+)
+def test_blank_or_padded_names_are_refused(field: str, name: str, reason: str) -> None:
+    errors = _errors(**{"symbol": "AAPL", "side": "buy", field: name})
+    assert [(e.field, e.reason) for e in errors] == [(field, reason)]
+
+
+def test_inner_spaces_in_a_name_stay_allowed() -> None:
+    alert = _alert(symbol="ES1! Short", side="buy", account="my main")
+    assert (alert.symbol, alert.account) == ("ES1! Short", "my main")
+
+
 @pytest.mark.parametrize("alert_id_", ["id\x00", "id\n", "a\r\nb", "\x1b[31mred"])
 def test_control_characters_in_id_are_refused(alert_id_: str) -> None:
     assert _fields(_errors(id=alert_id_, symbol="AAPL", side="buy")) == ["id"]

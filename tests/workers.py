@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from contracts.headers import MSG_ID
-from contracts.messages import Alert, Event, Executed, Rejected
+from contracts.messages import Alert, Event, Executed, Rejected, alert_msg_id
 from contracts.subjects import alert_subject
 from ops.events import read_events
 from ops.settings import WorkerSettings
@@ -34,7 +34,7 @@ async def publish(js: JetStreamContext, alert: Alert) -> int:
     ack = await js.publish(
         alert_subject(alert.account, alert.symbol),
         msgspec.json.encode(alert),
-        headers={MSG_ID: alert.id},
+        headers={MSG_ID: alert_msg_id(alert.account, alert.id)},
     )
     return ack.seq
 

@@ -1,4 +1,9 @@
-"""`python -m worker`: provision, then consume until SIGTERM/SIGINT."""
+"""`python -m worker`: check the topology is there, then consume until SIGTERM/SIGINT.
+
+Provisioning is the ops role's (`alertbridge provision`, `alertbridge up`): a worker
+cannot create, change or purge a stream. It waits, saying what is missing, until an
+operator has provisioned.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +13,41 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import uvloop
 
+from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
 from ops import heap, logs, provision, telemetry
 from ops.accounts import load_accounts
 from ops.healthserver import health_server
-from ops.natsconn import connect
+from ops.natsconn import connect, jetstream
 from ops.settings import SettingsError, WorkerSettings, load
 from worker.accounts import Desk
 from worker.consumer import Worker
 
 if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
     from uvicorn import Server
 
 
 log = logging.getLogger("worker")
 
+# What the worker reads, writes and consumes (readiness and the start-up check).
+WORKER_STREAMS: Final = (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM, ADVISORIES_STREAM)
+TOPOLOGY_RECHECK: Final = 2.0  # seconds between checks while something is missing
+
 
 async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
-    """Connect, provision, consume; on a signal stop fetching, finish, drain.
+    """Connect, wait for the topology, consume; on a signal stop fetching, finish, drain.
 
     `spans`: whether this process records spans (else deliveries make none).
     """
     desk = Desk.from_accounts(load_accounts(os.environ), os.environ, settings.paper_db)
     nc = await connect(settings, name="alertbridge-worker")
-    js = nc.jetstream()
+    js = jetstream(nc, settings)
     topology = settings.topology()
-    await provision.apply(js, topology)
+    await _topology_present(js, settings)
     worker = Worker(js, desk, settings, spans=spans)
     heap.freeze_startup_objects()
     loop = asyncio.get_running_loop()
@@ -46,7 +57,8 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
     async def ready() -> list[str]:
         if not nc.is_connected:
             return ["nats: not connected"]
-        return [f"stream {name}: missing" for name in await provision.missing_streams(js, topology)]
+        names = await provision.missing_streams(js, topology, WORKER_STREAMS)
+        return [f"stream {name}: missing" for name in names]
 
     background = [asyncio.create_task(worker.depth.poll(js, topology))]
     server = None
@@ -66,6 +78,21 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
         await nc.drain()
         await desk.close()
         log.info("worker stopped")
+
+
+async def _topology_present(js: JetStreamContext, settings: WorkerSettings) -> None:
+    """Return once every stream and consumer the worker uses exists; until then say, at
+    ERROR, what is missing and who creates it."""
+    while problems := await provision.missing(js, settings.topology(), WORKER_STREAMS):
+        log.error(
+            "missing on the NATS server: %s. Provisioning is the ops role's: run "
+            "`alertbridge provision` (as ops, with the same ALERTBRIDGE_PARTITIONS=%d); "
+            "checking again in %gs",
+            ", ".join(problems),
+            settings.partitions,
+            TOPOLOGY_RECHECK,
+        )
+        await asyncio.sleep(TOPOLOGY_RECHECK)
 
 
 async def _serve_health(server: Server, port: int) -> None:

@@ -61,8 +61,14 @@ PULL_BATCH = 100
 
 
 def reference_time(alert: Alert) -> datetime:
-    """What an alert's age counts from: the replay, else the sender's fire time, else receipt."""
-    return alert.replayed_at or alert.timenow or alert.received_at
+    """What an alert's age counts from: its replay, else the earlier of the sender's fire
+    time (`timenow`) and the ingress's receipt. A sender's clock can only make an alert
+    older, never younger: a `timenow` in the future would otherwise never expire."""
+    if alert.replayed_at is not None:
+        return alert.replayed_at
+    if alert.timenow is not None and alert.timenow < alert.received_at:
+        return alert.timenow
+    return alert.received_at
 
 
 class Working:

@@ -24,13 +24,16 @@ during which the loop's writes find the book busy and go to the thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
+import os
 import secrets
 import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from ops.paths import private_dir
 from worker.brokers.base import Order, OrderResult
 from worker.errors import DuplicateOrderError, OrderRejectedError
 
@@ -78,7 +81,7 @@ class PaperBroker:
 
     def __init__(self, path: Path, equity: float = 100_000.0) -> None:
         self._equity = equity
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_files(path)
         # Two connections to the one file: the loop's never waits for a lock
         # (busy timeout 0), the thread's waits up to 30 s for another process.
         self._waiting_db = _connect(path, timeout=30)
@@ -304,6 +307,23 @@ class PaperBroker:
             quantity=row[4],
             fill_price=row[5],
         )
+
+
+def _private_files(path: Path) -> None:
+    """The book and its -wal and -shm files readable by their owner only (0600).
+
+    The book is created 0600 before SQLite opens it: SQLite gives a new -wal or -shm
+    file the book's own mode. Files an earlier version left 0644 are tightened; a
+    missing folder is made 0700 (an existing one is left as it is).
+    """
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # SQLite takes an empty file as new
+    os.close(fd)
+    for file in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+        with contextlib.suppress(FileNotFoundError):  # -wal and -shm come and go
+            info = file.stat()
+            if info.st_mode & 0o077 and info.st_uid == os.getuid():
+                file.chmod(0o600)
 
 
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
