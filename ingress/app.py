@@ -65,13 +65,13 @@ from ops.accounts import load_accounts
 from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 if TYPE_CHECKING:
-    from contracts.messages import Alert
     from collections.abc import AsyncIterator, Sequence
 
     from litestar.types import HTTPScope, Receive, Scope, Send
     from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
+    from contracts.messages import Alert
     from ops.accounts import Accounts
     from ops.settings import IngressSettings
 

@@ -21,6 +21,7 @@ from contracts.subjects import (
 )
 from ops import provision
 from ops.settings import WorkerSettings, load
+from tests.secured import as_ingress, as_ops, as_worker, secured  # noqa: F401 (fixtures)
 from tests.support import NatsServer
 from tests.workers import worker_tasks
 

@@ -1,10 +1,13 @@
 """NATS least privilege, checked on a real nats-server running deploy/nats-server.conf.
 
-Each role does its real work as its own user (the ingress's Publisher, the worker's
-Worker with the paper broker, the operators' CLI as a process), and every door a
-role must not have is tried: the attempt must fail *and* the server must log a
-permissions violation for exactly that subject. Credentials come from env or files;
-TLS is tested with a CA made here.
+Each role does its real work as its own user in its own NATS account (the ingress's
+Publisher, the worker's Worker with the paper broker, the operators' CLI as a process),
+and every door a role must not have is tried: the attempt must fail and leave the
+streams as they were. A role's account imports only what it uses, so an API it lacks
+has no responder there, under its own prefix or the default one; a subscription
+outside its inbox is refused and logged by the server. Reply-subject injection is
+tests/test_nats_isolation.py. Credentials come from env or files; TLS is tested with a
+CA made here.
 """
 
 from __future__ import annotations
@@ -18,26 +21,27 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import nkeys
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from contracts.headers import MSG_ID
-from contracts.messages import Alert, Executed, Expired, alert_encoder, event_kind
+from contracts.messages import Executed, Expired, alert_encoder, event_kind
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, alert_subject
 from contracts.topology import partition_durable
 from ingress.publisher import Publisher
 from ingress.telemetry import IngressMetrics
 from ops import dlq, provision
 from ops.events import read_events
-from ops.natsconn import NatsAuthError, connect
+from ops.natsconn import NatsAuthError, connect, jetstream
 from ops.paths import (
     NATS_ROLES,
     ensure_nats_passwords,
@@ -46,10 +50,26 @@ from ops.paths import (
     nats_server_password_var,
     new_nats_password,
 )
-from ops.settings import Common, IngressSettings, SettingsError, WorkerSettings, load
+from ops.settings import (
+    DEFAULT_JS_API,
+    ROLE_JS_API,
+    Common,
+    IngressSettings,
+    SettingsError,
+    WorkerSettings,
+    load,
+)
 from ops.stack import Stack
 from tests.pki import Pki, make_pki
-from tests.support import NatsServer, eventually
+from tests.secured import (
+    DENIED_WITHIN,
+    TOPOLOGY,
+    Secured,
+    publish_alert,
+    role_passwords,
+    server_env,
+)
+from tests.support import NatsServer, eventually, python_module
 from tests.workers import make_alert, run_worker
 from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
@@ -57,118 +77,6 @@ from worker.dlq import DeadLetters
 from worker.errors import RetryableError
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
-# The worker's topology here: two partitions, quick retries, two deliveries at most.
-TOPOLOGY = {
-    "ALERTBRIDGE_PARTITIONS": "2",
-    "ALERTBRIDGE_MAX_DELIVER": "2",
-    "ALERTBRIDGE_ACK_WAIT": "5",
-    "ALERTBRIDGE_RETRY_BACKOFF": "0.2",
-    "ALERTBRIDGE_FETCH_TIMEOUT": "0.5",
-    "ALERTBRIDGE_SHUTDOWN_GRACE": "3",
-    "ALERTBRIDGE_HEALTH_PORT": "0",
-}
-VIOLATION = re.compile(
-    r'"\$G/user:(?P<user>[^"]+)" - (?P<kind>Publish|Subscription) Violation'
-    r' - Subject "(?P<subject>[^"]+)"'
-)
-DENIED_WITHIN = 0.5  # seconds a refused request waits for the answer that never comes
-
-
-@dataclass
-class Secured:
-    """A nats-server on deploy/nats-server.conf, and the role passwords it was given."""
-
-    server: NatsServer
-    passwords: dict[str, str]
-
-    def env(self, role: str, **extra: str) -> dict[str, str]:
-        """ALERTBRIDGE_* variables that make a process `role`."""
-        return {
-            "ALERTBRIDGE_NATS_URL": self.server.url,
-            "ALERTBRIDGE_NATS_USER": role,
-            "ALERTBRIDGE_NATS_PASSWORD": self.passwords[role],
-            **TOPOLOGY,
-            **extra,
-        }
-
-    async def connect(self, role: str, **extra: str) -> Client:
-        """A connection as `role`, made by the code the processes use."""
-        return await connect(load(Common, self.env(role, **extra)), name=f"alertbridge-{role}")
-
-    def violations(self, user: str) -> list[tuple[str, str]]:
-        """(Publish|Subscription, subject) the server refused `user`, in its log's order."""
-        assert self.server.log is not None
-        text = self.server.log.read_text(encoding="utf-8") if self.server.log.exists() else ""
-        return [(m["kind"], m["subject"]) for m in VIOLATION.finditer(text) if m["user"] == user]
-
-    async def refused(self, user: str, kind: str, subject: str) -> None:
-        """Wait until the server has logged that it refused `user` this subject."""
-
-        async def logged() -> bool | None:
-            return True if (kind, subject) in self.violations(user) else None
-
-        await eventually(logged, within=3)
-
-
-def _role_passwords() -> dict[str, str]:
-    return {role: new_nats_password() for role in NATS_ROLES}
-
-
-def _server_env(passwords: dict[str, str]) -> dict[str, str]:
-    return {nats_server_password_var(role): pw for role, pw in passwords.items()}
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    """One server on the real config for the module; its log shows every refusal."""
-    root = tmp_path_factory.mktemp("nats-secured")
-    passwords = _role_passwords()
-    server = NatsServer(
-        root / "store", config=nats_config_file(), env=_server_env(passwords), log=root / "log"
-    ).start()
-    yield Secured(server, passwords)
-    server.stop()
-
-
-@pytest.fixture
-async def as_ops(secured: Secured) -> AsyncIterator[JetStreamContext]:
-    """The operators' JetStream context; the streams start empty, provisioned by the worker."""
-    ops = await secured.connect("ops")
-    js = ops.jetstream()
-    for stream in await js.streams_info():
-        await js.delete_stream(stream.config.name or "")
-    worker = await secured.connect("worker")
-    try:
-        await provision.apply(
-            worker.jetstream(), load(WorkerSettings, secured.env("worker")).topology()
-        )
-    finally:
-        await worker.close()
-    yield js
-    await ops.close()
-
-
-@pytest.fixture
-async def as_ingress(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator[Client]:
-    client = await secured.connect("ingress")
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def as_worker(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator[Client]:
-    client = await secured.connect("worker")
-    yield client
-    await client.close()
-
-
-async def _publish(js: JetStreamContext, alert: Alert) -> int:
-    ack = await js.publish(
-        alert_subject(alert.account, alert.symbol),
-        alert_encoder.encode(alert),
-        headers={MSG_ID: alert.id},
-    )
-    return ack.seq
 
 
 # --- the ingress: store alerts, nothing else ----------------------------------------
@@ -186,12 +94,17 @@ async def test_the_ingress_stores_alerts_and_gets_its_acks(
         async def ready() -> bool | None:
             return True if await publisher.ready() == [] else None
 
-        await eventually(ready, within=5)  # readiness reads stream info: allowed
+        await eventually(ready, within=5)  # readiness asks for stream names: allowed
         alert = make_alert("ingress-1")
-        assert await publisher.publish(alert) is False
-        assert await publisher.publish(alert) is True  # dedup by Nats-Msg-Id, PubAck read
+        assert await publisher.publish(alert) == (alert.id, False)
+        assert await publisher.publish(alert) == (alert.id, True)  # dedup, PubAck read
+        # A body without `id`: its first sending claims the resend key, a resend reads it.
+        hashed = make_alert("", symbol="NYSE:KO")
+        first, duplicate = await publisher.publish(hashed, digest="d" * 32)
+        assert first.startswith("d" * 32 + "-") and duplicate is False
+        assert await publisher.publish(hashed, digest="d" * 32) == (first, True)
         stored = await as_ops.stream_info(ALERTS_STREAM)
-        assert stored.state.messages == 1
+        assert stored.state.messages == 2
     finally:
         await publisher.stop()
     assert secured.violations("ingress")[before:] == []
@@ -243,17 +156,27 @@ async def _fetch(js: JetStreamContext, durable: str) -> object:
         await sub.unsubscribe()
 
 
+# What an attempt outside a role's imports gets: nobody answers under the role's prefix
+# (no responders, or a PubAck that never comes); under the default `$JS.API` the role's
+# own account answers that it has no JetStream.
+DENIED = (TimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+
+
+@pytest.mark.parametrize("prefix", [ROLE_JS_API, DEFAULT_JS_API])
 @pytest.mark.parametrize("attempt", list(_ingress_attempts()))
 async def test_the_ingress_cannot_read_or_change_alerts(
-    secured: Secured, as_ingress: Client, as_ops: JetStreamContext, attempt: str
+    secured: Secured, as_ingress: Client, as_ops: JetStreamContext, attempt: str, prefix: str
 ) -> None:
-    await _publish(as_ops, make_alert("there-to-be-read"))
-    action, subject = _ingress_attempts()[attempt]
-    with pytest.raises(TimeoutError):  # the server drops the request and says why (-ERR)
+    await publish_alert(as_ops, make_alert("there-to-be-read"))
+    before = await as_ops.stream_info(ALERTS_STREAM)
+    action, _ = _ingress_attempts()[attempt]
+    with pytest.raises(DENIED):
         # (asyncio's own timeout too: delete_msg ignores the context's timeout)
-        await asyncio.wait_for(action(as_ingress.jetstream(timeout=DENIED_WITHIN)), 1)
-    await secured.refused("ingress", "Publish", subject)
-    assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 1  # untouched
+        await asyncio.wait_for(action(as_ingress.jetstream(prefix=prefix, timeout=0.5)), 1)
+    after = await as_ops.stream_info(ALERTS_STREAM)
+    assert after.state.messages == 1  # untouched
+    assert after.config == before.config
+    assert (await as_ops.consumer_info(ALERTS_STREAM, partition_durable(0))).num_ack_pending == 0
 
 
 @pytest.mark.parametrize("subject", ["alerts.in.>", "_INBOX.>"])
@@ -263,8 +186,8 @@ async def test_the_ingress_cannot_listen_in(
     """Neither alerts as they pass nor other processes' replies (the worker's deliveries)."""
     sub = await as_ingress.subscribe(subject)
     await as_ingress.flush()
-    js = as_ingress.jetstream()
-    await _publish(js, make_alert("passing-by"))  # on alerts.in.>, its reply on _INBOX.>
+    js = secured.js("ingress", as_ingress)
+    await publish_alert(js, make_alert("passing-by"))  # on alerts.in.>, its reply on _INBOX.>
     await secured.refused("ingress", "Subscription", subject)
     with pytest.raises(TimeoutError):
         await sub.next_msg(timeout=DENIED_WITHIN)
@@ -272,11 +195,11 @@ async def test_the_ingress_cannot_listen_in(
 
 @pytest.mark.parametrize("header", [{"Nats-Rollup": "all"}, {"Nats-TTL": "1s"}])
 async def test_the_ingress_cannot_purge_or_expire_alerts_by_header(
-    as_ingress: Client, as_ops: JetStreamContext, header: dict[str, str]
+    secured: Secured, as_ingress: Client, as_ops: JetStreamContext, header: dict[str, str]
 ) -> None:
     """Publishing is allowed, so the stream itself must refuse rollups and per-message TTLs."""
-    js = as_ingress.jetstream()
-    await _publish(js, make_alert("kept"))
+    js = secured.js("ingress", as_ingress)
+    await publish_alert(js, make_alert("kept"))
     with pytest.raises(APIError, match=r"not permitted|disabled"):
         await js.publish("alerts.in.default.X", b"{}", headers={MSG_ID: "sweeper", **header})
     assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 1
@@ -302,12 +225,11 @@ async def test_the_worker_does_its_whole_job(
 ) -> None:  # fmt: skip
     before = len(secured.violations("worker"))
     settings = load(WorkerSettings, secured.env("worker"))
-    await provision.apply(as_worker.jetstream(), settings.topology())  # as at every start
     old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
-    ingress = as_ingress.jetstream()
-    await _publish(ingress, make_alert("fills"))
-    await _publish(ingress, make_alert("too-old", symbol="NYSE:IBM", timenow=old))
-    await _publish(ingress, make_alert("never-placed", symbol=Book.down))
+    ingress = secured.js("ingress", as_ingress)
+    await publish_alert(ingress, make_alert("fills"))
+    await publish_alert(ingress, make_alert("too-old", symbol="NYSE:IBM", timenow=old))
+    await publish_alert(ingress, make_alert("never-placed", symbol=Book.down))
     worker = await run_worker(as_worker, Book(tmp_path / "paper.db"), settings)
     try:
 
@@ -338,10 +260,10 @@ async def test_the_worker_acks_naks_terms_and_keeps_working(
 ) -> None:
     """Every acknowledgement verb, one by one, on a partition consumer."""
     before = len(secured.violations("worker"))
-    seq = await _publish(as_ingress.jetstream(), make_alert("verbs"))
+    seq = await publish_alert(secured.js("ingress", as_ingress), make_alert("verbs"))
     stored = await as_ops.get_msg(ALERTS_STREAM, seq=seq, direct=True)
     partition = int((stored.subject or "").rsplit(".", 1)[1])
-    js = as_worker.jetstream()
+    js = secured.js("worker", as_worker)
     sub = await js.pull_subscribe_bind(durable=partition_durable(partition), stream=ALERTS_STREAM)
     try:
         (msg,) = await sub.fetch(1, timeout=2)
@@ -360,17 +282,74 @@ async def test_the_worker_acks_naks_terms_and_keeps_working(
     assert secured.violations("worker")[before:] == []
 
 
-async def test_the_worker_cannot_publish_alerts(secured: Secured, as_worker: Client) -> None:
-    js = as_worker.jetstream(timeout=DENIED_WITHIN)
-    with pytest.raises(TimeoutError):
-        await _publish(js, make_alert("forged", symbol="NASDAQ:FORGED"))
-    await secured.refused("worker", "Publish", "alerts.in.default.NASDAQ:FORGED")
-    with pytest.raises(TimeoutError):
-        await js.purge_stream(ALERTS_STREAM)
-    await secured.refused("worker", "Publish", "$JS.API.STREAM.PURGE.ALERTS")
-    with pytest.raises(TimeoutError):
-        await js.delete_stream(DLQ_STREAM)
-    await secured.refused("worker", "Publish", "$JS.API.STREAM.DELETE.DLQ")
+@pytest.mark.parametrize("prefix", [ROLE_JS_API, DEFAULT_JS_API])
+async def test_the_worker_cannot_publish_alerts_nor_change_streams(
+    as_worker: Client, as_ops: JetStreamContext, prefix: str
+) -> None:
+    """Nor provision: STREAM.UPDATE with `max_msgs: 1` purged the DLQ when it could."""
+    js = as_worker.jetstream(prefix=prefix, timeout=0.5)
+    topology = load(WorkerSettings, TOPOLOGY).topology()
+    dlq_spec = next(s for s in topology.streams if s.name == DLQ_STREAM)
+    shrunk = provision.stream_config(msgspec.structs.replace(dlq_spec, max_age=1.0))
+    shrunk.max_msgs = 1
+    await as_ops.publish("dlq.alerts.default.X", b"1")
+    await as_ops.publish("dlq.alerts.default.X", b"2")
+    attempts: list[Callable[[], Awaitable[object]]] = [
+        lambda: publish_alert(js, make_alert("forged", symbol="NASDAQ:FORGED")),
+        lambda: js.purge_stream(ALERTS_STREAM),
+        lambda: js.delete_stream(DLQ_STREAM),
+        lambda: js.update_stream(shrunk),
+        lambda: js.add_stream(provision.stream_config(dlq_spec)),
+        lambda: js.delete_msg(DLQ_STREAM, 1),
+        lambda: js.add_consumer(ALERTS_STREAM, ConsumerConfig(durable_name="spy")),
+        lambda: js.delete_consumer(ALERTS_STREAM, partition_durable(0)),
+    ]
+    for attempt in attempts:
+        with pytest.raises(DENIED):
+            await asyncio.wait_for(attempt(), 1)
+    assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 0
+    dlq_now = await as_ops.stream_info(DLQ_STREAM)
+    assert dlq_now.state.messages == 2 and dlq_now.config.max_msgs == -1
+    assert {c.name for c in await as_ops.consumers_info(ALERTS_STREAM)} == {
+        partition_durable(p) for p in range(2)
+    }
+
+
+async def test_the_worker_waits_for_provisioning_and_says_what_is_missing(
+    secured: Secured, as_ops: JetStreamContext, tmp_path: Path
+) -> None:
+    """A worker process started before `alertbridge provision` names what is missing, does
+    not create it, and starts consuming once ops has provisioned."""
+    await as_ops.delete_stream(DLQ_STREAM)
+    await as_ops.delete_consumer(ALERTS_STREAM, partition_durable(1))
+    env = secured.env("worker", ALERTBRIDGE_PAPER_DB=str(tmp_path / "paper.db"))
+    log = tmp_path / "worker.log"
+    proc = python_module("worker", env, log)
+    try:
+
+        async def complained() -> str | None:
+            text = log.read_text(encoding="utf-8") if log.exists() else ""
+            return text if "alertbridge provision" in text else None
+
+        text = await eventually(complained, within=20)
+        assert f"stream {DLQ_STREAM}" in text and f"consumer ALERTS/{partition_durable(1)}" in text
+        with pytest.raises(NotFoundError):
+            await as_ops.stream_info(DLQ_STREAM)  # the worker made nothing
+        await provision.apply(as_ops, load(WorkerSettings, secured.env("ops")).topology())
+        ingress = await secured.connect("ingress")
+        try:
+            await publish_alert(secured.js("ingress", ingress), make_alert("after-provisioning"))
+        finally:
+            await ingress.close()
+
+        async def executed() -> list[object] | None:
+            found = [e for e in await read_events(as_ops) if isinstance(e, Executed)]
+            return found or None
+
+        await eventually(executed, within=20)
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 # --- the operators: the CLI ---------------------------------------------------------
@@ -390,8 +369,8 @@ async def test_ops_runs_status_and_replays_the_dlq(
 ) -> None:  # fmt: skip
     before = len(secured.violations("ops"))
     alert = make_alert("to-replay", symbol="NYSE:KO")
-    seq = await _publish(as_ingress.jetstream(), alert)
-    dlq_seq, _ = await DeadLetters(as_worker.jetstream()).write(
+    seq = await publish_alert(secured.js("ingress", as_ingress), alert)
+    dlq_seq, _ = await DeadLetters(secured.js("worker", as_worker)).write(
         data=alert_encoder.encode(alert), original_headers=None,
         subject=alert_subject(alert.account, alert.symbol), seq=seq, reason="rejected: test",
         deliveries=1, last_error=None,
@@ -445,7 +424,8 @@ async def test_a_password_file_and_a_password_variable_both_work(
         client = await connect(load(Common, env), name="alertbridge-worker")
         try:
             assert client.is_connected
-            assert (await client.jetstream().stream_info(ALERTS_STREAM)).config.name == "ALERTS"
+            js = jetstream(client, load(Common, env))
+            assert await js.find_stream_name_by_subject("alerts.in.a.b") == ALERTS_STREAM
         finally:
             await client.close()
 
@@ -574,7 +554,7 @@ def test_a_password_nats_server_would_misread_is_replaced(tmp_path: Path, unpars
 
 def test_generated_passwords_start_a_real_server(tmp_path: Path) -> None:
     passwords = {role: new_nats_password() for role in NATS_ROLES}
-    server = NatsServer(tmp_path / "store", config=nats_config_file(), env=_server_env(passwords))
+    server = NatsServer(tmp_path / "store", config=nats_config_file(), env=server_env(passwords))
     try:
         server.start()
     finally:
@@ -627,8 +607,8 @@ tls {{
 """,
         encoding="utf-8",
     )
-    passwords = _role_passwords()
-    server = NatsServer(root / "store", config=config, env=_server_env(passwords), log=root / "log")
+    passwords = role_passwords()
+    server = NatsServer(root / "store", config=config, env=server_env(passwords), log=root / "log")
     yield Secured(server.start(), passwords), pki
     server.stop()
 
@@ -655,8 +635,15 @@ async def test_tls_with_the_ca_and_a_client_certificate(tls_server: tuple[Secure
     )
     try:
         assert worker.connected_url is not None and worker.connected_url.scheme == "tls"
-        await provision.apply(worker.jetstream(), load(WorkerSettings, TOPOLOGY).topology())
-        seq = await _publish(ingress.jetstream(), make_alert("over-tls"))
+        ops = await connect(load(Common, _tls_env(secured, "ops", pki)), name="alertbridge-ops")
+        try:
+            await provision.apply(ops.jetstream(), load(WorkerSettings, TOPOLOGY).topology())
+        finally:
+            await ops.close()
+        seq = await publish_alert(secured.js("ingress", ingress), make_alert("over-tls"))
+        assert await secured.js("worker", worker).find_stream_name_by_subject("events.x") == (
+            "EVENTS"
+        )
         assert seq >= 1
     finally:
         await ingress.close()

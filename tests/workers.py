@@ -15,6 +15,7 @@ from contracts.headers import MSG_ID
 from contracts.messages import Alert, Event, Executed, Rejected, alert_msg_id
 from contracts.subjects import alert_subject
 from ops.events import read_events
+from ops.natsconn import jetstream
 from ops.settings import WorkerSettings
 from worker.accounts import Desk
 from worker.brokers.base import Broker, Order, OrderResult
@@ -83,8 +84,9 @@ async def run_worker(
     spans: bool = True,
 ) -> Worker:
     worker = Worker(
-        nc.jetstream(), Desk.single(broker), settings, with_router=with_router, spans=spans
-    )
+        jetstream(nc, settings), Desk.single(broker), settings, with_router=with_router,
+        spans=spans,
+    )  # fmt: skip
     task = asyncio.create_task(worker.run())
     worker_tasks.add(task)
     task.add_done_callback(worker_tasks.discard)
