@@ -236,6 +236,15 @@ def calib_ms(cpu: int) -> int:
     return round((time.monotonic() - t0) * 1000)
 
 
+def nats_sync_config(directory: Path) -> Path:
+    """A config file that sets only the server's fsync policy, as the product ships it:
+    ALERTBRIDGE_NATS_SYNC, `always` by default (README "What a 200 means")."""
+    sync = os.environ.get("ALERTBRIDGE_NATS_SYNC", "always")
+    path = directory / "sync.conf"
+    path.write_text(f"jetstream {{ sync_interval: {sync} }}\n")
+    return path
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on now (the kernel's choice)."""
     with socket.socket() as s:
@@ -332,6 +341,8 @@ class Bench:
         self.nats_port, self.mon_port = free_port(), free_port()
         argv = [
             self.nats_bin,
+            "-c",
+            str(nats_sync_config(store)),
             "-js",
             "-sd",
             str(store),

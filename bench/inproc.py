@@ -46,11 +46,12 @@ BODY = b'{"secret":"%s","id":"inproc-%d-%d","symbol":"BTCUSDT","action":"buy","q
 @contextlib.contextmanager
 def nats_server(store: Path) -> Iterator[str]:
     """A JetStream nats-server on a free loopback port, on CPU 0; yields its URL."""
-    from bench import PROCS, free_port, wait_port
+    from bench import PROCS, free_port, nats_sync_config, wait_port
     from ops.paths import nats_server_binary
 
     port = free_port()
-    argv = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+    argv = [nats_server_binary(), "-c", str(nats_sync_config(store)), "-js", "-sd", str(store),
+            "-a", "127.0.0.1", "-p", str(port)]  # fmt: skip
     cpu = 0 if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else None
     proc = PROCS.start(
         "nats-server", argv, env=dict(os.environ), log_to=store / "nats.log", cpu=cpu

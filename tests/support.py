@@ -54,6 +54,9 @@ class NatsServer:
 
     `config` runs it with a config file (the flags still override it), `env` adds to
     its environment (the file's `$VAR` references), `log` keeps its log in a file.
+    `sync` is its fsync policy, as ALERTBRIDGE_NATS_SYNC says it (README "What a 200
+    means"): `always` unless a test says otherwise, as every configuration shipped.
+    Without a config file of its own it gets a one-line one that sets just that.
     """
 
     def __init__(
@@ -65,14 +68,21 @@ class NatsServer:
         config: Path | None = None,
         env: dict[str, str] | None = None,
         log: Path | None = None,
+        sync: str = "always",
+        monitor: bool = False,
     ) -> None:
         self.store = store
         self.port = port or free_port()
         self._port_chosen = port is None  # ours to change while it never listened
         self.args = args
+        if config is None:
+            store.mkdir(parents=True, exist_ok=True)
+            config = store.parent / f"{store.name}-sync.conf"
+            config.write_text("jetstream { sync_interval: $ALERTBRIDGE_NATS_SYNC }\n")
         self.config = config
-        self.env = env
+        self.env = {"ALERTBRIDGE_NATS_SYNC": sync, **(env or {})}
         self.log = log
+        self.monitor_port = free_port() if monitor else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,14 +97,16 @@ class NatsServer:
         an outgoing one included): a first start that exits early tries another port.
         """
         for attempt in range(3):
-            config = ("--config", str(self.config)) if self.config else ()
-            log = ("--log", str(self.log)) if self.log else ()
+            config = ("--config", str(self.config))
+            log: tuple[str, ...] = ("--log", str(self.log)) if self.log else ()
+            if self.monitor_port is not None:
+                log += ("--http_port", str(self.monitor_port))
             self.proc = subprocess.Popen(
                 [
                     nats_server_binary(), *config, "--jetstream", "--store_dir", str(self.store),
                     "--addr", "127.0.0.1", "--port", str(self.port), *log, *self.args,
                 ],
-                env={**os.environ, **self.env} if self.env else None,
+                env={**os.environ, **self.env},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip

@@ -125,6 +125,8 @@ def test_samples_become_paper_orders_and_survive_a_restart(
     var = tmp_path / "var"
     up = start(var, *ports)
     try:
+        varz = httpx.get(f"http://127.0.0.1:{ports[2]}/varz", timeout=5).json()
+        assert varz["jetstream"]["config"]["sync_always"] is True  # a 200 is on disk
         secret_file = var / "secret"
         assert secret_file.stat().st_mode & 0o777 == 0o600
         context = json.loads((tmp_path / "config/nats/context/alertbridge.json").read_text())

@@ -342,7 +342,7 @@ async def test_the_worker_waits_for_provisioning_and_says_what_is_missing(
         finally:
             await ingress.close()
 
-        async def executed() -> list[object] | None:
+        async def executed() -> list[Executed] | None:
             found = [e for e in await read_events(as_ops) if isinstance(e, Executed)]
             return found or None
 
