@@ -119,9 +119,7 @@ async def missing_streams(
     return missing
 
 
-async def missing(
-    js: JetStreamContext, topology: Topology, streams: Collection[str]
-) -> list[str]:
+async def missing(js: JetStreamContext, topology: Topology, streams: Collection[str]) -> list[str]:
     """What a process that uses `streams` and the topology's consumers on them needs and
     the server lacks, said so an operator can act on it (`alertbridge provision`)."""
     problems = [f"stream {name}" for name in await missing_streams(js, topology, streams)]

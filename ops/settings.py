@@ -161,8 +161,9 @@ class WorkerSettings(Common, frozen=True, kw_only=True):
         1.0, 2.0, 5.0, 10.0, 30.0,
     )  # fmt: skip
     fetch_timeout: Annotated[float, msgspec.Meta(gt=0, le=30)] = 2.0
-    # An alert older than this at execution time is never sent to the broker
-    # (measured from the sender's `timenow`, else the ingress's receipt). 0 disables.
+    # An alert older than this at execution time is never sent to the broker (measured
+    # from the earlier of the sender's `timenow` and the ingress's receipt, or from the
+    # replay). 0 disables.
     max_alert_age: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # A broker call slower than this counts as a retryable timeout.
     broker_timeout: Positive = 10.0
@@ -200,6 +201,7 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
         except msgspec.ValidationError as exc:
             raise SettingsError(f"{var}={raw!r} is invalid: {exc}") from None
     settings = cls(**values)
+    _check_windows(settings)
     _check_nats_auth(settings)
     if isinstance(settings, IngressSettings):
         _check_ingress(settings)
@@ -264,6 +266,15 @@ def _nats_password(env: Mapping[str, str]) -> Secret | None:
         if not value:
             raise SettingsError(f"{PREFIX}NATS_PASSWORD_FILE={path!r} holds no password")
     return Secret(value) if value else None
+
+
+def _check_windows(settings: Common) -> None:
+    """A resend reuses its first sending's id: JetStream must still remember that id."""
+    if settings.resend_window > settings.duplicate_window:
+        raise SettingsError(
+            f"{PREFIX}RESEND_WINDOW must not exceed {PREFIX}DUPLICATE_WINDOW: a resend "
+            "inside the resend window must still be recognised as a duplicate"
+        )
 
 
 def _check_nats_auth(settings: Common) -> None:

@@ -23,7 +23,7 @@ from ops import dlq, provision
 from ops.events import read_events
 from ops.settings import WorkerSettings, load
 from tests.support import NatsServer, eventually, free_port, python_module, wait_for_port
-from tests.workers import make_alert, publish
+from tests.workers import make_alert, provisioned, publish
 from worker.execute import client_order_id
 
 SEED = int(os.environ.get("CHAOS_SEED", str(random.SystemRandom().randrange(1 << 30))))
@@ -162,6 +162,7 @@ async def test_nats_restart_mid_stream_loses_nothing_and_dedup_survives(
         "ALERTBRIDGE_SECRETS": "restart-secret",
         "ALERTBRIDGE_PUBLISH_TIMEOUT": "0.5",
     }
+    await provisioned(env)
     port = free_port()
     worker = python_module("worker", env, tmp_path / "worker.log")
     ingress = python_module(

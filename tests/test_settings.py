@@ -219,4 +219,11 @@ def test_topology_follows_the_settings() -> None:
     assert [c.durable for c in partitions] == ["worker-p0", "worker-p1", "worker-p2"]
     assert {c.max_deliver for c in partitions} == {7}
     assert [c.durable for c in topo.consumers if c.stream == "ADVISORIES"] == ["dlq-router"]
-    assert [s.name for s in topo.streams] == ["ALERTS", "EVENTS", "DLQ", "ADVISORIES"]
+    assert [s.name for s in topo.streams] == ["ALERTS", "EVENTS", "DLQ", "ADVISORIES", "RESENDS"]
+
+
+def test_the_resend_window_stays_inside_the_duplicate_window() -> None:
+    """A resend reuses the first sending's id: JetStream must still remember that id."""
+    with pytest.raises(SettingsError, match="ALERTBRIDGE_RESEND_WINDOW must not exceed"):
+        load(Common, {"ALERTBRIDGE_DUPLICATE_WINDOW": "30", "ALERTBRIDGE_RESEND_WINDOW": "60"})
+    assert load(Common, {"ALERTBRIDGE_DUPLICATE_WINDOW": "60"}).resend_window == 60

@@ -8,15 +8,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import nats
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, Event, Executed, Rejected, alert_msg_id
 from contracts.subjects import alert_subject
+from ops import provision
 from ops.events import read_events
 from ops.natsconn import jetstream
-from ops.settings import WorkerSettings
+from ops.settings import WorkerSettings, load
 from worker.accounts import Desk
 from worker.brokers.base import Broker, Order, OrderResult
 from worker.brokers.paper import PaperBroker
@@ -101,3 +103,13 @@ def paper_rows(db: str) -> list[tuple[str, str, str, float]]:
         return conn.execute(
             "SELECT client_order_id, symbol, side, quantity FROM orders ORDER BY seq"
         ).fetchall()
+
+
+async def provisioned(env: dict[str, str]) -> None:
+    """Apply the topology `env` describes to its server, as `alertbridge provision` does."""
+    settings = load(WorkerSettings, env)
+    nc = await nats.connect(list(settings.nats_url))
+    try:
+        await provision.apply(nc.jetstream(), settings.topology())
+    finally:
+        await nc.close()

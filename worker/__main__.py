@@ -41,18 +41,24 @@ TOPOLOGY_RECHECK: Final = 2.0  # seconds between checks while something is missi
 async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
     """Connect, wait for the topology, consume; on a signal stop fetching, finish, drain.
 
-    `spans`: whether this process records spans (else deliveries make none).
+    `spans`: whether this process records spans (else deliveries make none). /healthz
+    answers from the start; /readyz says what is missing until ops has provisioned.
     """
     desk = Desk.from_accounts(load_accounts(os.environ), os.environ, settings.paper_db)
     nc = await connect(settings, name="alertbridge-worker")
     js = jetstream(nc, settings)
     topology = settings.topology()
-    await _topology_present(js, settings)
-    worker = Worker(js, desk, settings, spans=spans)
-    heap.freeze_startup_objects()
+    stopping = asyncio.Event()
+    worker: Worker | None = None
+
+    def stop() -> None:
+        stopping.set()
+        if worker is not None:
+            worker.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, stop)
 
     async def ready() -> list[str]:
         if not nc.is_connected:
@@ -60,29 +66,37 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
         names = await provision.missing_streams(js, topology, WORKER_STREAMS)
         return [f"stream {name}: missing" for name in names]
 
-    background = [asyncio.create_task(worker.depth.poll(js, topology))]
     server = None
+    tasks: list[asyncio.Task[None]] = []  # ended by should_exit (health) or cancel (poll)
     if settings.health_port:
         server = health_server(ready, settings.health_host, settings.health_port)
-        background.append(asyncio.create_task(_serve_health(server, settings.health_port)))
-    log.info("worker consuming %d partitions", settings.partitions)
+        tasks.append(asyncio.create_task(_serve_health(server, settings.health_port)))
+    poller = None
     try:
-        await worker.run()
+        if await _topology_present(js, settings, stopping):
+            worker = Worker(js, desk, settings, spans=spans)
+            heap.freeze_startup_objects()
+            poller = asyncio.create_task(worker.depth.poll(js, topology))
+            log.info("worker consuming %d partitions", settings.partitions)
+            await worker.run()
     finally:
         if server is not None:
             server.should_exit = True
-        for task in background[:1]:
-            task.cancel()
+        if poller is not None:
+            poller.cancel()
+            tasks.append(poller)
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*background)
+            await asyncio.gather(*tasks)
         await nc.drain()
         await desk.close()
         log.info("worker stopped")
 
 
-async def _topology_present(js: JetStreamContext, settings: WorkerSettings) -> None:
-    """Return once every stream and consumer the worker uses exists; until then say, at
-    ERROR, what is missing and who creates it."""
+async def _topology_present(
+    js: JetStreamContext, settings: WorkerSettings, stopping: asyncio.Event
+) -> bool:
+    """True once every stream and consumer the worker uses exists (False: told to stop
+    first); until then say, at ERROR, what is missing and who creates it."""
     while problems := await provision.missing(js, settings.topology(), WORKER_STREAMS):
         log.error(
             "missing on the NATS server: %s. Provisioning is the ops role's: run "
@@ -92,7 +106,11 @@ async def _topology_present(js: JetStreamContext, settings: WorkerSettings) -> N
             settings.partitions,
             TOPOLOGY_RECHECK,
         )
-        await asyncio.sleep(TOPOLOGY_RECHECK)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), TOPOLOGY_RECHECK)
+        if stopping.is_set():
+            return False
+    return True
 
 
 async def _serve_health(server: Server, port: int) -> None:
