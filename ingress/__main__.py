@@ -9,14 +9,8 @@ import sys
 from ingress import serve
 from ingress.app import create_app
 from ops import heap, logs, telemetry
-from ops.accounts import Accounts, load_accounts
-from ops.settings import (
-    PREFIX,
-    RECOMMENDED_SECRET_LENGTH,
-    IngressSettings,
-    SettingsError,
-    load,
-)
+from ops.accounts import IngressAccounts, load_ingress
+from ops.settings import RECOMMENDED_SECRET_LENGTH, IngressSettings, SettingsError
 
 log = logging.getLogger("ingress")
 
@@ -25,9 +19,7 @@ def main() -> int:
     """Run until SIGINT/SIGTERM; exit 2 on a bad setting, 3 when the server cannot start."""
     logs.setup("alertbridge-ingress")
     try:
-        settings = load(IngressSettings, os.environ)
-        accounts = load_accounts(os.environ)
-        _check(settings, accounts)
+        settings, accounts = load_ingress(os.environ)
     except SettingsError as exc:
         print(f"ingress: {exc}", file=sys.stderr)
         return 2
@@ -48,29 +40,7 @@ def main() -> int:
     return 0 if server.started else 3
 
 
-def _check(settings: IngressSettings, accounts: Accounts) -> None:
-    """What needs the settings and the accounts file together."""
-    if (
-        not settings.secrets
-        and not any(accounts.secrets.values())
-        and not (settings.hmac_secrets or any(accounts.hmac_secrets.values()))
-    ):
-        raise SettingsError("no webhook secret: set ALERTBRIDGE_SECRETS or accounts' own")
-    for name, account in accounts.accounts.items():
-        required = settings.hmac_required or account.hmac_required
-        if required and not (settings.hmac_secrets or accounts.hmac_secrets.get(name)):
-            raise SettingsError(
-                f"account {name!r} requires signatures but has no HMAC key: set "
-                f"{PREFIX}HMAC_SECRETS or the account's hmac_secrets_env"
-            )
-    if any(accounts.hmac_secrets.values()) and settings.hmac_window > settings.duplicate_window:
-        raise SettingsError(
-            f"{PREFIX}HMAC_WINDOW must not exceed {PREFIX}DUPLICATE_WINDOW: a replay inside "
-            "the window must still be recognised as a duplicate"
-        )
-
-
-def _warn_short_secrets(settings: IngressSettings, accounts: Accounts) -> None:
+def _warn_short_secrets(settings: IngressSettings, accounts: IngressAccounts) -> None:
     """Short secrets still start (TradingView users have them), with a nudge."""
     every = settings.secrets + tuple(s for own in accounts.secrets.values() for s in own)
     short = sum(len(secret.reveal()) < RECOMMENDED_SECRET_LENGTH for secret in every)

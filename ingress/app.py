@@ -61,7 +61,7 @@ from ingress.ratelimit import RateLimit
 from ingress.redact import Redactor
 from ingress.refusals import note
 from ingress.telemetry import COUNTS_ITSELF, CountRequests, IngressMetrics
-from ops.accounts import load_accounts
+from ops.accounts import ingress_accounts
 from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from contracts.messages import Alert
-    from ops.accounts import Accounts
+    from ops.accounts import IngressAccounts
     from ops.settings import IngressSettings
 
 log = logging.getLogger("ingress")
@@ -288,11 +288,11 @@ def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes
 
 
 def create_app(
-    settings: IngressSettings, accounts: Accounts | None = None, *, spans: bool = True
+    settings: IngressSettings, accounts: IngressAccounts | None = None, *, spans: bool = True
 ) -> Litestar:
     """Build the ingress app; the process's telemetry must be set up before. `spans`:
     whether this process records spans (else webhooks make none, see `_untraced`)."""
-    accounts = accounts or load_accounts({})
+    accounts = accounts or ingress_accounts({})
     gate = Gate(
         settings.secrets,
         accounts,

@@ -19,7 +19,7 @@ import hmac
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from ops.accounts import Accounts
+    from ops.accounts import IngressAccounts
     from ops.settings import Secret
 
 SIGNATURE_SCHEME: Final = "sha256="
@@ -52,7 +52,7 @@ class Gate:
     def __init__(
         self,
         global_secrets: tuple[Secret, ...],
-        accounts: Accounts,
+        accounts: IngressAccounts,
         *,
         hmac_keys: tuple[Secret, ...] = (),
         hmac_required: bool = False,
@@ -73,10 +73,7 @@ class Gate:
 
     def signature_required(self, account: str) -> bool:
         """Whether alerts for `account` must be signed."""
-        if self._hmac_required:
-            return True
-        settings = self._accounts.accounts.get(account)
-        return settings is not None and settings.hmac_required
+        return self._hmac_required or account in self._accounts.hmac_required
 
     def verify(
         self, account: str, body: bytes, signature: str, timestamp: str | None, now: float
@@ -95,12 +92,12 @@ class Gate:
 
     def known(self, account: str) -> bool:
         """Whether alerts for `account` can be executed at all."""
-        return self._accounts.get(account) is not None
+        return self._accounts.known(account)
 
     def configured(self, account: str) -> bool:
         """Whether `account` is one of the configured names (without an accounts file
         every name is known, but only `default` is configured): safe to log."""
-        return account in self._accounts.accounts
+        return account in self._accounts.names
 
     def every_secret(self) -> tuple[Secret, ...]:
         """Every webhook secret and HMAC key, global or an account's (for ingress.redact)."""

@@ -2,7 +2,9 @@
 
 Credentials are never in the file, only the names of the environment variables
 that hold them. The file is validated at start (and by `alertbridge config check`)
-with errors that name the account and the key. Without a file there is one
+with errors that name the account and the key. Each process reads its own view and
+checks only the variables it uses: the ingress the webhook secrets and HMAC keys
+(`ingress_accounts`), the worker the brokers' credentials (`worker_accounts`). Without a file there is one
 account, `default`, on the paper broker, sized by `ALERTBRIDGE_DEFAULT_QUANTITY`,
 and any account name in an alert is accepted (the local stack's behaviour).
 
@@ -18,7 +20,7 @@ and any account name in an alert is accepted (the local stack's behaviour).
     "BINANCE:BTCUSDT" = "BTC/USDT"
 
     [accounts.crypto]
-    broker = "ccxt"
+    broker = "ccxt"       # one of paper, alpaca, ccxt, http, with a table of that name
     ccxt = { exchange = "binance", api_key_env = "BINANCE_KEY", secret_env = "BINANCE_SECRET", sandbox = true }
 """  # noqa: E501
 
@@ -30,7 +32,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
-from ops.settings import MIN_HMAC_KEY_LENGTH, MIN_SECRET_LENGTH, Secret, SettingsError
+from ops.settings import (
+    MIN_HMAC_KEY_LENGTH,
+    MIN_SECRET_LENGTH,
+    PREFIX,
+    IngressSettings,
+    Secret,
+    SettingsError,
+    load,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -67,14 +77,31 @@ class PercentOfEquity(_Strict, frozen=True, tag="percent_of_equity", tag_field="
 Sizing = FixedQuantity | FixedNotional | PercentOfEquity
 
 
-class PaperSettings(_Strict, frozen=True):
+class _BrokerSettings(_Strict, frozen=True, tag_field="kind"):
+    """Which broker an account trades through (the account's `broker`, with its table)."""
+
+    @property
+    def kind(self) -> str:
+        """The broker's name in the file (`paper`, `alpaca`, ...)."""
+        return str(self.__struct_config__.tag)
+
+    def env_vars(self) -> list[tuple[str, str]]:
+        """(key, variable) of every credential this broker reads from the environment."""
+        return [
+            (key, value)
+            for key, value in msgspec.structs.asdict(self).items()
+            if key.endswith("_env") and value
+        ]
+
+
+class PaperSettings(_BrokerSettings, frozen=True, tag="paper"):
     """The embedded paper book."""
 
     db: str | None = None  # default: ALERTBRIDGE_PAPER_DB
     equity: Positive = 100_000.0
 
 
-class AlpacaSettings(_Strict, frozen=True):
+class AlpacaSettings(_BrokerSettings, frozen=True, tag="alpaca"):
     """Alpaca (stocks, crypto); paper unless `base_url` says live."""
 
     key_id_env: EnvName
@@ -83,7 +110,7 @@ class AlpacaSettings(_Strict, frozen=True):
     time_in_force: Literal["day", "gtc", "ioc", "fok", "opg", "cls"] = "day"
 
 
-class CcxtSettings(_Strict, frozen=True):
+class CcxtSettings(_BrokerSettings, frozen=True, tag="ccxt"):
     """A crypto exchange through ccxt."""
 
     exchange: str
@@ -94,7 +121,7 @@ class CcxtSettings(_Strict, frozen=True):
     api_url: str | None = None  # override the exchange's REST base URL (tests, proxies)
 
 
-class HttpSettings(_Strict, frozen=True):
+class HttpSettings(_BrokerSettings, frozen=True, tag="http"):
     """A signed HTTP forward to the user's own service."""
 
     url: str
@@ -103,14 +130,16 @@ class HttpSettings(_Strict, frozen=True):
     timeout: Positive = 10.0
 
 
+# A tagged union: adapter construction is a `match`, and a broker name nobody knows is a
+# start-up error, never a quiet fall-through to paper.
+BrokerSettings = PaperSettings | AlpacaSettings | CcxtSettings | HttpSettings
+BROKERS: Final = ("paper", "alpaca", "ccxt", "http")
+
+
 class Account(_Strict, frozen=True):
     """One trading account and how alerts for it become orders."""
 
-    broker: Literal["paper", "alpaca", "ccxt", "http"] = "paper"
-    paper: PaperSettings | None = None
-    alpaca: AlpacaSettings | None = None
-    ccxt: CcxtSettings | None = None
-    http: HttpSettings | None = None
+    broker: BrokerSettings = PaperSettings()
     webhook_secrets_env: tuple[EnvName, ...] = ()
     # HMAC keys for senders that sign (X-Signature); with hmac_required, only signed
     # alerts are admitted for this account.
@@ -127,19 +156,37 @@ class Account(_Strict, frozen=True):
         return self.symbols.get(symbol, symbol)
 
 
-class Accounts(msgspec.Struct, frozen=True):
-    """The accounts in force, and whether they came from a file."""
+class AccountsFile(msgspec.Struct, frozen=True):
+    """The accounts file as written: structure checked, no environment read yet."""
 
     accounts: dict[str, Account]
-    from_file: Path | None
-    secrets: dict[str, tuple[Secret, ...]]
-    hmac_secrets: dict[str, tuple[Secret, ...]] = msgspec.field(default_factory=dict)
+    path: Path | None  # None: no file, one paper account `default` for any name
 
-    def get(self, name: str) -> Account | None:
-        """The account, or None when unknown. Without a file every name is a paper account."""
-        if self.from_file is None:
-            return self.accounts["default"]
-        return self.accounts.get(name)
+    @property
+    def any_name(self) -> bool:
+        """Without a file, any account name in an alert runs on the default account."""
+        return self.path is None
+
+
+class IngressAccounts(msgspec.Struct, frozen=True):
+    """What the ingress needs of the accounts: who exists and their senders' secrets."""
+
+    names: frozenset[str]
+    any_name: bool
+    secrets: dict[str, tuple[Secret, ...]] = msgspec.field(default_factory=dict)
+    hmac_secrets: dict[str, tuple[Secret, ...]] = msgspec.field(default_factory=dict)
+    hmac_required: frozenset[str] = frozenset()
+
+    def known(self, name: str) -> bool:
+        """Whether alerts for `name` can be executed at all."""
+        return self.any_name or name in self.names
+
+
+class WorkerAccounts(msgspec.Struct, frozen=True):
+    """What the worker needs: each account's broker and rules (credentials checked)."""
+
+    accounts: dict[str, Account]
+    any_name: bool
 
 
 def config_path(env: Mapping[str, str]) -> Path | None:
@@ -150,11 +197,11 @@ def config_path(env: Mapping[str, str]) -> Path | None:
     return default if default.exists() else None
 
 
-def load_accounts(env: Mapping[str, str] = os.environ) -> Accounts:
-    """Read and validate the accounts; SettingsError names the account and the key."""
+def read_accounts(env: Mapping[str, str] = os.environ) -> AccountsFile:
+    """Read and validate the file's structure; SettingsError names the account and key."""
     path = config_path(env)
     if path is None:
-        return Accounts(accounts={"default": Account()}, from_file=None, secrets={})
+        return AccountsFile(accounts={"default": Account()}, path=None)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -167,17 +214,90 @@ def load_accounts(env: Mapping[str, str] = os.environ) -> Accounts:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
     if set(tables) != {"accounts"} or not tables["accounts"]:
         raise SettingsError(f"{path}: the file holds only [accounts.<name>] tables (one at least)")
-    accounts, secrets, hmac_secrets = {}, {}, {}
+    accounts = {}
     for name, table in tables["accounts"].items():
+        where = f"{path}: account {name!r}"
+        table = _with_broker(where, table)
         try:
-            account = msgspec.convert(table, Account)
+            accounts[name] = msgspec.convert(table, Account)
         except msgspec.ValidationError as exc:
-            raise SettingsError(f"{path}: account {name!r}: {_where(str(exc))}") from None
-        _check(path, name, account, env)
-        accounts[name] = account
-        secrets[name] = tuple(Secret(env[var]) for var in account.webhook_secrets_env)
-        hmac_secrets[name] = tuple(Secret(env[var]) for var in account.hmac_secrets_env)
-    return Accounts(accounts=accounts, from_file=path, secrets=secrets, hmac_secrets=hmac_secrets)
+            # The file's `[ccxt]` table is the struct's `broker`: name it as written.
+            at = _where(str(exc)).replace("(key 'broker", f"(key '{table['broker']['kind']}")
+            raise SettingsError(f"{where}: {at}") from None
+    return AccountsFile(accounts=accounts, path=path)
+
+
+def _with_broker(where: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The file says `broker = "ccxt"` and a `[ccxt]` table; the struct holds one tagged
+    value. A table for another broker than the one named is refused, not ignored."""
+    found = dict(table)
+    name = found.pop("broker", "paper")
+    if name not in BROKERS:
+        raise SettingsError(
+            f"{where}: broker {name!r} is unknown: give one of {', '.join(BROKERS)}"
+        )
+    sections = {key: found.pop(key) for key in BROKERS if key in found}
+    if name != "paper" and name not in sections:
+        raise SettingsError(f"{where}: broker {name!r} needs a [{name}] table")
+    if stray := sorted(set(sections) - {name}):
+        raise SettingsError(f"{where}: a [{stray[0]}] table, but the broker is {name!r}")
+    section = sections.get(name, {})
+    if not isinstance(section, dict):
+        raise SettingsError(f"{where}: [{name}] must be a table")
+    found["broker"] = {**section, "kind": name}
+    return found
+
+
+def ingress_accounts(env: Mapping[str, str] = os.environ) -> IngressAccounts:
+    """The ingress's view: only the webhook secrets and HMAC keys are read (and must be
+    set); a broker's credentials are none of its business."""
+    file = read_accounts(env)
+    secrets, hmac_secrets = {}, {}
+    for name, account in file.accounts.items():
+        where = f"{file.path}: account {name!r}"
+        secrets[name] = _secrets(where, "webhook_secrets_env", account.webhook_secrets_env,
+                                 MIN_SECRET_LENGTH, "secret", env)  # fmt: skip
+        hmac_secrets[name] = _secrets(where, "hmac_secrets_env", account.hmac_secrets_env,
+                                      MIN_HMAC_KEY_LENGTH, "HMAC key", env)  # fmt: skip
+    return IngressAccounts(
+        names=frozenset(file.accounts),
+        any_name=file.any_name,
+        secrets=secrets,
+        hmac_secrets=hmac_secrets,
+        hmac_required=frozenset(n for n, a in file.accounts.items() if a.hmac_required),
+    )
+
+
+def worker_accounts(env: Mapping[str, str] = os.environ) -> WorkerAccounts:
+    """The worker's view: only each broker's credentials are checked; webhook secrets
+    are none of its business."""
+    file = read_accounts(env)
+    for name, account in file.accounts.items():
+        for key, var in account.broker.env_vars():
+            if not env.get(var):
+                raise SettingsError(
+                    f"{file.path}: account {name!r}: {key} names {var}, which is not set"
+                )
+    return WorkerAccounts(accounts=file.accounts, any_name=file.any_name)
+
+
+def _secrets(
+    where: str,
+    key: str,
+    names: tuple[str, ...],
+    minimum: int,
+    kind: str,
+    env: Mapping[str, str],
+) -> tuple[Secret, ...]:
+    for var in names:
+        value = env.get(var)
+        if not value:
+            raise SettingsError(f"{where}: {key} names {var}, which is not set")
+        if len(value) < minimum:
+            raise SettingsError(
+                f"{where}: the {kind} in {var} is shorter than {minimum} characters"
+            )
+    return tuple(Secret(env[var]) for var in names)
 
 
 def _where(message: str) -> str:
@@ -189,29 +309,35 @@ def _where(message: str) -> str:
     return head + (f" (key {key!r})" if key else "")
 
 
-def _check(path: Path, name: str, account: Account, env: Mapping[str, str]) -> None:
-    where = f"{path}: account {name!r}"
-    section = getattr(account, account.broker)
-    if account.broker != "paper" and section is None:
-        raise SettingsError(f"{where}: broker {account.broker!r} needs a [{account.broker}] table")
-    needed = [("webhook_secrets_env", var) for var in account.webhook_secrets_env]
-    needed += [("hmac_secrets_env", var) for var in account.hmac_secrets_env]
-    if section is not None:
-        needed += [
-            (key, value)
-            for key, value in msgspec.structs.asdict(section).items()
-            if key.endswith("_env") and value
-        ]
-    for key, var in needed:
-        if not env.get(var):
-            raise SettingsError(f"{where}: {key} names {var}, which is not set")
-    for var in account.webhook_secrets_env:
-        if len(env[var]) < MIN_SECRET_LENGTH:
+def load_ingress(env: Mapping[str, str] = os.environ) -> tuple[IngressSettings, IngressAccounts]:
+    """The ingress's settings and accounts, with every check that needs both."""
+    settings = load(IngressSettings, env)
+    accounts = ingress_accounts(env)
+    check_ingress(settings, accounts)
+    return settings, accounts
+
+
+def check_ingress(settings: IngressSettings, accounts: IngressAccounts) -> None:
+    """The rules that need the settings and the accounts file together (the one place)."""
+    p = PREFIX
+    own_keys = any(accounts.hmac_secrets.values())
+    if not (settings.secrets or any(accounts.secrets.values()) or settings.hmac_secrets
+            or own_keys):  # fmt: skip
+        raise SettingsError(
+            f"{p}SECRETS (comma-separated) or {p}SECRETS_FILE must give at least one webhook "
+            f"secret (or {p}CONFIG accounts their own, or {p}HMAC_SECRETS keys); there is no "
+            "default secret"
+        )
+    for name in sorted(accounts.names):
+        required = settings.hmac_required or name in accounts.hmac_required
+        if required and not (settings.hmac_secrets or accounts.hmac_secrets.get(name)):
             raise SettingsError(
-                f"{where}: the secret in {var} is shorter than {MIN_SECRET_LENGTH} characters"
+                f"account {name!r} requires signatures but has no HMAC key: set "
+                f"{p}HMAC_SECRETS or the account's hmac_secrets_env"
             )
-    for var in account.hmac_secrets_env:
-        if len(env[var]) < MIN_HMAC_KEY_LENGTH:
-            raise SettingsError(
-                f"{where}: the HMAC key in {var} is shorter than {MIN_HMAC_KEY_LENGTH} characters"
-            )
+    signs = settings.hmac_required or bool(settings.hmac_secrets) or own_keys
+    if signs and settings.hmac_window > settings.duplicate_window:
+        raise SettingsError(
+            f"{p}HMAC_WINDOW must not exceed {p}DUPLICATE_WINDOW: a replay inside the window "
+            "must still be recognised as a duplicate"
+        )

@@ -17,7 +17,7 @@ import click
 import httpx
 
 from contracts.messages import Executed
-from ops.accounts import load_accounts
+from ops.accounts import ingress_accounts, read_accounts, worker_accounts
 from ops.cli_dlq import dlq_group
 from ops.cli_inspect import alerts_group, status_command
 from ops.cli_support import emit_json, emit_table, settings_from_env, with_js
@@ -160,17 +160,19 @@ def config_group() -> None:
 def config_check() -> None:
     """Validate the accounts file and the variables it names; start nothing."""
     try:
-        found = load_accounts(os.environ)
+        found = read_accounts(os.environ)
+        senders = ingress_accounts(os.environ)  # what the ingress reads
+        worker_accounts(os.environ)  # what the worker reads
     except SettingsError as exc:
         click.echo(f"invalid: {exc}", err=True)
         sys.exit(2)
-    if found.from_file is None:
+    if found.path is None:
         click.echo("no accounts file: one paper account, `default` (see README: Accounts)")
         return
-    click.echo(f"{found.from_file}: {len(found.accounts)} account(s) OK")
+    click.echo(f"{found.path}: {len(found.accounts)} account(s) OK")
     for name, account in found.accounts.items():
-        secrets = len(found.secrets.get(name, ()))
-        click.echo(f"  {name}: {account.broker}, {secrets} own webhook secret(s)")
+        secrets = len(senders.secrets.get(name, ()))
+        click.echo(f"  {name}: {account.broker.kind}, {secrets} own webhook secret(s)")
 
 
 cli.add_command(dlq_group)

@@ -204,20 +204,7 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
     _check_windows(settings)
     _check_nats_auth(settings)
     if isinstance(settings, IngressSettings):
-        _check_ingress(settings)
-    # With an accounts file the secrets may be per account (checked with the file);
-    # senders that all sign need HMAC keys only.
-    if (
-        isinstance(settings, IngressSettings)
-        and not settings.secrets
-        and not settings.hmac_secrets
-        and not env.get(PREFIX + "CONFIG")
-    ):
-        raise SettingsError(
-            f"{PREFIX}SECRETS (comma-separated) or {PREFIX}SECRETS_FILE must give at least "
-            f"one webhook secret (or {PREFIX}CONFIG accounts their own, or {PREFIX}HMAC_SECRETS "
-            "keys); there is no default secret"
-        )
+        _check_ingress(settings)  # the rules that also need the accounts: ops.accounts
     return settings
 
 
@@ -332,10 +319,6 @@ def _check_ingress(settings: IngressSettings) -> None:
          f"{p}CLIENT_CERT_HEADER needs {p}TRUSTED_PROXIES: only they may set it"),
         (settings.client_cert_header is not None and not settings.require_client_cert,
          f"{p}CLIENT_CERT_HEADER needs {p}REQUIRE_CLIENT_CERT=true, else nothing checks it"),
-        (settings.hmac_window > settings.duplicate_window
-         and (settings.hmac_required or bool(settings.hmac_secrets)),
-         f"{p}HMAC_WINDOW must not exceed {p}DUPLICATE_WINDOW: a replay inside the window "
-         "must still be recognised as a duplicate"),
     ]  # fmt: skip
     for condition, message in wrong:
         if condition:

@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from contracts.subjects import ALERTS_STREAM
 from ingress import serve
 from ingress.app import create_app
-from ops.accounts import Accounts
+from ops.accounts import IngressAccounts
 from ops.settings import IngressSettings, load
 from tests.support import free_port, python_module
 
@@ -74,7 +74,9 @@ async def wait_ready(url: str, client: httpx.AsyncClient, within: float = 15.0) 
 
 
 @contextlib.asynccontextmanager
-async def serving(config: IngressSettings, accounts: Accounts | None = None) -> AsyncIterator[str]:
+async def serving_ingress(
+    config: IngressSettings, accounts: IngressAccounts | None = None
+) -> AsyncIterator[str]:
     """The ingress under a real uvicorn on a free port, in this event loop; yields its URL."""
     config = msgspec.structs.replace(config, http_port=free_port())
     server = serve.server(create_app(config, accounts), config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -18,7 +19,17 @@ from nats.aio.client import Client
 
 from contracts.messages import Alert
 from ingress.app import create_app
-from ops.accounts import Account, Accounts, FixedNotional, PercentOfEquity, load_accounts
+from ops.accounts import (
+    Account,
+    AlpacaSettings,
+    FixedNotional,
+    PaperSettings,
+    PercentOfEquity,
+    WorkerAccounts,
+    ingress_accounts,
+    read_accounts,
+    worker_accounts,
+)
 from ops.settings import IngressSettings, SettingsError, WorkerSettings, load
 from tests.support import NatsServer, eventually
 from tests.workers import make_alert, publish, terminal_events
@@ -62,13 +73,55 @@ def write(tmp_path: Path, text: str) -> dict[str, str]:
 
 
 def test_a_good_file_loads(tmp_path: Path) -> None:
-    accounts = load_accounts(write(tmp_path, GOOD))
+    env = write(tmp_path, GOOD)
+    accounts = read_accounts(env)
     assert set(accounts.accounts) == {"default", "crypto"}
     assert accounts.accounts["default"].broker_symbol("BINANCE:BTCUSDT") == "BTC/USDT"
     assert accounts.accounts["default"].broker_symbol("ES1!") == "ES1!"
-    assert accounts.get("nope") is None  # with a file, only its accounts exist
-    assert accounts.secrets["crypto"][0].matches(b"crypto-secret-1")
-    assert "crypto-secret-1" not in repr(accounts)
+    assert accounts.accounts["crypto"].broker.kind == "ccxt"
+    senders = ingress_accounts(env)
+    assert not senders.known("nope")  # with a file, only its accounts exist
+    assert senders.secrets["crypto"][0].matches(b"crypto-secret-1")
+    assert "crypto-secret-1" not in repr(senders)
+
+
+def test_each_role_reads_only_the_variables_it_uses(tmp_path: Path) -> None:
+    """The internet-facing ingress never needs exchange keys; the worker never webhook
+    secrets."""
+    env = write(tmp_path, GOOD)
+    exchange_keys = {k: v for k, v in env.items() if not k.startswith("BINANCE_")}
+    assert ingress_accounts(exchange_keys).known("crypto")
+    with pytest.raises(SettingsError, match="BINANCE_KEY"):
+        worker_accounts(exchange_keys)
+    no_secrets = {k: v for k, v in env.items() if not k.startswith("SECRET_")}
+    assert set(worker_accounts(no_secrets).accounts) == {"default", "crypto"}
+    with pytest.raises(SettingsError, match="SECRET_DEFAULT"):
+        ingress_accounts(no_secrets)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[accounts.x]\nbroker = "robinhood"\n', "broker 'robinhood' is unknown"),
+        ('[accounts.x]\nbroker = "alpaca"\nalpaca = { key_id_env = "K", secret_key_env = "S" }'
+         '\n[accounts.x.ccxt]\nexchange = "b"\n', "a [ccxt] table, but the broker is 'alpaca'"),
+        ('[accounts.x]\n[accounts.x.alpaca]\nkey_id_env = "K"\nsecret_key_env = "S"\n',
+         "a [alpaca] table, but the broker is 'paper'"),
+    ],
+)  # fmt: skip
+def test_an_unknown_or_ambiguous_broker_never_falls_through_to_paper(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(needle)):
+        read_accounts(write(tmp_path, text))
+
+
+def test_the_broker_is_one_tagged_value(tmp_path: Path) -> None:
+    env = write(tmp_path, '[accounts.a]\nbroker = "alpaca"\n[accounts.a.alpaca]\n'
+                'key_id_env = "K"\nsecret_key_env = "S"\n[accounts.b]\n')  # fmt: skip
+    accounts = read_accounts(env).accounts
+    assert accounts["a"].broker == AlpacaSettings(key_id_env="K", secret_key_env="S")
+    assert accounts["b"].broker == PaperSettings()
 
 
 @pytest.mark.parametrize(
@@ -95,14 +148,15 @@ def test_a_bad_file_names_the_account_and_the_key(
     env = write(tmp_path, text)
     env.pop(env_drop or "", None)
     with pytest.raises(SettingsError) as caught:
-        load_accounts(env)
+        ingress_accounts(env)
+        worker_accounts(env)
     assert needle in str(caught.value)
 
 
 def test_a_short_account_secret_is_refused(tmp_path: Path) -> None:
     env = {**write(tmp_path, GOOD), "SECRET_CRYPTO": "short"}
     with pytest.raises(SettingsError, match="shorter than 8"):
-        load_accounts(env)
+        ingress_accounts(env)
 
 
 def test_config_check_cli(tmp_path: Path) -> None:
@@ -148,7 +202,7 @@ async def test_a_close_is_the_whole_position_whatever_the_rule(paper: PaperBroke
 
 def test_paper_equity_comes_from_the_file(tmp_path: Path) -> None:
     env = write(tmp_path, GOOD + "\n[accounts.default.paper]\nequity = 2500\n")
-    desk = Desk.from_accounts(load_accounts(env), env, str(tmp_path / "p.db"))
+    desk = Desk.from_accounts(worker_accounts(env), env, str(tmp_path / "p.db"))
     _, broker = desk.for_alert(alert())
     assert isinstance(broker, PaperBroker) and asyncio.run(broker.equity()) == 2500.0
     asyncio.run(desk.close())
@@ -169,7 +223,7 @@ async def test_account_secrets_at_the_ingress(
     tmp_path: Path, nats_server: NatsServer, nc: Client
 ) -> None:
     env = write(tmp_path, GOOD)
-    accounts = load_accounts(env)
+    accounts = ingress_accounts(env)
     settings = load(IngressSettings, {**env, "ALERTBRIDGE_NATS_URL": nats_server.url,
                                       "ALERTBRIDGE_SECRETS": "global-secret-1"})  # fmt: skip
     async with AsyncTestClient(app=create_app(settings, accounts)) as client:
@@ -199,7 +253,7 @@ async def test_the_worker_refuses_an_account_the_file_does_not_have(
 ) -> None:
     env = write(tmp_path, GOOD)
     settings = load(WorkerSettings, worker_env)
-    accounts: Accounts = load_accounts(env)
+    accounts: WorkerAccounts = worker_accounts(env)
     desk = Desk.from_accounts(accounts, env, settings.paper_db)
     js = nc.jetstream()
     await publish(js, make_alert("ghost-1", account="ghost"))

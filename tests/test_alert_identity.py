@@ -29,11 +29,18 @@ from contracts.subjects import ALERTS_PREFIX, ALERTS_STREAM, RESENDS_STREAM, ale
 from contracts.topology import partition_durable
 from ingress.auth import sign
 from ops import dlq, provision
-from ops.accounts import load_accounts
+from ops.accounts import ingress_accounts
 from ops.history import history
 from ops.settings import IngressSettings, WorkerSettings, load
 from ops.streams import read_all
-from tests.ingress_support import SECRET, Process, ingress_env, ingress_process, serving, wait_ready
+from tests.ingress_support import (
+    SECRET,
+    Process,
+    ingress_env,
+    ingress_process,
+    serving_ingress,
+    wait_ready,
+)
 from tests.ingress_support import settings as ingress_settings
 from tests.support import NatsServer, eventually
 from tests.workers import FlakyBroker, events_of, make_alert, paper_rows, publish, run_worker
@@ -115,7 +122,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def url(nats_server: NatsServer, nc: Client) -> AsyncIterator[str]:
     """An ingress (unsigned, global secret) under uvicorn, ready."""
-    async with serving(ingress_settings(nats_server.url)) as base:
+    async with serving_ingress(ingress_settings(nats_server.url)) as base:
         yield base
 
 
@@ -250,7 +257,7 @@ async def test_a_signed_request_is_known_by_its_timestamp_not_the_resend_window(
                 "X-Timestamp": str(timestamp)}  # fmt: skip
 
     signed_at = int(time.time())
-    async with serving(ingress_settings(nats_server.url, hmac_secrets=HMAC_KEY)) as url:
+    async with serving_ingress(ingress_settings(nats_server.url, hmac_secrets=HMAC_KEY)) as url:
         first = await post(http, url, body, signed(signed_at))
         witness = await post(http, url, tv(qty=7))  # unsigned, no id: marks the window
         await eventually(lambda: window_over(js))
@@ -295,7 +302,7 @@ async def test_another_account_cannot_preempt_an_id(
            "SECRET_ALPHA": ALPHA_SECRET, "SECRET_DEFAULT": DEFAULT_SECRET}  # fmt: skip
     config = load(IngressSettings, {**env, "ALERTBRIDGE_NATS_URL": nats_server.url,
                                     "ALERTBRIDGE_PARTITIONS": str(PARTITIONS)})  # fmt: skip
-    async with serving(config, load_accounts(env)) as url:
+    async with serving_ingress(config, ingress_accounts(env)) as url:
         # The attacker holds alpha's secret only, and fires the victim's next id first.
         attack = await post(http, url, tv(secret=ALPHA_SECRET, account="alpha", id="victim-1"))
         as_default = await http.post(f"{url}/webhook", content=tv(secret=ALPHA_SECRET, id="v"))

@@ -19,7 +19,7 @@ from contracts.subjects import ALERTS_STREAM
 from ingress.app import create_app
 from ingress.parse import decode_body, pop_secret
 from ingress.redact import REDACTED, Redactor
-from ops.accounts import load_accounts
+from ops.accounts import ingress_accounts
 from ops.settings import Secret
 from tests.ingress_support import SECRET, settings, stored
 from tests.support import NatsServer, eventually
@@ -125,7 +125,7 @@ async def client(nats_server: NatsServer, nc: Client, tmp_path: Path) -> AsyncIt
         "ACCOUNT_KEY": ACCOUNT_KEY,
     }
     config = settings(nats_server.url, hmac_secrets=HMAC_KEY)
-    async with AsyncTestClient(app=create_app(config, load_accounts(env))) as c:
+    async with AsyncTestClient(app=create_app(config, ingress_accounts(env))) as c:
         await eventually(lambda: _ready(c))
         yield c
 

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.routes import ASGIRoute
 
-from ingress.__main__ import _check, _warn_short_secrets
+from ingress.__main__ import _warn_short_secrets
 from ingress.app import create_app
 from ingress.guard import Policy
 from ingress.serve import IngressProtocol, uvicorn_options
 from ops.access import format_subject, parse_networks, parse_subject, subject_matches
-from ops.accounts import load_accounts
+from ops.accounts import check_ingress, ingress_accounts, load_ingress
 from ops.settings import IngressSettings, SettingsError, load
 
 BASE = {"ALERTBRIDGE_SECRETS": "a-long-enough-secret", "ALERTBRIDGE_NATS_URL": "nats://x:4222"}
@@ -116,27 +116,27 @@ def test_rates_in_the_limits_notation() -> None:
 def test_a_required_signature_needs_a_key(tmp_path: Path) -> None:
     path = tmp_path / "alertbridge.toml"
     path.write_text('[accounts.default]\nbroker = "paper"\nhmac_required = true\n')
-    accounts = load_accounts({"ALERTBRIDGE_CONFIG": str(path)})
+    accounts = ingress_accounts({"ALERTBRIDGE_CONFIG": str(path)})
     with pytest.raises(SettingsError, match="account 'default' requires signatures"):
-        _check(_load(), accounts)
-    _check(_load(hmac_secrets="h" * 32), accounts)
+        check_ingress(_load(), accounts)
+    check_ingress(_load(hmac_secrets="h" * 32), accounts)
 
 
 def test_signing_senders_need_no_webhook_secret() -> None:
     config = load(IngressSettings, {"ALERTBRIDGE_HMAC_SECRETS": "h" * 32})
     assert config.secrets == () and len(config.hmac_secrets) == 1
-    _check(config, load_accounts({}))
+    check_ingress(config, ingress_accounts({}))
     with pytest.raises(SettingsError, match="no default secret"):
-        load(IngressSettings, {})
+        load_ingress({})
 
 
 def test_short_secrets_start_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    _warn_short_secrets(_load(secrets="eight888"), load_accounts({}))
+    _warn_short_secrets(_load(secrets="eight888"), ingress_accounts({}))
     assert "1 webhook secret(s) shorter than 16 characters" in caplog.text
     assert "eight888" not in caplog.text
     caplog.clear()
-    _warn_short_secrets(_load(), load_accounts({}))
+    _warn_short_secrets(_load(), ingress_accounts({}))
     assert caplog.text == ""
 
 

@@ -15,9 +15,9 @@ from nats.aio.client import Client
 
 from ingress.app import create_app
 from ingress.auth import sign
-from ops.accounts import load_accounts
+from ops.accounts import ingress_accounts, load_ingress
 from ops.settings import SettingsError
-from tests.ingress_support import SECRET, alert, settings, stored
+from tests.ingress_support import SECRET, alert, ingress_env, settings, stored
 from tests.support import NatsServer, eventually
 
 KEY = "k" * 32
@@ -126,7 +126,7 @@ async def test_per_account_keys(tmp_path: Path, nats_server: NatsServer, nc: Cli
     path = tmp_path / "alertbridge.toml"
     path.write_text(ACCOUNTS)
     env = {"ALERTBRIDGE_CONFIG": str(path), "SIGNED_KEY": OTHER_KEY}
-    accounts = load_accounts(env)
+    accounts = ingress_accounts(env)
     config = settings(nats_server.url, config=str(path))
     async with AsyncTestClient(app=create_app(config, accounts)) as c:
         await eventually(lambda: _ready(c))
@@ -155,7 +155,7 @@ async def test_per_account_keys(tmp_path: Path, nats_server: NatsServer, nc: Cli
 )
 def test_bad_hmac_settings_name_the_variable(extra: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        settings("nats://127.0.0.1:4222", **extra)
+        load_ingress(ingress_env("nats://127.0.0.1:4222", **extra))
     assert needle in str(caught.value)
     assert "short-key" not in str(caught.value)
 

@@ -7,9 +7,18 @@ the environment here and nowhere else); one broker adapter per account.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
-from ops.accounts import Account, FixedNotional, FixedQuantity, PercentOfEquity
+from ops.accounts import (
+    Account,
+    AlpacaSettings,
+    CcxtSettings,
+    FixedNotional,
+    FixedQuantity,
+    HttpSettings,
+    PaperSettings,
+    PercentOfEquity,
+)
 from worker.brokers.paper import PaperBroker
 from worker.errors import TerminalError
 
@@ -17,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from contracts.messages import Alert
-    from ops.accounts import Accounts
+    from ops.accounts import WorkerAccounts
     from worker.brokers.base import Broker
 
 
@@ -35,13 +44,13 @@ class Desk:
         return cls({"default": (account or Account(), broker)}, any_name=True)
 
     @classmethod
-    def from_accounts(cls, accounts: Accounts, env: Mapping[str, str], paper_db: str) -> Desk:
+    def from_accounts(cls, accounts: WorkerAccounts, env: Mapping[str, str], paper_db: str) -> Desk:
         """One adapter per configured account, credentials from `env`."""
         built = {
             name: (account, make_broker(account, env, paper_db))
             for name, account in accounts.accounts.items()
         }
-        return cls(built, any_name=accounts.from_file is None)
+        return cls(built, any_name=accounts.any_name)
 
     def for_alert(self, alert: Alert) -> tuple[Account, Broker]:
         """The account rules and broker for this alert; TerminalError for an unknown account."""
@@ -60,43 +69,38 @@ class Desk:
 
 def make_broker(account: Account, env: Mapping[str, str], paper_db: str) -> Broker:
     """The adapter an account names, configured from its table and `env`."""
-    if account.broker == "alpaca" and account.alpaca is not None:
-        from worker.brokers.alpaca import AlpacaBroker, AlpacaConfig
+    match account.broker:
+        case PaperSettings(db=db, equity=equity):
+            return PaperBroker(Path(db or paper_db), equity=equity)
+        case AlpacaSettings() as a:
+            from worker.brokers.alpaca import AlpacaBroker, AlpacaConfig
 
-        a = account.alpaca
-        return AlpacaBroker(
-            AlpacaConfig(
-                key_id=env[a.key_id_env], secret_key=env[a.secret_key_env],
-                base_url=a.base_url, time_in_force=a.time_in_force,
-            )
-        )  # fmt: skip
-    if account.broker == "ccxt" and account.ccxt is not None:
-        from worker.brokers.ccxt_broker import CcxtBroker, CcxtConfig
+            return AlpacaBroker(
+                AlpacaConfig(
+                    key_id=env[a.key_id_env], secret_key=env[a.secret_key_env],
+                    base_url=a.base_url, time_in_force=a.time_in_force,
+                )
+            )  # fmt: skip
+        case CcxtSettings() as c:
+            from worker.brokers.ccxt_broker import CcxtBroker, CcxtConfig
 
-        c = account.ccxt
-        return CcxtBroker(
-            CcxtConfig(
-                exchange=c.exchange, api_key=env[c.api_key_env], secret=env[c.secret_env],
-                password=env[c.password_env] if c.password_env else None,
-                sandbox=c.sandbox, api_url=c.api_url,
-            )
-        )  # fmt: skip
-    if account.broker == "http" and account.http is not None:
-        from worker.brokers.http_forward import (
-            HttpForwardBroker,
-            HttpForwardConfig,
-        )
+            return CcxtBroker(
+                CcxtConfig(
+                    exchange=c.exchange, api_key=env[c.api_key_env], secret=env[c.secret_env],
+                    password=env[c.password_env] if c.password_env else None,
+                    sandbox=c.sandbox, api_url=c.api_url,
+                )
+            )  # fmt: skip
+        case HttpSettings() as h:
+            from worker.brokers.http_forward import HttpForwardBroker, HttpForwardConfig
 
-        h = account.http
-        return HttpForwardBroker(
-            HttpForwardConfig(
-                url=h.url, secret=env[h.secret_env], lookup=h.lookup, timeout=h.timeout
+            return HttpForwardBroker(
+                HttpForwardConfig(
+                    url=h.url, secret=env[h.secret_env], lookup=h.lookup, timeout=h.timeout
+                )
             )
-        )
-    paper = account.paper
-    if paper is None:
-        return PaperBroker(Path(paper_db))
-    return PaperBroker(Path(paper.db or paper_db), equity=paper.equity)
+        case unknown:
+            assert_never(unknown)
 
 
 async def size(
