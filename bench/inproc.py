@@ -1,4 +1,3 @@
-# ruff: noqa: S603, E501
 """The ingress app's CPU per webhook without HTTP: a steadier measure than wrk here.
 
     uv run python bench/inproc.py [--requests 20000] [--rounds 3] [--concurrency 64]
@@ -26,7 +25,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SECRET = "inproc-secret-0123456789"  # noqa: S105 (a throwaway bench secret)
 BODY = b'{"secret":"%s","id":"inproc-%d-%d","symbol":"BTCUSDT","action":"buy","qty":1}'
@@ -46,7 +43,7 @@ BODY = b'{"secret":"%s","id":"inproc-%d-%d","symbol":"BTCUSDT","action":"buy","q
 @contextlib.contextmanager
 def nats_server(store: Path) -> Iterator[str]:
     """A JetStream nats-server on a free loopback port, on CPU 0; yields its URL."""
-    from bench import PROCS, free_port, nats_sync_config, wait_port
+    from bench.procs import PROCS, free_port, nats_sync_config, wait_listening
     from ops.paths import nats_server_binary
 
     port = free_port()
@@ -57,7 +54,7 @@ def nats_server(store: Path) -> Iterator[str]:
         "nats-server", argv, env=dict(os.environ), log_to=store / "nats.log", cpu=cpu
     )
     try:
-        wait_port(port, proc, "nats-server")
+        wait_listening(port, proc, "nats-server")
         yield f"nats://127.0.0.1:{port}"
     finally:
         PROCS.stop(proc)
@@ -82,7 +79,8 @@ async def drive(app: Any, requests: int, concurrency: int, ids: itertools.count[
                 status[0] = message["status"]
 
         for _ in range(n):
-            message = {"type": "http.request", "body": BODY % (SECRET.encode(), os.getpid(), next(ids)), "more_body": False}  # fmt: skip
+            body = BODY % (SECRET.encode(), os.getpid(), next(ids))
+            message = {"type": "http.request", "body": body, "more_body": False}
 
             async def receive(message: dict[str, Any] = message) -> dict[str, Any]:
                 return message
@@ -98,13 +96,12 @@ async def drive(app: Any, requests: int, concurrency: int, ids: itertools.count[
 async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ingress.app import create_app
     from ops import heap, logs, telemetry
-    from ops.accounts import load_accounts
-    from ops.settings import IngressSettings, load
+    from ops.accounts import load_ingress
 
     logs.setup("alertbridge-ingress")
     providers = telemetry.setup("alertbridge-ingress")
-    settings = load(IngressSettings, os.environ)
-    app = create_app(settings, load_accounts(os.environ), spans=providers.records_spans)
+    settings, accounts = load_ingress(os.environ)
+    app = create_app(settings, accounts, spans=providers.records_spans)
     ids = itertools.count()
     rounds = []
     async with app.lifespan():
@@ -137,13 +134,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=64)
     args = ap.parse_args()
+    from bench.procs import run
+
     with tempfile.TemporaryDirectory(prefix="inproc-") as tmp, nats_server(Path(tmp)) as url:
         os.environ.update(
             ALERTBRIDGE_NATS_URL=url, ALERTBRIDGE_SECRETS=SECRET, ALERTBRIDGE_VAR=tmp,
             ALERTBRIDGE_HEALTH_PORT="0",
         )  # fmt: skip
         alertbridge = Path(sys.executable).parent / "alertbridge"
-        subprocess.run([str(alertbridge), "provision"], check=True, capture_output=True)
+        run([str(alertbridge), "provision"], check=True, timeout=60)
         if (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(0, {1})
         import uvloop
@@ -156,4 +155,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # Run as a script, this folder is sys.path[0]: the checkout's root goes first, so that
+    # `bench` is the package (not bench/bench.py).
+    sys.path.insert(0, str(ROOT))
     sys.exit(main())

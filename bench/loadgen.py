@@ -31,8 +31,9 @@ import struct
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 HDR_END = b"\r\n\r\n"
 
@@ -43,6 +44,10 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
         return None
     k = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[k]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 def parse_one(buf: bytearray, eof: bool = False) -> tuple[int, bytes, int] | None:
@@ -147,7 +152,6 @@ class Load:
 
     def summary(self, elapsed: float) -> dict[str, Any]:
         lat = sorted(self.latency)
-        ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
         answered = sum(n for s, n in self.status.items() if isinstance(s, int))
         span = (self.last_send - self.first_send) if self.first_send and self.last_send else 0.0
         return {
@@ -160,10 +164,10 @@ class Load:
             "duplicate_2xx": self.dupe,
             "accepted_unique_ids": len(self.accepted_ids),
             "errors": dict(self.errors),
-            "p50_ms": ms(percentile(lat, 50)),
-            "p90_ms": ms(percentile(lat, 90)),
-            "p99_ms": ms(percentile(lat, 99)),
-            "max_ms": ms(lat[-1] if lat else None),
+            "p50_ms": _ms(percentile(lat, 50)),
+            "p90_ms": _ms(percentile(lat, 90)),
+            "p99_ms": _ms(percentile(lat, 99)),
+            "max_ms": _ms(lat[-1] if lat else None),
             "over_3s": sum(1 for v in lat if v >= 3.0),
             "send_span_s": round(span, 3),
             "elapsed_s": round(elapsed, 3),
@@ -183,7 +187,7 @@ class KeepAlive(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast("asyncio.Transport", transport)  # a stream connection's
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -205,95 +209,128 @@ class KeepAlive(asyncio.Protocol):
         return await self.waiter
 
 
-def burst(load: Load) -> float:  # noqa: C901
+@dataclass(slots=True)
+class _Conn:
+    """One burst request on its own connection."""
+
+    sock: socket.socket
+    data: bytes
+    alert_id: str
+    start: float
+    buf: bytearray = field(default_factory=bytearray)
+    sent: bool = False
+
+
+class _Burst:
+    """burst()'s open connections, by fd, on one epoll."""
+
+    LINGER = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT pile-up on loopback
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.ep = select.epoll()
+        self.conns: dict[int, _Conn] = {}
+        self.finished = 0
+
+    def open(self, data: bytes, alert_id: str, now: float) -> None:
+        """Start connecting (non-blocking); the request goes once the socket is writable."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        err = sock.connect_ex((self.load.host, self.load.port))
+        self.load.mark_send(now)
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.load.inflight -= 1
+            self.finished += 1
+            self.load.errors[errno.errorcode.get(err, str(err))] += 1
+            self.load.record(alert_id, "error", b"", 0.0)
+            return
+        self.conns[sock.fileno()] = _Conn(sock, data, alert_id, now)
+        self.ep.register(sock.fileno(), select.EPOLLOUT)
+
+    def close(self, fd: int) -> None:
+        c = self.conns.pop(fd)
+        self.ep.unregister(fd)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self.LINGER)
+        c.sock.close()
+        self.load.inflight -= 1
+        self.finished += 1
+
+    def fail(self, fd: int, c: _Conn, why: str) -> None:
+        self.load.errors[why] += 1
+        self.load.record(c.alert_id, "error", b"", time.monotonic() - c.start)
+        self.close(fd)
+
+    def event(self, fd: int, ev: int) -> None:
+        """Writable: send the request; readable: read the answer (or fail)."""
+        c = self.conns.get(fd)
+        if c is None:
+            return
+        if c.sent:
+            self._receive(fd, c)
+        elif ev & (select.EPOLLERR | select.EPOLLHUP):
+            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self.fail(fd, c, errno.errorcode.get(err, str(err)))
+        else:
+            self._send(fd, c)
+
+    def _send(self, fd: int, c: _Conn) -> None:
+        try:
+            c.sock.send(c.data)
+        except OSError as exc:
+            self.fail(fd, c, type(exc).__name__)
+            return
+        c.sent = True
+        self.ep.modify(fd, select.EPOLLIN)
+
+    def _receive(self, fd: int, c: _Conn) -> None:
+        try:
+            chunk = c.sock.recv(65536)
+        except OSError as exc:
+            self.fail(fd, c, type(exc).__name__)
+            return
+        if chunk:
+            c.buf += chunk
+        got = parse_one(c.buf, eof=not chunk)
+        if got is not None:
+            self.load.record(c.alert_id, got[0], got[1], time.monotonic() - c.start)
+            self.close(fd)
+        elif not chunk:
+            self.fail(fd, c, "closed before an answer")
+
+    def reap(self, now: float, timeout: float) -> None:
+        """Give up on the requests older than `timeout`."""
+        for fd in [fd for fd, c in self.conns.items() if now - c.start > timeout]:
+            c = self.conns[fd]
+            self.load.errors["timeout"] += 1
+            self.load.record(c.alert_id, "timeout", b"", now - c.start)
+            self.close(fd)
+
+
+def burst(load: Load) -> float:
     """Open-loop fresh connections on one epoll loop (asyncio is too slow to open
     10,000 connections a second). A request's time runs from its connect() to the
     last byte of its answer; requests are built before the first is sent."""
     args = load.args
     n, over = args.requests, args.over
     prepared = [load.request(close=True) for _ in range(n)]
-    ep = select.epoll()
-    conns: dict[int, list[Any]] = {}  # fd -> [sock, data, id, start, buf, connected]
-    linger = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT pile-up on loopback
-    finished = 0
-
-    def close(fd: int) -> None:
-        nonlocal finished
-        c = conns.pop(fd)
-        ep.unregister(fd)
-        c[0].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-        c[0].close()
-        load.inflight -= 1
-        finished += 1
-
+    b = _Burst(load)
     t0 = time.monotonic() + 0.05
     i = 0
     last_scan = t0
-    while finished < n:
+    while b.finished < n:
         now = time.monotonic()
         while i < n and t0 + i * over / n <= now:
-            data, alert_id = prepared[i]
+            b.open(*prepared[i], now)
             i += 1
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            err = sock.connect_ex((load.host, load.port))
-            load.mark_send(now)
-            if err not in (0, errno.EINPROGRESS):
-                sock.close()
-                load.inflight -= 1
-                finished += 1
-                load.errors[errno.errorcode.get(err, str(err))] += 1
-                load.record(alert_id, "error", b"", 0.0)
-                continue
-            conns[sock.fileno()] = [sock, data, alert_id, now, bytearray(), False]
-            ep.register(sock.fileno(), select.EPOLLOUT)
         wait = 0.05 if i >= n else max(0.0, min(0.002, t0 + i * over / n - time.monotonic()))
-        for fd, ev in ep.poll(wait):
-            c = conns.get(fd)
-            if c is None:
-                continue
-            if not c[5]:
-                if ev & (select.EPOLLERR | select.EPOLLHUP):
-                    err = c[0].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    load.errors[errno.errorcode.get(err, str(err))] += 1
-                    load.record(c[2], "error", b"", time.monotonic() - c[3])
-                    close(fd)
-                    continue
-                try:
-                    c[0].send(c[1])
-                except OSError as exc:
-                    load.errors[type(exc).__name__] += 1
-                    load.record(c[2], "error", b"", time.monotonic() - c[3])
-                    close(fd)
-                    continue
-                c[5] = True
-                ep.modify(fd, select.EPOLLIN)
-                continue
-            try:
-                chunk = c[0].recv(65536)
-            except OSError as exc:
-                load.errors[type(exc).__name__] += 1
-                load.record(c[2], "error", b"", time.monotonic() - c[3])
-                close(fd)
-                continue
-            if chunk:
-                c[4] += chunk
-            got = parse_one(c[4], eof=not chunk)
-            if got is not None:
-                load.record(c[2], got[0], got[1], time.monotonic() - c[3])
-                close(fd)
-            elif not chunk:
-                load.errors["closed before an answer"] += 1
-                load.record(c[2], "error", b"", time.monotonic() - c[3])
-                close(fd)
+        for fd, ev in b.ep.poll(wait):
+            b.event(fd, ev)
         now = time.monotonic()
         if now - last_scan > 0.1:
             last_scan = now
-            for fd in [fd for fd, c in conns.items() if now - c[3] > args.timeout]:
-                load.errors["timeout"] += 1
-                load.record(conns[fd][2], "timeout", b"", now - conns[fd][3])
-                close(fd)
-    ep.close()
+            b.reap(now, args.timeout)
+    b.ep.close()
     return time.monotonic() - t0
 
 
@@ -303,63 +340,86 @@ async def _connect(load: Load) -> KeepAlive:
     return proto
 
 
-async def pooled(load: Load, paced: bool) -> float:  # noqa: C901
-    """count / paced: a pool of keep-alive connections."""
-    args, loop = load.args, asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[float, bytes, str] | None] = asyncio.Queue()
-    total = args.requests if not paced else int(args.rate * args.duration)
+class _Pool:
+    """count / paced: requests queued for a pool of keep-alive connections."""
 
-    async def conn_worker() -> None:
-        proto = await _connect(load)
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.queue: asyncio.Queue[tuple[float, bytes, str] | None] = asyncio.Queue()
+        self.t0 = 0.0  # when sending started (for --max-seconds)
+
+    async def conn_worker(self) -> None:
+        """One connection: take requests from the queue until told to stop (None)."""
+        queue = self.queue
+        proto = await _connect(self.load)
         while True:
             item = queue.get_nowait() if not queue.empty() else await queue.get()
             if item is None:
                 break
-            queued_at, data, alert_id = item
-            if args.max_seconds and loop.time() - t0 > args.max_seconds:
-                load.sent -= 1  # time is up: not sent
-                continue
-            if proto.closed:
-                proto = await _connect(load)
-            load.mark_send(loop.time())
-            try:
-                async with asyncio.timeout(args.timeout):
-                    status, body = await proto.send(data)
-                load.record(alert_id, status, body, loop.time() - queued_at)
-            except TimeoutError:
-                load.errors["timeout"] += 1
-                load.record(alert_id, "timeout", b"", loop.time() - queued_at)
-                proto.transport and proto.transport.close()  # type: ignore[func-returns-value]
-                proto = await _connect(load)
-            except OSError as exc:
-                load.errors[type(exc).__name__] += 1
-                load.record(alert_id, "error", b"", loop.time() - queued_at)
-                proto = await _connect(load)
-            finally:
-                load.inflight -= 1
+            proto = await self._one(proto, *item)
         if proto.transport is not None:
             proto.transport.close()
 
-    t0 = loop.time()
-    workers = [asyncio.create_task(conn_worker()) for _ in range(args.conns)]
-    await asyncio.sleep(0.05)
-    t0 = loop.time()
-    if paced:
+    async def _one(
+        self, proto: KeepAlive, queued_at: float, data: bytes, alert_id: str
+    ) -> KeepAlive:
+        """Send one request and record its answer; the connection to use next."""
+        load, args, loop = self.load, self.load.args, asyncio.get_running_loop()
+        if args.max_seconds and loop.time() - self.t0 > args.max_seconds:
+            load.sent -= 1  # time is up: not sent
+            return proto
+        if proto.closed:
+            proto = await _connect(load)
+        load.mark_send(loop.time())
+        try:
+            async with asyncio.timeout(args.timeout):
+                status, body = await proto.send(data)
+            load.record(alert_id, status, body, loop.time() - queued_at)
+        except TimeoutError:
+            load.errors["timeout"] += 1
+            load.record(alert_id, "timeout", b"", loop.time() - queued_at)
+            if proto.transport is not None:
+                proto.transport.close()
+            proto = await _connect(load)
+        except OSError as exc:
+            load.errors[type(exc).__name__] += 1
+            load.record(alert_id, "error", b"", loop.time() - queued_at)
+            proto = await _connect(load)
+        finally:
+            load.inflight -= 1
+        return proto
+
+    async def pace(self, total: int, rate: float) -> None:
+        """Queue `total` requests open-loop at `rate` per second (each stamped when due)."""
+        loop = asyncio.get_running_loop()
         i = 0
         while i < total:
             now = loop.time()
-            while i < total and t0 + i / args.rate <= now:
-                data, alert_id = load.request(close=False)
-                queue.put_nowait((t0 + i / args.rate, data, alert_id))
+            while i < total and self.t0 + i / rate <= now:
+                data, alert_id = self.load.request(close=False)
+                self.queue.put_nowait((self.t0 + i / rate, data, alert_id))
                 i += 1
             if i < total:
-                await asyncio.sleep(max(0.0, t0 + i / args.rate - loop.time()))
+                await asyncio.sleep(max(0.0, self.t0 + i / rate - loop.time()))
+
+
+async def pooled(load: Load, paced: bool) -> float:
+    """count / paced: a pool of keep-alive connections."""
+    args, loop = load.args, asyncio.get_running_loop()
+    total = args.requests if not paced else int(args.rate * args.duration)
+    pool = _Pool(load)
+    pool.t0 = loop.time()
+    workers = [asyncio.create_task(pool.conn_worker()) for _ in range(args.conns)]
+    await asyncio.sleep(0.05)
+    pool.t0 = t0 = loop.time()
+    if paced:
+        await pool.pace(total, args.rate)
     else:
         for _ in range(total):
             data, alert_id = load.request(close=False)
-            queue.put_nowait((t0, data, alert_id))
+            pool.queue.put_nowait((t0, data, alert_id))
     for _ in workers:
-        queue.put_nowait(None)
+        pool.queue.put_nowait(None)
     await asyncio.gather(*workers)
     return loop.time() - t0
 

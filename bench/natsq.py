@@ -16,45 +16,117 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
 API_TIMEOUT = 5.0
 
 
-async def stream_info(nc: nats.NATS, stream: str, subjects: str | None = None) -> dict[str, Any]:
-    body = json.dumps({"subjects_filter": subjects}).encode() if subjects else b""
+# What each command answers (the bench decodes these; `natsq.py` prints them as JSON).
+class StreamCount(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A stream's state; `subjects`: the messages on the filter asked for, if one was."""
+
+    messages: int
+    first_seq: int
+    last_seq: int
+    bytes: int
+    subjects: int | None = None
+
+
+class IdCheck(msgspec.Struct, kw_only=True):
+    """Nats-Msg-Ids in a stream: how many messages carry one, how many ids repeat."""
+
+    messages: int
+    with_id: int
+    unique_ids: int
+    doubled: int
+
+
+class ExecutedStats(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """`executed` events: how many, how fast, and their `latency` (only when there are
+    some: the optional fields are left out of the JSON when unknown)."""
+
+    executed: int
+    already_done: int
+    span_s: float | None = None
+    rate_per_s: float | None = None
+    rate_mid80_per_s: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_max_ms: float | None = None
+    latency_all_p99_ms: float | None = None
+    latency_all_max_ms: float | None = None
+    latency_samples: int | None = None
+
+
+class Pending(msgspec.Struct, kw_only=True):
+    """Summed over the worker-p* consumers of ALERTS."""
+
+    consumers: int
+    num_pending: int
+    num_ack_pending: int
+
+
+class FillResult(msgspec.Struct, kw_only=True):
+    published: int
+    seconds: float
+    with_ids: bool
+
+
+class PublishResult(msgspec.Struct, kw_only=True):
+    published: int
+    seconds: float
+    achieved_rate: float
+    max_late_ms: float
+
+
+class _State(msgspec.Struct):
+    messages: int
+    first_seq: int
+    last_seq: int
+    bytes: int
+    subjects: dict[str, int] | None = None
+
+
+class _StreamInfo(msgspec.Struct):
+    state: _State | None = None
+    error: dict[str, Any] | None = None
+
+
+async def count(nc: Client, stream: str, subjects: str | None = None) -> StreamCount:
+    """$JS.API.STREAM.INFO for `stream`, with a subject filter if given."""
+    body = msgspec.json.encode({"subjects_filter": subjects}) if subjects else b""
     msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", body, timeout=API_TIMEOUT)
-    info = json.loads(msg.data)
-    if "error" in info:
-        raise RuntimeError(f"STREAM.INFO {stream}: {info['error']}")
-    return info
-
-
-async def count(nc: nats.NATS, stream: str, subjects: str | None = None) -> dict[str, Any]:
-    info = await stream_info(nc, stream, subjects)
-    state = info["state"]
-    out = {
-        "messages": state["messages"],
-        "first_seq": state["first_seq"],
-        "last_seq": state["last_seq"],
-        "bytes": state["bytes"],
-    }
-    if subjects:
-        out["subjects"] = sum((state.get("subjects") or {}).values())
-    return out
+    info = msgspec.json.decode(msg.data, type=_StreamInfo)
+    if info.error is not None or info.state is None:
+        raise RuntimeError(f"STREAM.INFO {stream}: {info.error}")
+    state = info.state
+    return StreamCount(
+        messages=state.messages,
+        first_seq=state.first_seq,
+        last_seq=state.last_seq,
+        bytes=state.bytes,
+        subjects=sum((state.subjects or {}).values()) if subjects else None,
+    )
 
 
 async def read(
-    nc: nats.NATS, stream: str, subject: str, headers_only: bool, since: int, deadline: float
-):  # type: ignore[no-untyped-def]
+    nc: Client, stream: str, subject: str, headers_only: bool, since: int, deadline: float
+) -> AsyncIterator[Msg]:
     """Every stored message on `subject` from sequence `since`, oldest first (a generator)."""
     js = nc.jetstream()
     cfg = ConsumerConfig(
@@ -79,7 +151,8 @@ async def read(
         await sub.unsubscribe()
 
 
-async def ids(nc: nats.NATS, stream: str, deadline: float) -> dict[str, Any]:
+async def ids(nc: Client, stream: str, deadline: float) -> IdCheck:
+    """Reads every message's headers and counts the repeated Nats-Msg-Ids."""
     seen: set[str] = set()
     n = with_id = doubled = 0
     async for m in read(nc, stream, ">", True, 1, deadline):
@@ -91,7 +164,7 @@ async def ids(nc: nats.NATS, stream: str, deadline: float) -> dict[str, Any]:
         if mid in seen:
             doubled += 1
         seen.add(mid)
-    return {"messages": n, "with_id": with_id, "unique_ids": len(seen), "doubled": doubled}
+    return IdCheck(messages=n, with_id=with_id, unique_ids=len(seen), doubled=doubled)
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -101,48 +174,58 @@ def _pct(values: list[float], p: float) -> float | None:
     return values[k]
 
 
-async def executed(nc: nats.NATS, since: int, skip_first: float, deadline: float) -> dict[str, Any]:
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+class _Executed(msgspec.Struct):
+    """The fields of an `executed` event read here (contracts.messages.Executed)."""
+
+    at: datetime
+    already_done: bool = False
+    latency: float | None = None
+
+
+_executed_decoder = msgspec.json.Decoder(_Executed)
+
+
+async def executed(nc: Client, since: int, skip_first: float, deadline: float) -> ExecutedStats:
     """Latency (the worker's own `latency` field, receipt -> broker answer) and rate."""
     lat: list[float] = []
     ats: list[float] = []
     already = 0
     async for m in read(nc, "EVENTS", "events.executed.>", False, since, deadline):
-        ev = json.loads(m.data)
-        if ev.get("already_done"):
-            already += 1
-        ats.append(datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).timestamp())
-        if ev.get("latency") is not None:
-            lat.append(float(ev["latency"]))
-    out: dict[str, Any] = {"executed": len(ats), "already_done": already}
+        ev = _executed_decoder.decode(m.data)
+        already += ev.already_done
+        ats.append(ev.at.timestamp())
+        if ev.latency is not None:
+            lat.append(ev.latency)
+    out = ExecutedStats(executed=len(ats), already_done=already)
     if ats:
         ats.sort()
         span = ats[-1] - ats[0]
-        out["span_s"] = round(span, 3)
-        out["rate_per_s"] = round((len(ats) - 1) / span, 1) if span > 0 else None
+        out.span_s = round(span, 3)
+        out.rate_per_s = round((len(ats) - 1) / span, 1) if span > 0 else None
         # the middle 80 % of completions: start-up and tail excluded
         lo, hi = ats[len(ats) // 10], ats[(len(ats) * 9) // 10]
         mid_n = (len(ats) * 9) // 10 - len(ats) // 10
-        out["rate_mid80_per_s"] = round(mid_n / (hi - lo), 1) if hi > lo else None
+        out.rate_mid80_per_s = round(mid_n / (hi - lo), 1) if hi > lo else None
     if lat:
         steady = lat[int(len(lat) * skip_first) :] if skip_first else lat
         steady.sort()
         lat.sort()
-        ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
-        out.update(
-            {
-                "latency_p50_ms": ms(_pct(steady, 50)),
-                "latency_p90_ms": ms(_pct(steady, 90)),
-                "latency_p99_ms": ms(_pct(steady, 99)),
-                "latency_max_ms": ms(steady[-1]),
-                "latency_all_p99_ms": ms(_pct(lat, 99)),
-                "latency_all_max_ms": ms(lat[-1]),
-                "latency_samples": len(steady),
-            }
-        )
+        out.latency_p50_ms = _ms(_pct(steady, 50))
+        out.latency_p90_ms = _ms(_pct(steady, 90))
+        out.latency_p99_ms = _ms(_pct(steady, 99))
+        out.latency_max_ms = _ms(steady[-1])
+        out.latency_all_p99_ms = _ms(_pct(lat, 99))
+        out.latency_all_max_ms = _ms(lat[-1])
+        out.latency_samples = len(steady)
     return out
 
 
-async def pending(nc: nats.NATS) -> dict[str, Any]:
+async def pending(nc: Client) -> Pending:
+    """What the workers have yet to take (num_pending) and to ack (num_ack_pending)."""
     js = nc.jetstream()
     total = ack = n = 0
     for c in await js.consumers_info("ALERTS"):
@@ -150,10 +233,10 @@ async def pending(nc: nats.NATS) -> dict[str, Any]:
             n += 1
             total += c.num_pending or 0
             ack += c.num_ack_pending or 0
-    return {"consumers": n, "num_pending": total, "num_ack_pending": ack}
+    return Pending(consumers=n, num_pending=total, num_ack_pending=ack)
 
 
-async def fill(nc: nats.NATS, k: int, with_ids: bool, deadline: float) -> dict[str, Any]:
+async def fill(nc: Client, k: int, with_ids: bool, deadline: float) -> FillResult:
     """K alert-sized messages to ALERTS (64 symbols), as fast as publish_async allows."""
     js = nc.jetstream(publish_async_max_pending=4000)
     t0 = time.monotonic()
@@ -176,12 +259,12 @@ async def fill(nc: nats.NATS, k: int, with_ids: bool, deadline: float) -> dict[s
             )
         acks = await asyncio.gather(*futs)
         done += len(acks)
-    return {"published": done, "seconds": round(time.monotonic() - t0, 2), "with_ids": with_ids}
+    return FillResult(published=done, seconds=round(time.monotonic() - t0, 2), with_ids=with_ids)
 
 
 async def publish(
-    nc: nats.NATS, rate: float, seconds: float, deadline: float, symbols: int = 64
-) -> dict[str, Any]:
+    nc: Client, rate: float, seconds: float, deadline: float, symbols: int = 64
+) -> PublishResult:
     """Alerts straight into ALERTS at `rate`/s (over `symbols` symbols), as the ingress
     stores them.
 
@@ -225,15 +308,19 @@ async def publish(
         )
     acks = await asyncio.gather(*futs)
     elapsed = loop.time() - t0
-    return {
-        "published": len(acks),
-        "seconds": round(elapsed, 2),
-        "achieved_rate": round(len(acks) / elapsed, 1),
-        "max_late_ms": round(late * 1000, 1),
-    }
+    return PublishResult(
+        published=len(acks),
+        seconds=round(elapsed, 2),
+        achieved_rate=round(len(acks) / elapsed, 1),
+        max_late_ms=round(late * 1000, 1),
+    )
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+Answer = StreamCount | IdCheck | ExecutedStats | Pending | PublishResult | FillResult
+
+
+async def run(args: argparse.Namespace) -> Answer:
+    """One command against `args.url`, within `args.max_seconds`."""
     deadline = time.monotonic() + args.max_seconds
     nc = await nats.connect(
         args.url, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=False
@@ -279,8 +366,7 @@ def main() -> int:
     f.add_argument("--no-ids", action="store_true")
     args = ap.parse_args()
     out = asyncio.run(asyncio.wait_for(run(args), args.max_seconds + 10))
-    json.dump(out, sys.stdout)
-    sys.stdout.write("\n")
+    sys.stdout.buffer.write(msgspec.json.encode(out) + b"\n")
     return 0
 
 

@@ -12,12 +12,12 @@ charges generic frames (stdlib, asyncio helpers) to the nearest named caller.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 # (layer, regex on "function (path:line)"), first match wins; order matters.
 LAYERS: list[tuple[str, str]] = [
@@ -102,7 +102,22 @@ def short(frame: str) -> str:
     return re.sub(r"\((?:.*/site-packages/|.*/lib/python3\.\d+/|.*/main/)", "(", frame)
 
 
-def summarise(path: Path, top: int) -> dict[str, Any]:
+Shares = list[tuple[str, float]]  # (frame or layer, % of samples), largest first
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    """Where a profile's samples went."""
+
+    samples: int
+    top_self_frames: Shares
+    owners: Shares
+    layers_self: Shares
+    layers_inclusive: Shares
+    top_other_frames: Shares
+
+
+def summarise(path: Path, top: int) -> Summary:
+    """The summary of a py-spy raw profile; `top` frames by self time."""
     leaf: Counter[str] = Counter()
     other: Counter[str] = Counter()
     self_layer: Counter[str] = Counter()
@@ -128,36 +143,40 @@ def summarise(path: Path, top: int) -> dict[str, Any]:
         if layer_of(frames[-1]).startswith("other"):
             other[short(frames[-1])] += n
         owner[owner_of(frames)] += n
-    pct = lambda n: round(100 * n / total, 1) if total else 0.0  # noqa: E731
-    return {
-        "samples": total,
-        "top_self_frames": [(f, pct(n)) for f, n in leaf.most_common(top)],
-        "owners": [(k, pct(v)) for k, v in owner.most_common()],
-        "layers_self": [(k, pct(v)) for k, v in self_layer.most_common()],
-        "layers_inclusive": [(k, pct(v)) for k, v in incl_layer.most_common()],
-        "top_other_frames": [(f, pct(n)) for f, n in other.most_common(8)],
-    }
+
+    def shares(counts: list[tuple[str, int]]) -> Shares:
+        return [(k, round(100 * n / total, 1) if total else 0.0) for k, n in counts]
+
+    return Summary(
+        samples=total,
+        top_self_frames=shares(leaf.most_common(top)),
+        owners=shares(owner.most_common()),
+        layers_self=shares(self_layer.most_common()),
+        layers_inclusive=shares(incl_layer.most_common()),
+        top_other_frames=shares(other.most_common(8)),
+    )
 
 
-def render(s: dict[str, Any]) -> str:
+def render(s: Summary) -> str:
+    """The summary as text, for people."""
     out = [
-        f"py-spy samples (active, all threads): {s['samples']}",
+        f"py-spy samples (active, all threads): {s.samples}",
         "",
         "by layer                                        self %   inclusive %",
     ]
     out.insert(2, "by owner (generic frames charged to their caller)  %")
     at = 3
-    for name, p in s["owners"]:
+    for name, p in s.owners:
         out.insert(at, f"  {name:<60}{p:>5.1f}")
         at += 1
     out.insert(at, "")
-    incl = dict(s["layers_inclusive"])
-    for name, p in s["layers_self"]:
+    incl = dict(s.layers_inclusive)
+    for name, p in s.layers_self:
         out.append(f"  {name:<46}{p:>6.1f}   {incl.get(name, 0.0):>8.1f}")
     out += ["", "top frames by self time"]
-    out += [f"  {p:>5.1f}%  {f}" for f, p in s["top_self_frames"]]
+    out += [f"  {p:>5.1f}%  {f}" for f, p in s.top_self_frames]
     out += ["", "top frames of the 'other' layer (self time)"]
-    out += [f"  {p:>5.1f}%  {f}" for f, p in s["top_other_frames"]]
+    out += [f"  {p:>5.1f}%  {f}" for f, p in s.top_other_frames]
     return "\n".join(out)
 
 
@@ -169,7 +188,7 @@ def main() -> int:
     args = ap.parse_args()
     s = summarise(args.profile, args.top)
     if args.json:
-        args.json.write_text(json.dumps(s, indent=1), encoding="utf-8")
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(s), indent=1))
     print(render(s))
     return 0
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import signal
 import sys
+from typing import cast
 
 HDR_END = b"\r\n\r\n"
 ANSWER = b'{"status":"accepted"}'
@@ -41,7 +42,7 @@ class Slow(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast("asyncio.Transport", transport)  # a stream connection's
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

@@ -23,12 +23,23 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 T = TypeVar("T")
 
 
+# free_port, listening and wait_for_port are also the bench's (bench/procs.py): one
+# implementation of "a port nobody uses" and "wait, bounded, until it listens".
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+    except OSError:
+        return False
 
 
 class ExitedError(Exception):
@@ -41,7 +52,7 @@ def wait_for_port(
     """Block until something accepts connections on 127.0.0.1:port (or `proc` exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        if listening(port):
             return
         if proc is not None and proc.poll() is not None:
             raise ExitedError(f"exited with {proc.returncode} before listening on {port}")
@@ -197,7 +208,7 @@ def cluster(root: Path, size: int = 3) -> list[NatsServer]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
+async def serving_aiohttp(app: web.Application) -> AsyncIterator[str]:
     """Serve an aiohttp `app` (a broker's API, as a test speaks it) on 127.0.0.1 on a free
     port; yield its base URL."""
     runner = web.AppRunner(app, handler_cancellation=True)

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.support import free_port, serving
+from tests.support import free_port, serving_aiohttp
 from worker.brokers.alpaca import LIVE_URL, PAPER_URL, AlpacaBroker, AlpacaConfig
 from worker.brokers.base import Broker, Order
 from worker.errors import (
@@ -214,7 +214,7 @@ async def book() -> AsyncIterator[AlpacaBook]:
 
 @pytest.fixture
 async def alpaca_url(book: AlpacaBook) -> AsyncIterator[str]:
-    async with serving(book.app()) as url:
+    async with serving_aiohttp(book.app()) as url:
         yield url
 
 
@@ -517,14 +517,14 @@ async def test_a_redirect_elsewhere_is_not_followed_and_the_keys_stay_home() -> 
 
     other = web.Application()
     other.router.add_route("*", "/{tail:.*}", other_host)
-    async with serving(other) as elsewhere:
+    async with serving_aiohttp(other) as elsewhere:
 
         async def moved(_: web.Request) -> web.Response:
             raise web.HTTPTemporaryRedirect(location=f"{elsewhere}/v2/orders")
 
         api = web.Application()
         api.router.add_post("/v2/orders", moved)
-        async with serving(api) as base, connected(base) as broker:
+        async with serving_aiohttp(api) as base, connected(base) as broker:
             with pytest.raises(TerminalError, match=r"307.*base URL"):
                 await broker.place(_order())
     assert seen == []  # neither the order nor APCA-API-SECRET-KEY left for the other host

@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.support import free_port, serving
+from tests.support import free_port, serving_aiohttp
 from worker.brokers.base import Broker, Order
 from worker.brokers.ccxt_broker import CcxtBroker, CcxtConfig
 from worker.errors import (
@@ -232,7 +232,7 @@ async def spot() -> AsyncIterator[BinanceSpot]:
 
 @pytest.fixture
 async def binance_url(spot: BinanceSpot) -> AsyncIterator[str]:
-    async with serving(spot.app()) as url:
+    async with serving_aiohttp(spot.app()) as url:
         yield url
 
 

@@ -28,7 +28,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from contracts.messages import Alert
 from ops.accounts import Account
-from tests.support import free_port, serving
+from tests.support import free_port, serving_aiohttp
+from tests.workers import make_order
 from worker.brokers import _http
 from worker.brokers.base import Broker, Order, OrderResult
 from worker.brokers.http_forward import HttpForwardBroker, HttpForwardConfig
@@ -121,7 +122,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def url(receiver: Receiver) -> AsyncIterator[str]:
-    async with serving(receiver.app()) as base:
+    async with serving_aiohttp(receiver.app()) as base:
         yield f"{base}/hooks/orders"
 
 
@@ -142,20 +143,6 @@ async def broker(url: str) -> AsyncIterator[HttpForwardBroker]:
         yield adapter
 
 
-def _order(coid: str = "ab-1", **fields: Any) -> Order:
-    values: dict[str, Any] = {
-        "client_order_id": coid,
-        "account": "webhook-1",
-        "symbol": "NASDAQ:AAPL",
-        "side": "buy",
-        "quantity": 10.0,
-        "order_type": "market",
-        "reference_price": 190.25,
-    }
-    values.update(fields)
-    return Order(**values)
-
-
 # --- success ----------------------------------------------------------------------
 
 
@@ -167,7 +154,7 @@ def test_the_adapter_is_a_broker(broker: HttpForwardBroker) -> None:
 async def test_a_market_order_is_forwarded_signed(
     broker: HttpForwardBroker, receiver: Receiver
 ) -> None:
-    result = await broker.place(_order())
+    result = await broker.place(make_order())
     assert (result.client_order_id, result.broker_order_id, result.status) == (
         "ab-1",
         "rx-1",
@@ -175,14 +162,14 @@ async def test_a_market_order_is_forwarded_signed(
     )
     assert (result.side, result.quantity, result.fill_price) == ("buy", 10.0, None)
     # The body is the Order itself, every field, decodable back into one.
-    assert msgspec.json.decode(receiver.bodies[-1], type=Order) == _order()
-    assert receiver.orders["ab-1"]["account"] == "webhook-1"
+    assert msgspec.json.decode(receiver.bodies[-1], type=Order) == make_order()
+    assert receiver.orders["ab-1"]["account"] == "default"
 
 
 async def test_limit_and_exit_prices_travel_as_sent(
     broker: HttpForwardBroker, receiver: Receiver
 ) -> None:
-    order = _order(order_type="limit", limit_price=189.4, take_profit=195.5, stop_loss=185.25)
+    order = make_order(order_type="limit", limit_price=189.4, take_profit=195.5, stop_loss=185.25)
     await broker.place(order)
     sent = receiver.orders["ab-1"]
     assert (sent["order_type"], sent["limit_price"]) == ("limit", 189.4)
@@ -190,7 +177,7 @@ async def test_limit_and_exit_prices_travel_as_sent(
 
 
 async def test_close_is_forwarded_as_close(broker: HttpForwardBroker, receiver: Receiver) -> None:
-    result = await broker.place(_order("ab-close", side="close", quantity=0.0))
+    result = await broker.place(make_order("ab-close", side="close", quantity=0.0))
     assert (result.side, result.quantity) == ("close", 0.0)
     assert receiver.orders["ab-close"]["side"] == "close"
 
@@ -200,7 +187,7 @@ async def test_a_2xx_without_an_order_in_it_is_still_done(
     broker: HttpForwardBroker, receiver: Receiver, reply: str
 ) -> None:
     receiver.reply = reply
-    result = await broker.place(_order())
+    result = await broker.place(make_order())
     assert (result.broker_order_id, result.status, result.side, result.quantity) == (
         "ab-1",
         "accepted",
@@ -219,12 +206,12 @@ async def test_the_receiver_reports_no_equity(broker: HttpForwardBroker) -> None
 async def test_409_is_a_duplicate_that_lookup_finds(
     broker: HttpForwardBroker, receiver: Receiver
 ) -> None:
-    first = await broker.place(_order())
+    first = await broker.place(make_order())
     with pytest.raises(DuplicateOrderError, match="409"):
-        await broker.place(_order())
-    found = await broker.lookup(_order())
+        await broker.place(make_order())
+    found = await broker.lookup(make_order())
     assert found == first
-    assert await broker.lookup(_order("ab-unknown")) is None
+    assert await broker.lookup(make_order("ab-unknown")) is None
     assert len(receiver.orders) == 1
 
 
@@ -254,7 +241,7 @@ async def test_a_lookup_answer_that_is_no_order_is_terminal(
 ) -> None:
     receiver.script.append((200, '{"ok": true}'))
     with pytest.raises(TerminalError, match="not an order"):
-        await broker.lookup(_order())
+        await broker.lookup(make_order())
 
 
 # --- errors -----------------------------------------------------------------------
@@ -269,7 +256,7 @@ async def test_other_4xx_are_rejected_with_the_answer(
 ) -> None:
     receiver.script.append((status, text))
     with pytest.raises(OrderRejectedError, match=f"answered {status}") as caught:
-        await broker.place(_order())
+        await broker.place(make_order())
     assert text[:50] in str(caught.value)
     assert len(str(caught.value)) < 400  # the answer is truncated
 
@@ -277,7 +264,7 @@ async def test_other_4xx_are_rejected_with_the_answer(
 async def test_a_wrong_secret_is_refused_by_the_receiver(url: str, receiver: Receiver) -> None:
     async with connected(url, secret="not-the-secret") as broker:
         with pytest.raises(OrderRejectedError, match=r"401: .*bad signature") as caught:
-            await broker.place(_order())
+            await broker.place(make_order())
     assert "not-the-secret" not in str(caught.value)
     assert receiver.orders == {}
     config = HttpForwardConfig(url=url, secret=SECRET)
@@ -290,8 +277,8 @@ async def test_rate_limits_and_server_errors_are_retryable(
 ) -> None:
     receiver.script.append((status, "try later"))
     with pytest.raises(RetryableError, match=str(status)):
-        await broker.place(_order())
-    assert (await broker.place(_order())).status == "accepted"
+        await broker.place(make_order())
+    assert (await broker.place(make_order())).status == "accepted"
 
 
 async def test_a_slow_receiver_is_a_retryable_timeout(
@@ -299,13 +286,13 @@ async def test_a_slow_receiver_is_a_retryable_timeout(
 ) -> None:
     receiver.delay = 10 * FAST
     with pytest.raises(RetryableError, match="no answer within"):
-        await broker.place(_order())
+        await broker.place(make_order())
 
 
 async def test_connection_refused_is_retryable() -> None:
     async with connected(f"http://127.0.0.1:{free_port()}/orders") as broker:
         with pytest.raises(RetryableError, match=r"(?i)connect"):
-            await broker.place(_order())
+            await broker.place(make_order())
 
 
 async def test_each_request_is_a_client_span_that_carries_the_trace(
@@ -317,7 +304,7 @@ async def test_each_request_is_a_client_span_that_carries_the_trace(
     tracer = provider.get_tracer("test")
     monkeypatch.setattr(_http, "_tracer", tracer)  # a recording tracer, not the global one
     with tracer.start_as_current_span("http place order") as parent:
-        await broker.place(_order())
+        await broker.place(make_order())
     (request,) = [s for s in exporter.get_finished_spans() if s.name == "POST"]
     assert request.parent is not None
     assert request.parent.span_id == parent.get_span_context().span_id
@@ -338,7 +325,7 @@ async def test_no_span_is_made_outside_a_recorded_one(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(_http, "_tracer", provider.get_tracer("test"))
-    await broker.place(_order())
+    await broker.place(make_order())
     assert exporter.get_finished_spans() == ()
     assert "traceparent" not in receiver.headers[-1]
 
@@ -357,9 +344,9 @@ async def test_a_redirect_is_a_wrong_url_not_followed() -> None:
     app = web.Application()
     app.router.add_post("/orders", moved)
     app.router.add_route("*", "/landing", landing)
-    async with serving(app) as base, connected(f"{base}/orders") as broker:
+    async with serving_aiohttp(app) as base, connected(f"{base}/orders") as broker:
         with pytest.raises(TerminalError, match=r"302.*is the URL right"):
-            await broker.place(_order())
+            await broker.place(make_order())
     assert elsewhere == []
 
 
@@ -367,5 +354,5 @@ async def test_errors_never_show_the_webhook_url(receiver: Receiver) -> None:
     """A user's webhook URL may carry a token in its path or query."""
     async with connected(f"http://127.0.0.1:{free_port()}/hook/tok-123?key=tok-456") as broker:
         with pytest.raises(RetryableError) as caught:
-            await broker.place(_order())
+            await broker.place(make_order())
     assert "tok-" not in str(caught.value), caught.value

@@ -14,8 +14,9 @@ import pytest
 
 from contracts.messages import Alert
 from ops.accounts import Account
+from tests.workers import make_order
 from worker.accounts import size
-from worker.brokers.base import Order, OrderResult
+from worker.brokers.base import OrderResult
 from worker.brokers.paper import CHECKPOINT_EVERY, WAL_RESTART_FRAMES, PaperBroker
 from worker.errors import DuplicateOrderError, OrderRejectedError, TerminalError
 from worker.execute import client_order_id, execute, to_order
@@ -37,20 +38,6 @@ async def broker(db_path: Path) -> AsyncIterator[PaperBroker]:
     book = PaperBroker(db_path)
     yield book
     await book.close()
-
-
-def _order(coid: str = "ab-1", **fields: Any) -> Order:
-    values: dict[str, Any] = {
-        "client_order_id": coid,
-        "account": "default",
-        "symbol": "AAPL",
-        "side": "buy",
-        "quantity": 10.0,
-        "order_type": "market",
-        "reference_price": 190.25,
-    }
-    values.update(fields)
-    return Order(**values)
 
 
 def _alert(**fields: Any) -> Alert:
@@ -77,7 +64,7 @@ def _rows(path: Path) -> list[tuple[Any, ...]]:
 
 
 async def test_market_order_fills_at_the_reference_price(broker: PaperBroker) -> None:
-    result = await broker.place(_order())
+    result = await broker.place(make_order())
     assert result.client_order_id == "ab-1"
     assert result.status == "filled"
     assert result.side == "buy"
@@ -87,7 +74,7 @@ async def test_market_order_fills_at_the_reference_price(broker: PaperBroker) ->
 
 
 async def test_limit_order_fills_at_the_limit_price(broker: PaperBroker, db_path: Path) -> None:
-    result = await broker.place(_order(order_type="limit", limit_price=185.5))
+    result = await broker.place(make_order(order_type="limit", limit_price=185.5))
     assert result.status == "filled"
     assert result.fill_price == 185.5
     assert _rows(db_path) == [("ab-1", "buy", 10.0, 185.5, "filled")]
@@ -96,64 +83,64 @@ async def test_limit_order_fills_at_the_limit_price(broker: PaperBroker, db_path
 async def test_a_second_place_with_the_same_id_is_a_duplicate(
     broker: PaperBroker, db_path: Path
 ) -> None:
-    first = await broker.place(_order())
+    first = await broker.place(make_order())
     with pytest.raises(DuplicateOrderError):
-        await broker.place(_order(quantity=99.0, side="sell"))
+        await broker.place(make_order(quantity=99.0, side="sell"))
     assert _rows(db_path) == [("ab-1", "buy", 10.0, 190.25, "filled")]
     # The book still works after the rolled-back duplicate.
-    second = await broker.place(_order("ab-2"))
+    second = await broker.place(make_order("ab-2"))
     assert second.broker_order_id != first.broker_order_id
     assert len(_rows(db_path)) == 2
 
 
 async def test_lookup_finds_a_placed_order(broker: PaperBroker) -> None:
-    placed = await broker.place(_order(side="sell", quantity=3.0))
-    assert await broker.lookup(_order(side="sell", quantity=3.0)) == placed
-    assert await broker.lookup(_order("ab-unknown")) is None
+    placed = await broker.place(make_order(side="sell", quantity=3.0))
+    assert await broker.lookup(make_order(side="sell", quantity=3.0)) == placed
+    assert await broker.lookup(make_order("ab-unknown")) is None
 
 
 async def test_close_flattens_a_long_position(broker: PaperBroker, db_path: Path) -> None:
-    await broker.place(_order("ab-1", quantity=10.0))
-    await broker.place(_order("ab-2", quantity=5.0))
-    await broker.place(_order("ab-3", side="sell", quantity=3.0))
+    await broker.place(make_order("ab-1", quantity=10.0))
+    await broker.place(make_order("ab-2", quantity=5.0))
+    await broker.place(make_order("ab-3", side="sell", quantity=3.0))
     # Another symbol and another account do not count.
-    await broker.place(_order("ab-4", symbol="MSFT", quantity=100.0))
-    await broker.place(_order("ab-5", account="other", quantity=100.0))
-    result = await broker.place(_order("ab-close", side="close", quantity=0.0))
+    await broker.place(make_order("ab-4", symbol="MSFT", quantity=100.0))
+    await broker.place(make_order("ab-5", account="other", quantity=100.0))
+    result = await broker.place(make_order("ab-close", side="close", quantity=0.0))
     assert result.side == "sell"
     assert result.quantity == 12.0
     assert result.status == "filled"
-    assert await broker.lookup(_order("ab-close", side="close", quantity=0.0)) == result
+    assert await broker.lookup(make_order("ab-close", side="close", quantity=0.0)) == result
     assert _rows(db_path)[-1] == ("ab-close", "sell", 12.0, 190.25, "filled")
     with pytest.raises(OrderRejectedError, match="AAPL"):
-        await broker.place(_order("ab-close-again", side="close", quantity=0.0))
+        await broker.place(make_order("ab-close-again", side="close", quantity=0.0))
     # The same close redelivered is a duplicate, not "nothing to close".
     with pytest.raises(DuplicateOrderError):
-        await broker.place(_order("ab-close", side="close", quantity=0.0))
+        await broker.place(make_order("ab-close", side="close", quantity=0.0))
 
 
 async def test_close_flattens_a_short_position(broker: PaperBroker) -> None:
-    await broker.place(_order("ab-1", side="sell", quantity=4.0))
-    result = await broker.place(_order("ab-close", side="close", quantity=0.0))
+    await broker.place(make_order("ab-1", side="sell", quantity=4.0))
+    result = await broker.place(make_order("ab-close", side="close", quantity=0.0))
     assert (result.side, result.quantity) == ("buy", 4.0)
 
 
 async def test_close_when_flat_is_rejected(broker: PaperBroker, db_path: Path) -> None:
     with pytest.raises(OrderRejectedError):
-        await broker.place(_order("ab-close", side="close", quantity=0.0))
+        await broker.place(make_order("ab-close", side="close", quantity=0.0))
     assert _rows(db_path) == []
-    assert await broker.lookup(_order("ab-close", side="close", quantity=0.0)) is None
+    assert await broker.lookup(make_order("ab-close", side="close", quantity=0.0)) is None
 
 
 async def test_two_brokers_on_one_file_share_uniqueness(db_path: Path) -> None:
     first, second = PaperBroker(db_path), PaperBroker(db_path)
     try:
-        placed = await first.place(_order("ab-shared"))
+        placed = await first.place(make_order("ab-shared"))
         with pytest.raises(DuplicateOrderError):
-            await second.place(_order("ab-shared"))
-        assert await second.lookup(_order("ab-shared")) == placed
-        other = await second.place(_order("ab-other"))
-        assert await first.lookup(_order("ab-other")) == other
+            await second.place(make_order("ab-shared"))
+        assert await second.lookup(make_order("ab-shared")) == placed
+        other = await second.place(make_order("ab-other"))
+        assert await first.lookup(make_order("ab-other")) == other
     finally:
         await first.close()
         await second.close()
@@ -164,7 +151,7 @@ async def test_two_brokers_racing_on_one_id_place_it_once(db_path: Path) -> None
     first, second = PaperBroker(db_path), PaperBroker(db_path)
     try:
         outcomes = await asyncio.gather(
-            *(book.place(_order("ab-race")) for book in (first, second, first, second)),
+            *(book.place(make_order("ab-race")) for book in (first, second, first, second)),
             return_exceptions=True,
         )
     finally:
@@ -179,22 +166,22 @@ async def test_two_brokers_racing_on_one_id_place_it_once(db_path: Path) -> None
 async def test_an_unfilled_order_is_no_position(broker: PaperBroker) -> None:
     # A stop order without a price is only accepted, not filled: nothing to close.
     pending = await broker.place(
-        _order("ab-stop", order_type="stop", stop_price=200.0, reference_price=None)
+        make_order("ab-stop", order_type="stop", stop_price=200.0, reference_price=None)
     )
     assert (pending.status, pending.fill_price) == ("accepted", None)
     with pytest.raises(OrderRejectedError):
-        await broker.place(_order("ab-close", side="close", quantity=0.0))
+        await broker.place(make_order("ab-close", side="close", quantity=0.0))
 
 
 async def test_the_book_survives_a_restart(db_path: Path) -> None:
     book = PaperBroker(db_path)
-    placed = await book.place(_order("ab-1"))
+    placed = await book.place(make_order("ab-1"))
     await book.close()
     reopened = PaperBroker(db_path)
     try:
-        assert await reopened.lookup(_order("ab-1")) == placed
+        assert await reopened.lookup(make_order("ab-1")) == placed
         with pytest.raises(DuplicateOrderError):
-            await reopened.place(_order("ab-1"))
+            await reopened.place(make_order("ab-1"))
     finally:
         await reopened.close()
 
@@ -202,12 +189,12 @@ async def test_the_book_survives_a_restart(db_path: Path) -> None:
 async def test_orders_of_one_loop_turn_are_written_together_each_with_its_outcome(
     broker: PaperBroker, db_path: Path
 ) -> None:
-    await broker.place(_order("ab-known"))
+    await broker.place(make_order("ab-known"))
     outcomes = await asyncio.gather(
-        broker.place(_order("ab-a")),
-        broker.place(_order("ab-known")),
-        broker.place(_order("ab-close", side="close", symbol="MSFT", quantity=0.0)),
-        broker.place(_order("ab-b", side="sell", quantity=3.0)),
+        broker.place(make_order("ab-a")),
+        broker.place(make_order("ab-known")),
+        broker.place(make_order("ab-close", side="close", symbol="MSFT", quantity=0.0)),
+        broker.place(make_order("ab-b", side="sell", quantity=3.0)),
         return_exceptions=True,
     )
     assert isinstance(outcomes[0], OrderResult)
@@ -220,11 +207,11 @@ async def test_orders_of_one_loop_turn_are_written_together_each_with_its_outcom
 async def test_an_order_the_book_cannot_store_fails_alone(
     broker: PaperBroker, db_path: Path
 ) -> None:
-    unstorable = _order("ab-bad", quantity=[1.0])  # SQLite cannot bind a list
+    unstorable = make_order("ab-bad", quantity=[1.0])  # SQLite cannot bind a list
     outcomes = await asyncio.gather(
-        broker.place(_order("ab-1")),
+        broker.place(make_order("ab-1")),
         broker.place(unstorable),
-        broker.place(_order("ab-2")),
+        broker.place(make_order("ab-2")),
         return_exceptions=True,
     )
     assert isinstance(outcomes[0], OrderResult)
@@ -236,10 +223,10 @@ async def test_an_order_the_book_cannot_store_fails_alone(
 async def test_a_call_given_up_before_its_batch_is_not_written(
     broker: PaperBroker, db_path: Path
 ) -> None:
-    gave_up = asyncio.create_task(broker.place(_order("ab-gave-up")))
+    gave_up = asyncio.create_task(broker.place(make_order("ab-gave-up")))
     await asyncio.sleep(0)  # queued, not yet written
     gave_up.cancel()
-    placed = await broker.place(_order("ab-kept"))
+    placed = await broker.place(make_order("ab-kept"))
     assert gave_up.cancelled()
     assert placed.client_order_id == "ab-kept"
     assert [row[0] for row in _rows(db_path)] == ["ab-kept"]
@@ -248,17 +235,17 @@ async def test_a_call_given_up_before_its_batch_is_not_written(
 async def test_a_book_another_process_holds_is_waited_for_off_the_event_loop(
     broker: PaperBroker, db_path: Path
 ) -> None:
-    await broker.place(_order("ab-first"))
+    await broker.place(make_order("ab-first"))
     holder = sqlite3.connect(db_path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the book
     try:
-        waiting = [asyncio.create_task(broker.place(_order(f"ab-w{i}"))) for i in range(3)]
+        waiting = [asyncio.create_task(broker.place(make_order(f"ab-w{i}"))) for i in range(3)]
         started = time.monotonic()
         for _ in range(20):  # the loop keeps turning while the orders wait
             await asyncio.sleep(0.01)
         assert time.monotonic() - started < 2.0  # not stuck in a busy timeout (30 s)
         assert not any(task.done() for task in waiting)
-        later = asyncio.create_task(broker.place(_order("ab-later")))
+        later = asyncio.create_task(broker.place(make_order("ab-later")))
         await asyncio.sleep(0.05)
         assert not later.done()
     finally:
@@ -270,7 +257,7 @@ async def test_a_book_another_process_holds_is_waited_for_off_the_event_loop(
         "ab-first", "ab-w0", "ab-w1", "ab-w2", "ab-later",
     ]  # fmt: skip
     # Once the thread is done, orders are written in the loop again.
-    assert (await broker.place(_order("ab-after"))).client_order_id == "ab-after"
+    assert (await broker.place(make_order("ab-after"))).client_order_id == "ab-after"
 
 
 async def test_the_wal_starts_over_while_orders_flow(db_path: Path) -> None:
@@ -291,7 +278,7 @@ async def test_the_wal_starts_over_while_orders_flow(db_path: Path) -> None:
     restarts = 0
     try:
         for i in range(10 * CHECKPOINT_EVERY):  # one commit per loop turn
-            await book.place(_order(f"ab-{i}"))
+            await book.place(make_order(f"ab-{i}"))
             if i % 50 == 0:
                 await asyncio.sleep(0.001)  # let a checkpoint thread finish now and then
         with wal.open("rb") as header:
@@ -306,7 +293,7 @@ async def test_a_reader_holding_the_wal_never_stalls_the_writes(db_path: Path) -
     """An operator's open read transaction keeps the WAL from starting over: the
     checkpoints then leave it be instead of holding every writer off."""
     book = PaperBroker(db_path)
-    await book.place(_order("ab-first"))
+    await book.place(make_order("ab-first"))
     reader = sqlite3.connect(db_path, isolation_level=None)
     reader.execute("BEGIN")
     reader.execute("SELECT COUNT(*) FROM orders").fetchone()  # a snapshot, held
@@ -314,7 +301,7 @@ async def test_a_reader_holding_the_wal_never_stalls_the_writes(db_path: Path) -
     try:
         for i in range(2 * WAL_RESTART_FRAMES // 3 + 2 * CHECKPOINT_EVERY):
             started = time.monotonic()
-            await book.place(_order(f"ab-{i}"))
+            await book.place(make_order(f"ab-{i}"))
             slowest = max(slowest, time.monotonic() - started)
             if i % 50 == 0:
                 await asyncio.sleep(0.001)  # let the checkpoint threads run

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from ingress import refusals
 from ingress.refusals import RefusalLog
-from tests.ingress_support import SECRET, alert, serving, settings
+from tests.ingress_support import SECRET, alert, serving_ingress, settings
 from tests.support import NatsServer, eventually
 
 PATH_SECRET = "not-the-secret-but-a-path-7c1d"
@@ -65,7 +65,7 @@ async def test_each_refusal_is_logged_once_without_the_secret(
         account_rate_limit="2/minute",
     )
     secret_url = f"/webhook/{SECRET}"
-    async with serving(config) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+    async with serving_ingress(config) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
         pad = {"X-Pad": "p" * 2000}
         # (status, the account the line names, the request; None: a body too slow)
         requests: list[tuple[int, str | None, Request | None]] = [
@@ -113,7 +113,7 @@ async def test_a_refused_source_address_is_a_warning(
     nats_server: NatsServer, nc: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = settings(nats_server.url, allow_ips="10.0.0.0/8")
-    async with serving(config) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+    async with serving_ingress(config) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
         assert (await client.post(f"/webhook/{SECRET}", content=alert())).status_code == 403
     (line,) = _lines(caplog)
     assert (line.levelno, getattr(line, "status", None)) == (logging.WARNING, 403)
@@ -129,7 +129,7 @@ async def test_a_flood_of_refusals_logs_a_bounded_number_of_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     flood = 100
-    async with serving(settings(nats_server.url)) as url:
+    async with serving_ingress(settings(nats_server.url)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             started = time.monotonic()
             monkeypatch.setattr(refusals, "process_log", RefusalLog(per_second=5))

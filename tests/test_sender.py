@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from ingress.guard import forwarded_for, source
 from ops.access import TRADINGVIEW_IPS, parse_networks
-from tests.ingress_support import TV_IP, alert, serving, settings, stored
+from tests.ingress_support import TV_IP, alert, serving_ingress, settings, stored
 from tests.support import NatsServer
 
 TV_DN = "CN=TradingView Webhooks,O=TradingView\\, Inc.,C=US"
@@ -37,7 +37,7 @@ def refused(response: httpx.Response, status: int, reason: str) -> None:
 
 
 async def test_allowlist_refuses_an_address_not_on_it(nats_server: NatsServer, nc: Client) -> None:
-    async with serving(settings(nats_server.url, allow_ips="tradingview")) as url:
+    async with serving_ingress(settings(nats_server.url, allow_ips="tradingview")) as url:
         refused(await post(url, alert()), 403, "source address not allowed")
         # Health probes are not TradingView: they are never refused.
         async with httpx.AsyncClient() as client:
@@ -46,7 +46,7 @@ async def test_allowlist_refuses_an_address_not_on_it(nats_server: NatsServer, n
 
 
 async def test_allowlist_admits_an_address_on_it(nats_server: NatsServer, nc: Client) -> None:
-    async with serving(settings(nats_server.url, allow_ips="10.0.0.0/8,127.0.0.1")) as url:
+    async with serving_ingress(settings(nats_server.url, allow_ips="10.0.0.0/8,127.0.0.1")) as url:
         assert (await post(url, alert())).status_code == 200
     assert await stored(nc) == 1
 
@@ -64,7 +64,7 @@ async def test_a_forwarding_header_from_an_untrusted_peer_is_ignored(
 ) -> None:
     # 127.0.0.1 is not a trusted proxy here: whatever it claims, it is 127.0.0.1.
     config = settings(nats_server.url, allow_ips="tradingview", trusted_proxies="10.0.0.0/8")
-    async with serving(config) as url:
+    async with serving_ingress(config) as url:
         refused(await post(url, alert(), **spoof), 403, "source address not allowed")
     assert await stored(nc) == 0
 
@@ -90,7 +90,7 @@ async def test_a_trusted_proxy_reports_the_sender(
     config = settings(
         nats_server.url, allow_ips="tradingview", trusted_proxies="127.0.0.1/32,10.0.0.0/8"
     )
-    async with serving(config) as url:
+    async with serving_ingress(config) as url:
         response = await post(url, alert(), **{header: value})
     assert response.status_code == status, response.text
     assert await stored(nc) == (1 if status == 200 else 0)
@@ -103,7 +103,7 @@ async def test_the_forwarded_header_when_configured(nats_server: NatsServer, nc:
         trusted_proxies="127.0.0.1/32",
         proxy_header="Forwarded",
     )
-    async with serving(config) as url:
+    async with serving_ingress(config) as url:
         ok = await post(url, alert(), Forwarded=f'for="{TV_IP}:4711";proto=https')
         assert ok.status_code == 200, ok.text
         ignored = await post(url, alert(qty=2), **{"X-Forwarded-For": TV_IP})
@@ -181,7 +181,7 @@ async def test_client_certificate_subject_from_a_trusted_proxy(
         require_client_cert="true",
         client_cert_header="X-SSL-Client-S-DN",
     )
-    async with serving(config) as url, httpx.AsyncClient(timeout=5) as client:
+    async with serving_ingress(config) as url, httpx.AsyncClient(timeout=5) as client:
         response = await client.post(f"{url}/webhook", content=alert(), headers=headers)
     if status == 200:
         assert response.status_code == 200, response.text
@@ -195,7 +195,7 @@ async def test_client_certificate_subject_from_a_trusted_proxy(
 
 async def test_rate_limit_per_source(nats_server: NatsServer, nc: Client) -> None:
     config = settings(nats_server.url, rate_limit="3/minute", rate_limit_exempt="none")
-    async with serving(config) as url:
+    async with serving_ingress(config) as url:
         statuses = [(await post(url, alert(qty=n))).status_code for n in range(1, 4)]
         assert statuses == [200, 200, 200]
         limited = await post(url, alert(qty=4))
@@ -210,7 +210,7 @@ async def test_tradingview_is_exempt_from_the_source_limit_by_default(
     nats_server: NatsServer, nc: Client
 ) -> None:
     config = settings(nats_server.url, rate_limit="2/minute", trusted_proxies="127.0.0.1/32")
-    async with serving(config) as url:
+    async with serving_ingress(config) as url:
         # TradingView resends a 5xx up to 3 times, and one alert may fire 15 times in 3 min.
         for n in range(1, 7):
             response = await post(url, alert(qty=n), **{"X-Forwarded-For": TV_IP})
@@ -227,7 +227,7 @@ async def test_rate_limit_per_account_counts_only_authenticated_alerts(
     nats_server: NatsServer, nc: Client
 ) -> None:
     config = settings(nats_server.url, account_rate_limit="2/minute")
-    async with serving(config) as url:
+    async with serving_ingress(config) as url:
         # Strangers without the secret cannot use up an account's allowance.
         for n in range(5):
             refused(await post(url, alert(secret="wrong-secret", qty=n + 1)), 401,

@@ -1,0 +1,122 @@
+"""Phase `worker`: end-to-end latency at a steady rate (through the ingress, and
+published straight into ALERTS), and the drain rate with the paper broker."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from bench import tools
+from bench.common import AB_SECRET, SYMBOLS_64, log
+from bench.drain import drain
+from bench.natsq import PublishResult
+from bench.procs import PROCS
+from bench.results import E2E, DrainResult, WorkerPhase
+from bench.system import HZ, ticks
+
+if TYPE_CHECKING:
+    from bench.harness import Harness, Running
+    from bench.procs import Popen
+
+
+def run(h: Harness) -> None:
+    """Latency (a), latency of the worker alone (a2), drain rates (b), one server."""
+    res = WorkerPhase()
+    h.results.worker = res
+    o = h.opts
+    with h.running("worker", lambda: h.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")) as started:
+        workers = started.workers
+        workers += h.start_workers("worker", 1, started.env, cpu=1)
+        # warm up the path (and the paper book) before measuring
+        tools.loadgen("paced", o.ab_port, AB_SECRET, "--rate", "500", "--duration", "3",
+                      "--conns", "32", "--symbols", SYMBOLS_64)  # fmt: skip
+        h.streams.wait_executed(h.streams.stored(), 60)
+        res.e2e = e2e_via_ingress(h, workers[0])
+        h.save()
+        # (a2) the same rate offered to the worker alone: alerts published straight
+        # into ALERTS (the ingress cannot take 1,000/s on one core), publisher on CPU 0
+        res.e2e_sweep = [e2e_direct(h, workers[0], r, o.e2e_sweep_seconds) for r in o.e2e_sweep]
+        h.save()
+        res.e2e_direct = e2e_direct(h, workers[0], o.e2e_rate, o.e2e_seconds)
+        h.save()
+        # (b) drain rate, paper broker: fill a backlog with the worker stopped
+        res.paper_64_symbols = paper_drain(h, started, "paper_64_symbols", SYMBOLS_64, o.drain_n)
+        h.save()
+        res.paper_1_symbol = paper_drain(h, started, "paper_1_symbol", "BTCUSDT", o.drain_n_single)
+        h.save()
+
+
+def paper_drain(h: Harness, started: Running, label: str, symbols: str, n: int) -> DrainResult:
+    """The running workers stopped, then the drain rate of one on CPU 1."""
+    for w in started.workers:
+        PROCS.stop(w)
+    started.workers.clear()
+    return drain(h, label, started.env, symbols, n, 1, cpu=1)
+
+
+def e2e_via_ingress(h: Harness, worker: Popen) -> E2E:
+    """(a) end-to-end latency at a steady `--e2e-rate`, 64 symbols, through the ingress.
+
+    The load generator runs on CPU 0 beside the ingress and nats-server (together
+    about 80 % of it at this rate) so that the worker has CPU 1 to itself: the latency
+    counts from the ingress's receipt, so it is the worker's and NATS's.
+    """
+    o, streams = h.opts, h.streams
+    since = streams.next_event_seq()
+    pre = h.quiet()
+    w0, t0 = ticks(worker.pid), time.monotonic()
+    lg = tools.loadgen("paced", o.ab_port, AB_SECRET, "--rate", str(o.e2e_rate),
+                       "--duration", str(o.e2e_seconds), "--conns", "32",
+                       "--symbols", SYMBOLS_64, cpu=0)  # fmt: skip
+    backlog = streams.pending()
+    w1, t1 = ticks(worker.pid), time.monotonic()
+    done = streams.wait_executed(streams.stored(), 120)
+    ev = streams.executed(since, 0.05)
+    out = E2E(
+        **msgspec.structs.asdict(ev),
+        rate=o.e2e_rate,
+        seconds=o.e2e_seconds,
+        load=lg,
+        backlog_at_end_of_load=backlog,
+        all_executed=done,
+        worker_cpu_pct=round(100 * (w1 - w0) / HZ / (t1 - t0)),
+        pre_busy_pct=pre,
+    )
+    log(
+        f"  e2e @ {o.e2e_rate}/s: p50 {out.latency_p50_ms} ms p99 "
+        f"{out.latency_p99_ms} ms, worker cpu {out.worker_cpu_pct}%"
+    )
+    return out
+
+
+def e2e_direct(h: Harness, worker: Popen, rate: int, seconds: int) -> E2E:
+    """Latency at `rate` alerts/s published straight into ALERTS (natsq.py on CPU 0)."""
+    streams = h.streams
+    since = streams.next_event_seq()
+    target = streams.stored() + int(rate * seconds)
+    pre = h.quiet()
+    w0, t0 = ticks(worker.pid), time.monotonic()
+    pub = tools.natsq_cli(streams.url, 0, seconds * 3 + 30,
+                          ["publish", str(rate), str(seconds)], PublishResult)  # fmt: skip
+    backlog = streams.pending()
+    w1, t1 = ticks(worker.pid), time.monotonic()
+    done = streams.wait_executed(target, 120)
+    ev = streams.executed(since, 0.05)
+    out = E2E(
+        **msgspec.structs.asdict(ev),
+        rate=rate,
+        seconds=seconds,
+        publish=pub,
+        backlog_at_end_of_load=backlog,
+        all_executed=done,
+        pre_busy_pct=pre,
+        worker_cpu_pct=round(100 * (w1 - w0) / HZ / (t1 - t0)),
+    )
+    log(
+        f"  e2e direct @ {pub.achieved_rate}/s: p50 {out.latency_p50_ms} ms p99 "
+        f"{out.latency_p99_ms} ms, worker cpu {out.worker_cpu_pct}%, backlog "
+        f"{backlog.num_pending}"
+    )
+    return out

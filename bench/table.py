@@ -1,0 +1,277 @@
+"""The one table `just bench` prints (and writes as table.txt and table.md): a row per
+measurement, the reference beside alertbridge, with issue 5's target and whether it
+was met."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from bench.results import BurstResult, DrainResult, Medians, Results, Throughput
+
+Row = tuple[str, str, str, str, str]
+HEAD: Row = ("measurement", "reference (Express+Redis)", "alertbridge", "issue-5 target", "met")
+TIMES = "\N{MULTIPLICATION SIGN}"
+NONE = "\N{EN DASH}"
+MICRO = "\N{MICRO SIGN}"
+
+
+def fmt(v: object, nd: int = 0) -> str:
+    """A figure for people: thousands separated, `nd` decimals for a float, NONE for none."""
+    if v is None:
+        return NONE
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def yes(met: object) -> str:
+    return "yes" if met else "NO"
+
+
+def _le(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and a <= b
+
+
+def rows(r: Results) -> list[Row]:
+    """Every row, section by section; a phase that did not run has none."""
+    ref_m = r.throughput.medians.get("reference") if r.throughput else None
+    out = _throughput_rows(r)
+    out += _burst_rows(r)
+    out += _worker_rows(r, ref_m)
+    out += _scaling_rows(r)
+    out += _memory_rows(r)
+    if any("*" in row[2] for row in out):
+        out.append(("  (* = other load > 10 % of a core during that run)", "", "", "", ""))
+    return out
+
+
+# ----------------------------------------------------------------- 1 throughput
+def _throughput_rows(r: Results) -> list[Row]:
+    t = r.throughput
+    ref_m = t.medians.get("reference") if t else None
+    ab_m = t.medians.get("alertbridge") if t else None
+    if t is None or ref_m is None or ab_m is None:
+        return []
+    s = r.settings
+    ratio = (ab_m.rps or 0) / ref_m.rps if ref_m.rps else 0
+    target = 1.5 * ref_m.rps if ref_m.rps is not None else None
+    rc, ac = t.checks["reference"], t.checks["alertbridge"]
+    out: list[Row] = [
+        (f"1 ingress req/s (median of {len(t.alertbridge)}{TIMES}{s.duration} s, "
+         f"-c{s.conns}, pinned)", fmt(ref_m.rps), fmt(ab_m.rps),
+         f"≥ 1.5{TIMES} ref = {fmt(target)}", f"{yes(ratio >= 1.5)} ({ratio:.2f}{TIMES})"),
+        ("  p50 / p99 latency, ms", _p50_p99(ref_m), _p50_p99(ab_m), "p99 ≤ ref",
+         yes(_le(ab_m.p99_ms, ref_m.p99_ms))),
+        (f"  server CPU per request (app + store), {MICRO}s", fmt(ref_m.srv_cpu_us_per_req),
+         fmt(ab_m.srv_cpu_us_per_req), "", ""),
+        ("  app / store CPU, % of a core",
+         f"{fmt(ref_m.app_cpu_pct)} / {fmt(ref_m.store_cpu_pct)}",
+         f"{fmt(ab_m.app_cpu_pct)} / {fmt(ab_m.store_cpu_pct)}", "", ""),
+        ("  every 200 stored (runs OK)", f"{rc.count('OK')}/{len(rc)}",
+         f"{ac.count('OK')}/{len(ac)}", "all", yes(all(c == "OK" for c in ac))),
+    ]  # fmt: skip
+    out += _variant_rows(r, t, ref_m)
+    sides = t.sides().values()
+    runs_total = sum(len(side) for side in sides)
+    noisy = sum(x.noise == "noisy" for side in sides for x in side)
+    out.append(("  noisy runs (other load > 10 % of a core / steal)", "",
+                f"{noisy} of {runs_total}", "0", ""))  # fmt: skip
+    return out
+
+
+def _p50_p99(m: Medians) -> str:
+    return f"{fmt(m.p50_ms, 1)} / {fmt(m.p99_ms, 1)}"
+
+
+def _variant_rows(r: Results, t: Throughput, ref_m: Medians) -> list[Row]:
+    out: list[Row] = []
+    for side, vm in t.medians.items():
+        if not side.startswith("alertbridge["):
+            continue
+        label = side[len("alertbridge[") : -len("]")]
+        env = r.settings.variants.get(label, {})
+        what = ",".join(f"{k}={v}" for k, v in env.items())
+        vs_ref = f"{(vm.rps or 0) / ref_m.rps:.2f}{TIMES} ref" if ref_m.rps else ""
+        out.append((f"  variant {label} ({what}): req/s, p50/p99 ms", "",
+                    f"{fmt(vm.rps)}, {_p50_p99(vm)}", "", vs_ref))  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------- 2 burst
+BurstField = Literal["sent", "max_ms", "p50_ms", "p99_ms", "send_span_s", "peak_concurrency",
+                     "stored", "accepted_unique_ids", "doubled"]  # fmt: skip
+
+
+def _g(side: BurstResult | None, name: BurstField) -> object:
+    """A burst's figure, None when that side did not run."""
+    return None if side is None else getattr(side, name)
+
+
+def _status(side: BurstResult | None) -> dict[str, int]:
+    return {} if side is None else side.status
+
+
+def _stored_line(side: BurstResult | None) -> str:
+    return (f"{fmt(_g(side, 'stored'))} = {fmt(_g(side, 'accepted_unique_ids'))}; "
+            f"{fmt(_g(side, 'doubled'))}")  # fmt: skip
+
+
+def _all_stored(side: BurstResult | None) -> str:
+    return yes(side is not None and side.stored_equals_accepted and side.doubled == 0)
+
+
+def _burst_rows(r: Results) -> list[Row]:
+    b = r.burst
+    if b is None or (b.reference is None and b.alertbridge is None):
+        return []
+    rb, ab = b.reference, b.alertbridge
+    fast = ab is not None and (ab.send_span_s or 9) <= 1.05 and ab.peak_concurrency >= 500
+    out: list[Row] = [
+        (f"2 burst {fmt(_g(ab, 'sent'))} over {r.settings.burst_over} s, fresh conns: "
+         "max answer ms", fmt(_g(rb, "max_ms")), fmt(_g(ab, "max_ms")), "< 3,000",
+         yes(ab is not None and ab.max_under_3s)),
+        ("  p50 / p99 answer ms", f"{fmt(_g(rb, 'p50_ms'))} / {fmt(_g(rb, 'p99_ms'))}",
+         f"{fmt(_g(ab, 'p50_ms'))} / {fmt(_g(ab, 'p99_ms'))}", "", ""),
+        ("  answers by status", " ".join(f"{k}:{v}" for k, v in _status(rb).items()),
+         " ".join(f"{k}:{v}" for k, v in _status(ab).items()), "all 200",
+         yes(list(_status(ab)) == ["200"])),
+        ("  sent over s / peak open connections",
+         f"{fmt(_g(rb, 'send_span_s'), 2)} / {fmt(_g(rb, 'peak_concurrency'))}",
+         f"{fmt(_g(ab, 'send_span_s'), 2)} / {fmt(_g(ab, 'peak_concurrency'))}",
+         "≤ 1 s / ≥ 500", yes(fast)),
+        ("  stored = accepted ids; doubled", _stored_line(rb), _stored_line(ab), "equal; 0",
+         _all_stored(ab)),
+    ]  # fmt: skip
+    if sc := b.alertbridge_scaled:
+        out += [
+            (f"  {sc.ingresses} ingress processes, one port, unpinned: max / p99 ms; 200s", "",
+             f"{fmt(sc.max_ms)} / {fmt(sc.p99_ms)}; {fmt(sc.status.get('200'))}",
+             "< 3,000; all", yes(sc.max_under_3s and list(sc.status) == ["200"])),
+            ("    stored = accepted ids; doubled", "", _stored_line(sc), "equal; 0",
+             _all_stored(sc)),
+        ]  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------- 3 worker
+def _worker_rows(r: Results, ref_m: Medians | None) -> list[Row]:
+    w = r.worker
+    if w is None:
+        return []
+    out: list[Row] = []
+    if e := w.e2e:
+        took = fmt(e.load.achieved_rps if e.load else None)
+        out += [
+            (f"3 e2e latency, {e.rate}/s offered via ingress (took {took}/s): p50 / p99 ms",
+             "n/a", f"{fmt(e.latency_p50_ms, 1)} / {fmt(e.latency_p99_ms, 1)}", "p99 < 25",
+             yes((e.latency_p99_ms or 1e9) < 25)),
+            ("  backlog at end of load; worker CPU %", "n/a",
+             f"{fmt(e.backlog_at_end_of_load.num_pending)}; {fmt(e.worker_cpu_pct)}", "", ""),
+        ]  # fmt: skip
+    if w.e2e_sweep:
+        rates = " / ".join(f"{x.rate}" for x in w.e2e_sweep)
+        p99s = " / ".join(fmt(x.latency_p99_ms, 1) for x in w.e2e_sweep)
+        out.append((f"  worker alone, straight to JetStream: p99 ms at {rates} alerts/s",
+                    "n/a", p99s, "p99 < 25 @ 1,000", ""))  # fmt: skip
+    if e := w.e2e_direct:
+        rate = fmt(e.publish.achieved_rate if e.publish else None)
+        out.append((f"  same, alerts published straight to JetStream @ {rate}/s", "n/a",
+                    f"{fmt(e.latency_p50_ms, 1)} / {fmt(e.latency_p99_ms, 1)}", "p99 < 25",
+                    yes((e.latency_p99_ms or 1e9) < 25)))  # fmt: skip
+    tgt = 1.5 * ref_m.rps if ref_m is not None and ref_m.rps is not None else None
+    for drained, text in (
+        (w.paper_64_symbols, "  drain rate, paper broker, 64 symbols, 1 worker, /s"),
+        (w.paper_1_symbol, "  drain rate, paper broker, 1 symbol (alerts.lua), /s"),
+    ):
+        if drained is not None:
+            v = drained.rate_mid80_per_s
+            met = yes(tgt is not None and v is not None and v >= tgt) if tgt else ""
+            target = f"≥ ingress target {fmt(tgt)}" if tgt else "≥ ingress target"
+            out.append((text, "n/a", fmt(v) + _star(drained), target, met))
+    return out
+
+
+def _star(d: DrainResult) -> str:
+    return "*" if d.noise == "noisy" else ""
+
+
+# ----------------------------------------------------------------- 4 scaling
+def _scaling_rows(r: Results) -> list[Row]:
+    sc = r.scaling or []
+    parts = sorted({x.partitions for x in sc if x.partitions is not None})
+    out: list[Row] = []
+    for n, partitions in enumerate(parts):
+        row = [x for x in sc if x.partitions == partitions]
+        grows = len(row) >= 2 and (row[-1].rate_mid80_per_s or 0) > 1.3 * (
+            row[0].rate_mid80_per_s or 1
+        )
+        delay = r.settings.broker_delay * 1000
+        label = f"4 drain /s, {delay:.0f} ms broker, " if n == 0 else "  same, "
+        nsymbols = row[0].symbols if row[0].symbols is not None else 64
+        last = partitions == parts[-1]
+        out.append((
+            label + " / ".join(str(x.workers) for x in row)
+            + f" workers ({partitions} partitions, {nsymbols} symbols)",
+            "n/a", " / ".join(fmt(x.rate_mid80_per_s) + _star(x) for x in row),
+            "grows with workers" if last else "", yes(grows) if last else "",
+        ))  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------- 5 memory, dedup
+def _mib(kib: int) -> int:
+    return round(kib / 1024)
+
+
+def _memory_rows(r: Results) -> list[Row]:
+    out: list[Row] = []
+    m = r.memory
+    if m is not None and m.after is not None:
+        rest, after, stored = m.at_rest, m.after, m.alerts_stored or 0
+        out += [
+            (f"5 RSS ingress, at rest → after {fmt(m.alerts_stored)} alerts, MiB", "n/a",
+             f"{_mib(rest.ingress.vm_rss)} → {_mib(after.ingress.vm_rss)}", "after 1M",
+             yes(stored >= 1_000_000)),
+            (f"  RSS worker, at rest → after {fmt(m.executed)} executed, MiB", "n/a",
+             f"{_mib(rest.worker.vm_rss)} → {_mib(after.worker.vm_rss)}", "", ""),
+        ]  # fmt: skip
+    d = r.dedup
+    if d is not None and d.bytes_per_id is not None:
+        out += [
+            (f"  nats-server dedup map: bytes per id (K={fmt(d.k)})", "n/a",
+             fmt(d.bytes_per_id), "stated", "yes"),
+            ("  default 1 h window at 1,000 alerts/s, MiB", "n/a",
+             fmt(d.mib_for_1h_at_1000_per_s), "", ""),
+        ]  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------- rendering
+def text_table(r: Results) -> str:
+    """The machine, then the rows in aligned columns."""
+    body = rows(r)
+    widths = [max(len(x[i]) for x in [HEAD, *body]) for i in range(5)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+
+    mach = r.machine
+    out = [
+        f"machine: {mach.nproc} CPUs, {mach.cpu}, {mach.ram_gib} GiB RAM; "
+        f"load at start {mach.loadavg_at_start}",
+        line(HEAD),
+        line(tuple("-" * w for w in widths)),
+    ]
+    out += [line(x) for x in body]
+    return "\n".join(out)
+
+
+def markdown_table(r: Results) -> str:
+    """The rows as a Markdown table."""
+    head = "| " + " | ".join(HEAD) + " |"
+    sep = "|---|---|---|---|---|"
+    cells = [f"| {' | '.join(c.replace('|', '/') for c in x)} |" for x in rows(r)]
+    return "\n".join([head, sep, *cells])
