@@ -1,14 +1,17 @@
 """The JSON answers the ingress gives: what was stored, or why not.
 
-The webhook answers with `Reply` straight onto ASGI (its hot path does not build a
-Litestar `Response`); Litestar's own handlers use `refuse`; the HTTP protocol, which
-refuses a request head before any app sees it, writes `refusal_bytes`.
+One refusal, three renderings, each named for what it returns: `refusal_reply`, a
+`Reply` the webhook sends straight onto ASGI (its hot path does not build a Litestar
+`Response`); `refusal_response`, a Litestar `Response` for Litestar's own handlers;
+`refusal_bytes`, a whole HTTP/1.1 response for the protocol layer, which refuses a
+request head before any app sees it. The Structs are also the answers' schemas in the
+OpenAPI document (ingress.openapi).
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import msgspec
 from litestar.response import Response
@@ -29,17 +32,19 @@ _encoder: Final = msgspec.json.Encoder()
 class Accepted(msgspec.Struct, frozen=True):
     """The answer to a stored alert."""
 
-    ok: bool
+    ok: Literal[True]
     id: str
-    duplicate: bool
+    duplicate: Annotated[bool, msgspec.Meta(description="already stored: a resend")]
 
 
 class Refused(msgspec.Struct, frozen=True, omit_defaults=True):
     """The answer to an alert that was not stored; the sender learns why."""
 
-    ok: bool
-    error: str
-    errors: list[FieldError] = msgspec.field(default_factory=list)
+    ok: Literal[False]
+    error: Annotated[str, msgspec.Meta(min_length=1, description="why, for a person")]
+    errors: Annotated[
+        list[FieldError], msgspec.Meta(description="422: each invalid field and why")
+    ] = msgspec.field(default_factory=list)
 
 
 def encode(value: object) -> bytes:
@@ -79,7 +84,7 @@ def accepted(alert_id: str, duplicate: bool) -> Reply:
     return Reply(200, encode(Accepted(ok=True, id=alert_id, duplicate=duplicate)))
 
 
-def refused(
+def refusal_reply(
     status: int,
     error: str,
     errors: list[FieldError] | None = None,
@@ -87,24 +92,25 @@ def refused(
     *,
     close: bool = False,
 ) -> Reply:
-    """A refusal with its reason (and field-level reasons for a 422)."""
+    """A refusal for the ASGI webhook, with its reason (and field-level reasons for a 422)."""
     body = encode(Refused(ok=False, error=error, errors=errors or []))
     return Reply(status, body, headers, close=close)
 
 
-def refuse(
+def refusal_response(
     status: int,
     error: str,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
-    """The same refusal as a Litestar response (Litestar's own errors, /readyz)."""
+    """The same refusal as a Litestar response (Litestar's own errors)."""
     body = encode(Refused(ok=False, error=error, errors=errors or []))
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
 def refusal_bytes(status: int, error: str) -> bytes:
-    """A whole HTTP/1.1 refusal that closes the connection, for the protocol layer."""
+    """The same refusal as a whole HTTP/1.1 response that closes the connection, for the
+    protocol layer."""
     body = encode(Refused(ok=False, error=error))
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"

@@ -44,7 +44,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from contracts import tracing
-from ingress.answers import JSON, Reply, accepted, encode, refuse, refused
+from ingress.answers import JSON, Reply, accepted, encode, refusal_reply, refusal_response
 from ingress.auth import SIGNATURE_REQUIRED, WRONG_SECRET, Gate
 from ingress.guard import DisconnectedError, Policy, RefusedError, SenderGuard
 from ingress.openapi import openapi_document
@@ -146,7 +146,7 @@ class Webhook:
         except Exception as exc:  # answered, logged, and on the span
             log.error("unexpected error", exc_info=exc)
             span.record_exception(exc)
-            reply = refused(500, "internal error")
+            reply = refusal_reply(500, "internal error")
         span.set_attribute("http.response.status_code", reply.status)
         if reply.status >= 500:
             span.set_status(Status(StatusCode.ERROR))
@@ -194,7 +194,7 @@ class Webhook:
             alert_key, duplicate = await self._publisher.publish(alert, digest=digest)
         except UnavailableError as exc:
             log.warning("alert %s not stored: %s", alert.id, exc)
-            return refused(503, "temporarily unavailable, retry")
+            return refusal_reply(503, "temporarily unavailable, retry")
         span.set_attribute(tracing.MESSAGE_ID, alert_key)
         log.debug("alert %s accepted (duplicate=%s)", alert_key, duplicate)
         return accepted(alert_key, duplicate)
@@ -227,7 +227,7 @@ class Webhook:
         """A refusal (with field-level reasons for a 422), logged."""
         fields = f" ({', '.join(e.field for e in errors)})" if errors else ""
         self._note(scope, status, error + fields, account)
-        return refused(status, error, errors, headers)
+        return refusal_reply(status, error, errors, headers)
 
     def _note(self, scope: Scope, status: int, reason: str, account: str | None = None) -> None:
         """Log a refusal (ingress.refusals): an account only when it is a configured one
@@ -279,12 +279,12 @@ def _parent(scope: Scope) -> Context | None:
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     """Litestar's own refusals (404, 405, ...) in the same JSON shape as ours."""
-    return refuse(exc.status_code, str(exc.detail), headers=exc.headers)
+    return refusal_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
 def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unexpected error", exc_info=exc)
-    return refuse(500, "internal error")
+    return refusal_response(500, "internal error")
 
 
 def create_app(
@@ -307,7 +307,7 @@ def create_app(
     )
     guard = SenderGuard(Policy.from_settings(settings))
     hook = Webhook(gate, pub, guard, account_rate, instruments, spans=spans)
-    document = encode(openapi_document())
+    document = encode(openapi_document(max_body_bytes=settings.max_body_bytes))
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

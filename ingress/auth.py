@@ -26,7 +26,7 @@ SIGNATURE_SCHEME: Final = "sha256="
 WRONG_SECRET: Final = "missing or wrong secret"  # noqa: S105 -- a reason, not a secret
 WRONG_SIGNATURE: Final = "wrong signature"
 SIGNATURE_REQUIRED: Final = "signature required (X-Signature and X-Timestamp)"
-_MAX_TIMESTAMP_DIGITS: Final = 12
+MAX_TIMESTAMP_DIGITS: Final = 12
 
 
 def matches(secrets: tuple[Secret, ...], candidate: str | None) -> bool:
@@ -107,4 +107,4 @@ class Gate:
 
 
 def _is_timestamp(value: str) -> bool:
-    return 0 < len(value) <= _MAX_TIMESTAMP_DIGITS and value.isascii() and value.isdigit()
+    return 0 < len(value) <= MAX_TIMESTAMP_DIGITS and value.isascii() and value.isdigit()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Final
 
-from ingress.answers import Reply, refused
+from ingress.answers import Reply, refusal_reply
 from ingress.ratelimit import RateLimit
 from ops.access import (
     Address,
@@ -101,7 +101,7 @@ class RefusedError(Exception):
 
     def reply(self) -> Reply:
         """The JSON refusal, with `Connection: close` (the body may be unread)."""
-        return refused(self.status, self.error, headers=self.headers, close=True)
+        return refusal_reply(self.status, self.error, headers=self.headers, close=True)
 
 
 class DisconnectedError(Exception):

@@ -40,6 +40,7 @@ ALIASES: Final[dict[str, tuple[str, ...]]] = {
     "time": ("time",),
     "timenow": ("timenow",),
 }
+REQUIRED: Final = ("symbol", "side")  # under any of their names
 
 SIDES: Final = {
     "buy": "buy", "long": "buy",
@@ -199,7 +200,7 @@ def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
             except ValueError as exc:
                 errors.append(FieldError(field, str(exc)))
     errors.sort(key=_by_field)  # in the order of ALIASES, whichever way they were found
-    for field in ("symbol", "side"):
+    for field in REQUIRED:
         if field not in values and not any(e.field == field for e in errors):
             alternatives = " / ".join(ALIASES[field])
             errors.append(FieldError(field, f"required (as one of: {alternatives})"))

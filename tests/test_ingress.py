@@ -18,6 +18,7 @@ from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_msg_id
 from contracts.subjects import ALERTS_STREAM
 from ingress.app import create_app
+from ingress.openapi import LIMITS
 from ops.settings import IngressSettings, load
 from tests.support import SAMPLES, NatsServer, eventually, free_port
 
@@ -267,3 +268,6 @@ async def test_the_webhook_document_is_served(client: Client_) -> None:
     assert set(document["paths"]) == {"/webhook", "/webhook/{secret}"}
     answers = document["paths"]["/webhook"]["post"]["responses"]
     assert {"200", "401", "413", "422", "503"} <= set(answers)
+    # Generated with this process's body cap (ALERTBRIDGE_MAX_BODY_BYTES=2048 here).
+    assert document["components"]["schemas"]["Alert"][LIMITS]["max_body_bytes"] == 2048
+    assert "over 2048 bytes" in answers["413"]["description"]
