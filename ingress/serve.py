@@ -11,6 +11,8 @@ hold nothing for long) lives here too: a timer per new connection and for a
 request that did not arrive in one piece, where an `asyncio.timeout` around every
 read would cost each request (docs/performance.md).
 
+Everything it uses of uvicorn's internals goes through `ingress.uvicorn_compat`.
+
 uvicorn (0.54) verifies a client certificate against `ssl_ca_certs` during the
 handshake but does not pass it to the app: the ASGI `tls` extension is not filled
 in. A CA check alone cannot tell TradingView's certificate from any other the same
@@ -26,10 +28,10 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ingress import refusals
 from ingress.answers import refusal_bytes
+from ingress.uvicorn_compat import HttpToolsProtocol, answer_begun, answer_pending
 from ops.access import format_subject
 
 if TYPE_CHECKING:
@@ -166,15 +168,14 @@ class IngressProtocol(HttpToolsProtocol):
         """The request missed its deadline: 408, and the connection closes (an app
         already reading the body sees a disconnect and answers nothing)."""
         self._deadline = None
-        cycle = self.cycle
         if self.transport.is_closing():
             return
-        if cycle is not None and not cycle.response_complete and not self._in_body:
+        if answer_pending(self) and not self._in_body:
             # The app still answers an earlier request (this one waits behind it,
             # pipelined): its time starts once that answer is out.
             self._deadline = self.loop.call_later(self.body_timeout, self._late)
             return
-        if self._in_body and cycle is not None and cycle.response_started:
+        if self._in_body and answer_begun(self):
             # Answered already (an early refusal); the rest of its body never came.
             self._refused = True
             self.transport.close()
