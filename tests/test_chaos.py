@@ -1,16 +1,21 @@
-"""Real worker processes under stress: per-symbol order across processes, kill -9 while
-thousands of alerts flow, and a nats-server restart under the ingress."""
+"""Real processes under stress: per-symbol order across worker processes; kill -9 of
+workers between "order placed" and "ack" (and at random moments) while alerts flow
+through the real ingress; a nats-server restart under the ingress.
+
+The history is checked from outside (Jepsen's way): what the sender was told (every
+answer), what the broker saw (every order POST, per alert, in a list: tests.chaos_broker),
+what the streams hold (EVENTS, DLQ). `ALERTBRIDGE_CHAOS_SEED` repeats a run's plan.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import random
-import signal
 import sqlite3
-import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -18,15 +23,31 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from contracts.messages import Executed
-from ops import dlq, provision
+from contracts.messages import Executed, Expired, Rejected
+from ops import provision
 from ops.events import read_events
 from ops.settings import WorkerSettings, load
-from tests.support import NatsServer, eventually, free_port, python_module, wait_for_port
+from tests.chaos_broker import Call, Receiver, broker_env, write_accounts
+from tests.fleet import Fleet, ingress_process
+from tests.history import Outcome, settle
+from tests.support import NatsServer, eventually, serving_aiohttp
+from tests.webhook_sender import Planned, Sender, by_symbol, plan
 from tests.workers import make_alert, provisioned, publish
 from worker.execute import client_order_id
 
-SEED = int(os.environ.get("CHAOS_SEED", str(random.SystemRandom().randrange(1 << 30))))
+SEED = int(os.environ.get("ALERTBRIDGE_CHAOS_SEED", str(random.SystemRandom().randrange(1 << 30))))
+WEBHOOK_SECRET = "chaos-webhook-secret"
+
+# The kill -9 run: alerts spread over SEND_SECONDS, three workers, MID_ORDER_KILLS kills
+# planned between placement and ack (at least MIN_MID_ORDER_KILLS must land), and
+# RANDOM_KILLS at random moments. ACK_WAIT 2 s brings a killed worker's alert back soon.
+TOTAL = 360
+SEND_SECONDS = 24.0
+WORKERS = 3
+MID_ORDER_KILLS = 8
+MIN_MID_ORDER_KILLS = 6
+RANDOM_KILLS = 4
+SETTLE_WITHIN = 45.0  # after the last send; the whole test stays well under 120 s
 
 
 def book(db: str) -> list[tuple[str, str]]:
@@ -35,41 +56,11 @@ def book(db: str) -> list[tuple[str, str]]:
         return conn.execute("SELECT client_order_id, symbol FROM orders ORDER BY seq").fetchall()
 
 
-def check_order(rows: list[tuple[str, str]], expected: dict[str, list[str]]) -> None:
-    for symbol, ids in expected.items():
-        got = [cid for cid, sym in rows if sym == symbol]
-        assert got == ids, f"order broken for {symbol} (seed {SEED})"
-
-
-class Workers:
-    """N `python -m worker` processes that can be killed and restarted."""
-
-    def __init__(self, env: dict[str, str], logs: Path, n: int) -> None:
-        self.env, self.logs = env, logs
-        self.procs = [self._start(i) for i in range(n)]
-
-    def _start(self, i: int) -> subprocess.Popen[bytes]:
-        return python_module("worker", self.env, self.logs / f"worker-{i}.log")
-
-    def kill9_and_restart(self, i: int) -> None:
-        self.procs[i].send_signal(signal.SIGKILL)
-        self.procs[i].wait()
-        self.procs[i] = self._start(i)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 @pytest.fixture
 def env(worker_env: dict[str, str]) -> dict[str, str]:
     return {**worker_env, "ALERTBRIDGE_PARTITIONS": "8", "ALERTBRIDGE_DEFAULT_QUANTITY": "1",
-            "ALERTBRIDGE_ACK_WAIT": "2"}  # fmt: skip
+            "ALERTBRIDGE_ACK_WAIT": "2", "ALERTBRIDGE_MAX_DELIVER": "10",
+            "ALERTBRIDGE_MAX_ALERT_AGE": "0", "ALERTBRIDGE_SECRETS": WEBHOOK_SECRET}  # fmt: skip
 
 
 @pytest.fixture
@@ -89,8 +80,9 @@ async def test_per_symbol_order_holds_across_three_worker_processes(
     js = nc.jetstream()
     symbols = [f"SYM{i}" for i in range(30)]
     expected: dict[str, list[str]] = {s: [] for s in symbols}
-    workers = Workers(env, tmp_path, 3)
+    fleet = Fleet(lambda _: env, 3, tmp_path)
     try:
+        await fleet.start()
         for i in range(600):
             symbol = symbols[(i * 7) % len(symbols)]
             alert = make_alert(f"ord-{i}", symbol=symbol)
@@ -98,131 +90,206 @@ async def test_per_symbol_order_holds_across_three_worker_processes(
             await publish(js, alert)
         await eventually(lambda: executed_count(nc, 600), within=90, interval=0.5)
     finally:
-        workers.stop()
+        await fleet.stop()
     rows = book(env["ALERTBRIDGE_PAPER_DB"])
     assert len(rows) == 600
-    check_order(rows, expected)
+    for symbol, ids in expected.items():
+        assert [cid for cid, sym in rows if sym == symbol] == ids, f"order broken for {symbol}"
     executed = await read_events(js, "events.executed.>")
     assert all(isinstance(e, Executed) for e in executed)
 
 
-async def test_kill_9_workers_while_thousands_of_alerts_flow(
+class Chaos:
+    """The kills: at the broker, between an order's placement and its answer (the worker
+    placed it and dies before it can ack), and at random moments.
+
+    Mid-order kills are planned at alert tags spread over the run: the first placement
+    of an alert at or past the next planned tag, by a worker that is up, kills that
+    worker before the broker answers. Random kills pick an up worker at random times.
+    """
+
+    def __init__(self, fleet: Fleet, seed: int) -> None:
+        self.fleet = fleet
+        plan_rng = random.Random(seed)
+        block = (TOTAL - 80) // MID_ORDER_KILLS
+        self.points = [30 + k * block + plan_rng.randrange(block) for k in range(MID_ORDER_KILLS)]
+        self._rng = random.Random(seed + 1)
+        self.mid_order: list[Call] = []  # the placements that were answered by a kill
+        self.random: list[int] = []  # the slots killed at random
+
+    def on_placed(self, call: Call) -> None:
+        """The broker's hook: runs after it recorded the placement, before its answer."""
+        if not self.points or call.tag < self.points[0]:
+            return
+        slot = int(call.worker.removeprefix("w"))
+        if not self.fleet.up[slot]:
+            return  # a worker still starting: the next placement will do
+        self.points.pop(0)
+        self.fleet.kill(slot)  # returns once it is dead: the answer will find no one
+        self.mid_order.append(call)
+
+    async def random_kills(self) -> None:
+        """RANDOM_KILLS kill -9s of an up worker, 1.5 to 4 s apart (cancel to stop early)."""
+        while len(self.random) < RANDOM_KILLS:
+            await asyncio.sleep(self._rng.uniform(1.5, 4.0))  # a random moment
+            if up := self.fleet.up_slots():
+                slot = self._rng.choice(up)
+                self.fleet.kill(slot)
+                self.random.append(slot)
+
+
+async def test_kill_9_between_placement_and_ack_loses_and_doubles_nothing(
     nc: Client, env: dict[str, str], tmp_path: Path
 ) -> None:
-    print(f"chaos seed {SEED} (CHAOS_SEED to repeat)")
-    rng = random.Random(SEED)
+    print(f"\nchaos seed {SEED} (ALERTBRIDGE_CHAOS_SEED={SEED} to repeat)")
     js = nc.jetstream()
-    total = 2000
-    symbols = [f"CH{i}" for i in range(40)]
-    expected: dict[str, list[str]] = {s: [] for s in symbols}
-    workers = Workers(env, tmp_path, 3)
-    kills = 0
-    try:
-        for i in range(total):
-            symbol = rng.choice(symbols)
-            alert = make_alert(f"chaos-{i}", symbol=symbol)
-            expected[symbol].append(client_order_id("default", alert.id))
-            await publish(js, alert)
-            if i % 150 == 149:  # a kill -9 every 150 alerts, while they are being executed
-                workers.kill9_and_restart(rng.randrange(3))
-                kills += 1
-        for _ in range(3):
-            await asyncio.sleep(0.7)  # let work get in flight, then kill again
-            workers.kill9_and_restart(rng.randrange(3))
-            kills += 1
+    alerts = plan(TOTAL, [f"CH{i}" for i in range(12)], random.Random(SEED), "chaos")
+    started = time.monotonic()
+    receiver = Receiver()
+    async with serving_aiohttp(receiver.app()) as base:
 
-        async def settled() -> int | None:
-            done = await executed_count(nc, 0) or 0
-            dead = len(await dlq.entries(js))
-            return done + dead if done + dead >= total else None
+        def env_of(slot: int) -> dict[str, str]:
+            accounts = write_accounts(tmp_path / f"accounts-w{slot}.toml", f"{base}/orders/w{slot}")
+            return {**env, **broker_env(accounts)}
 
-        await eventually(settled, within=180, interval=1.0)
-    finally:
-        workers.stop()
-    rows = book(env["ALERTBRIDGE_PAPER_DB"])
-    executed = {e.alert_id for e in await read_events(js, "events.executed.>")}
-    dead = {e.alert_id for e in await dlq.entries(js)}
-    ids = {f"chaos-{i}" for i in range(total)}
-    assert executed | dead == ids and not executed & dead, f"seed {SEED}"
-    assert len(rows) == len({cid for cid, _ in rows}) == len(executed)  # no doubled order
-    check_order(
-        rows, {s: [c for c in cids if c in {r[0] for r in rows}] for s, cids in expected.items()}
+        fleet = Fleet(env_of, WORKERS, tmp_path)
+        chaos = Chaos(fleet, SEED)
+        receiver.on_placed = chaos.on_placed
+        try:
+            await fleet.start()
+            async with ingress_process(env_of(0), tmp_path / "ingress.log") as ingress:
+                async with httpx.AsyncClient(timeout=10) as http:
+                    sender = Sender(http, f"{ingress}/webhook/{WEBHOOK_SECRET}")
+                    killer = asyncio.create_task(chaos.random_kills())
+                    try:
+                        await sender.send_paced(alerts, SEND_SECONDS)
+                    finally:
+                        killer.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await killer
+                result = await settle(js, set(sender.accepted), SETTLE_WITHIN)
+                await fleet.settled()
+        finally:
+            await fleet.stop()
+    duration = time.monotonic() - started
+    check_history(alerts, sender, receiver, result, chaos, fleet, duration)
+    others = [e for e in await read_events(js) if isinstance(e, Rejected | Expired)]
+    assert not others, f"terminal events other than executed: {others[:3]} (seed {SEED})"
+
+
+def check_history(
+    alerts: list[Planned],
+    sender: Sender,
+    receiver: Receiver,
+    result: Outcome,
+    chaos: Chaos,
+    fleet: Fleet,
+    duration: float,
+) -> None:
+    """Print the run's figures, then check the history against them."""
+    executed = result.executed
+    placements = receiver.placements()
+    per_alert = Counter(e.alert_id for e in executed)
+    by_id = {e.alert_id: e for e in executed}
+    tag_of = {a.id: a.tag for a in alerts}
+    already_done = [e for e in executed if e.already_done]
+    mid_ids = {a.id for a in alerts if a.tag in {c.tag for c in chaos.mid_order}}
+    figures = (
+        f"seed {SEED}: {len(alerts)} alerts, {len(sender.accepted)} answered 200, "
+        f"{len(sender.refused)} answered 503, in {duration:.1f}s; kills: "
+        f"{len(chaos.mid_order)} between placement and ack, {len(chaos.random)} at random "
+        f"({fleet.starts} worker starts); broker: {sum(map(len, placements.values()))} "
+        f"placements, {len(receiver.calls)} order POSTs, {receiver.duplicates()} answered 409, "
+        f"{receiver.lookups} lookups; executed: already_done {len(already_done)} "
+        f"({len([e for e in already_done if e.alert_id not in mid_ids])} beyond the planned "
+        f"kills), redelivered {len([e for e in executed if e.attempts > 1])}"
     )
-    assert kills >= 16
+    print(f"chaos: {figures}")
+    refused = sender.not_accepted(alerts)
+    assert not refused, f"not accepted (id: statuses): {refused}; {figures}"
+    first_time_dups = [i for i, d in sender.accepted.items() if d and len(sender.statuses[i]) == 1]
+    assert not first_time_dups, f"new alerts answered duplicate: {first_time_dups}; {figures}"
+    assert not receiver.bad_requests, f"{receiver.bad_requests[:3]}; {figures}"
+    doubled = {t: [(c.client_order_id, c.worker) for c in p] for t, p in placements.items()
+               if len(p) > 1}  # fmt: skip
+    missing = [a.id for a in alerts if not placements.get(a.tag)]
+    assert not doubled, f"alerts placed more than once (tag: orders): {doubled}; {figures}"
+    assert not missing, f"alerts answered 200 but never placed: {missing}; {figures}"
+    changed = {t: ids for t, ids in receiver.client_order_ids().items() if len(ids) > 1}
+    assert not changed, f"client order id changed between deliveries: {changed}; {figures}"
+    assert receiver.placed_in_order() == by_symbol(alerts), f"per-symbol order broken; {figures}"
+    dead = [(d.alert_id, d.reason, d.last_error) for d in result.dead]
+    assert not dead, f"dead-lettered (a failure, not a delivery): {dead[:5]}; {figures}"
+    unexecuted = sorted(result.missing(set(tag_of)))
+    assert not unexecuted, f"no executed event for {len(unexecuted)}: {unexecuted[:10]}; {figures}"
+    assert set(per_alert) == set(tag_of), f"executed events for unknown alerts; {figures}"
+    twice = {i: n for i, n in per_alert.items() if n != 1}
+    assert not twice, f"alerts with more than one executed event: {twice}; {figures}"
+    assert len(chaos.mid_order) >= MIN_MID_ORDER_KILLS, f"too few mid-order kills; {figures}"
+    not_found = [c.tag for c in chaos.mid_order if not by_id[alerts[c.tag - 1].id].already_done]
+    assert not not_found, f"killed mid-order, not found as already_done: {not_found}; {figures}"
+    assert len(already_done) >= len(chaos.mid_order), figures
 
 
 async def test_nats_restart_mid_stream_loses_nothing_and_dedup_survives(
     tmp_path: Path, worker_env: dict[str, str]
 ) -> None:
     server = NatsServer(tmp_path / "store").start()
-    env = {
-        **worker_env,
-        "ALERTBRIDGE_NATS_URL": server.url,
-        "ALERTBRIDGE_DEFAULT_QUANTITY": "1",
-        "ALERTBRIDGE_SECRETS": "restart-secret",
-        "ALERTBRIDGE_PUBLISH_TIMEOUT": "0.5",
-    }
-    await provisioned(env)
-    port = free_port()
-    worker = python_module("worker", env, tmp_path / "worker.log")
-    ingress = python_module(
-        "ingress", {**env, "ALERTBRIDGE_HTTP_PORT": str(port)}, tmp_path / "ingress.log"
-    )
-    url = f"http://127.0.0.1:{port}/webhook/restart-secret"
+    receiver = Receiver()
+    alerts = plan(300, [f"R{i}" for i in range(10)], random.Random(SEED), "rs")
     try:
-        await asyncio.to_thread(wait_for_port, port, 30)
-        async with httpx.AsyncClient(timeout=5) as http:
-            await eventually(lambda: _ready(http, port), within=30)
-
-            refused = 0
-
-            async def send(i: int) -> dict[str, object]:
-                nonlocal refused
-                body = json.dumps({"id": f"rs-{i}", "symbol": f"R{i % 10}", "side": "buy"})
-                for _ in range(100):  # TradingView resends 5xx; so does this sender
-                    try:
-                        r = await http.post(url, content=body)
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.2)
-                        continue
-                    if r.status_code == 200:
-                        answer: dict[str, object] = r.json()
-                        return answer
-                    assert r.status_code == 503, r.text
-                    refused += 1
-                    await asyncio.sleep(0.2)
-                raise AssertionError(f"rs-{i} never accepted")
-
-            answers = [await send(i) for i in range(100)]
-            restart_at = time.monotonic()
-            server.stop()  # mid-stream: the next sends see 503 until it is back
-            sender = asyncio.gather(*(send(i) for i in range(100, 300)))
-            await asyncio.sleep(1.0)
-            server.start()
-            answers += await sender
-            assert time.monotonic() - restart_at < 60
-            assert refused > 0  # the outage was real: the ingress said 503, never a lie
-            assert [a["id"] for a in answers] == [f"rs-{i}" for i in range(300)]
-
-            check = await nats.connect(server.url)
+        async with serving_aiohttp(receiver.app()) as base:
+            accounts = write_accounts(tmp_path / "accounts.toml", f"{base}/orders/w0")
+            env = {**worker_env, **broker_env(accounts), "ALERTBRIDGE_NATS_URL": server.url,
+                   "ALERTBRIDGE_SECRETS": WEBHOOK_SECRET, "ALERTBRIDGE_PUBLISH_TIMEOUT": "0.5",
+                   "ALERTBRIDGE_MAX_ALERT_AGE": "0"}  # fmt: skip
+            await provisioned(env)
+            fleet = Fleet(lambda _: env, 1, tmp_path)
             try:
-                await eventually(lambda: executed_count(check, 300), within=60, interval=0.5)
+                await fleet.start()
+                async with ingress_process(env, tmp_path / "ingress.log") as ingress:
+                    await _restart_under_the_ingress(server, receiver, alerts, ingress)
             finally:
-                await check.close()
-            rows = book(env["ALERTBRIDGE_PAPER_DB"])
-            assert len(rows) == 300
-            again = [await send(i) for i in (0, 50, 150, 299)]
-            assert all(a["duplicate"] is True for a in again)  # dedup survived the restart
+                await fleet.stop()
     finally:
-        for proc in (ingress, worker):
-            proc.terminate()
-            proc.wait(20)
         server.stop()
 
 
-async def _ready(http: httpx.AsyncClient, port: int) -> bool | None:
-    try:
-        r = await http.get(f"http://127.0.0.1:{port}/readyz")
-    except httpx.TransportError:
-        return None
-    return True if r.status_code == 200 else None
+async def _restart_under_the_ingress(
+    server: NatsServer, receiver: Receiver, alerts: list[Planned], ingress: str
+) -> None:
+    url = f"{ingress}/webhook/{WEBHOOK_SECRET}"
+    async with httpx.AsyncClient(timeout=10) as http:
+        # TradingView resends 5xx; this sender resends for as long as a restart takes.
+        sender = Sender(http, url, resend_after=0.2, resends=150)
+        for alert in alerts[:100]:
+            await sender.send(alert)
+        server.stop()  # mid-stream: the next sends see 503 until it is back
+        sending = asyncio.create_task(sender.send_paced(alerts[100:], 0.0))
+
+        async def outage_seen() -> bool | None:
+            return True if sender.refused else None
+
+        await eventually(outage_seen, within=20)  # the ingress said 503, never a lie
+        server.start()
+        await sending
+        assert not sender.not_accepted(alerts), sender.not_accepted(alerts)
+
+        check = await nats.connect(server.url)
+        try:
+            result = await settle(check.jetstream(), {a.id for a in alerts}, within=60)
+        finally:
+            await check.close()
+        again = alerts[0], alerts[50], alerts[150], alerts[299]
+        for alert in again:
+            await sender.send(alert)
+        dedup = [sender.accepted[a.id] for a in again]
+    placements = receiver.placements()
+    doubled = {t: len(p) for t, p in placements.items() if len(p) > 1}
+    assert not doubled, f"placed more than once: {doubled} (seed {SEED})"
+    assert [a.tag for a in alerts if not placements.get(a.tag)] == [], f"seed {SEED}"
+    assert receiver.placed_in_order() == by_symbol(alerts)
+    assert not result.dead, result.dead
+    assert sorted(Counter(e.alert_id for e in result.executed).values()) == [1] * len(alerts)
+    assert dedup == [True] * 4, dedup  # dedup survived the restart
+    print(f"\nnats restart (seed {SEED}): {len(sender.refused)} answers were 503; resent")
