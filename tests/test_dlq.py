@@ -4,6 +4,7 @@ expired, the router's crash safety, and replay (executed once, never doubled).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -18,20 +19,36 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from contracts import headers as h
-from contracts.messages import DeadLettered, Event, Executed, Expired, Rejected, Replayed
+from contracts.messages import (
+    AttemptFailed,
+    DeadLettered,
+    Event,
+    Executed,
+    Expired,
+    Rejected,
+    Replayed,
+)
 from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM
-from contracts.topology import DLQ_ROUTER
-from ops import dlq
+from contracts.topology import DLQ_ROUTER, partition_durable
+from ops import dlq, provision
 from ops.events import read_events
 from ops.settings import WorkerSettings, load
 from tests.support import NatsServer, eventually
-from tests.workers import FlakyBroker, make_alert, paper_rows, publish, run_worker
+from tests.workers import (
+    FlakyBroker,
+    make_alert,
+    paper_rows,
+    partition_of,
+    publish,
+    run_worker,
+    settled,
+)
 from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
-from worker.consumer import reference_time
 from worker.dlq import DeadLetters, Router
-from worker.errors import RetryableError
+from worker.errors import DuplicateOrderError, RetryableError
 from worker.events import EventLog
+from worker.outcomes import reference_time
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 
@@ -44,8 +61,6 @@ def settings(worker_env: dict[str, str]) -> WorkerSettings:
 @pytest.fixture
 async def nc(nc: Client, settings: WorkerSettings) -> AsyncIterator[Client]:
     """The module's fresh streams, with consumers for max_deliver=2."""
-    from ops import provision
-
     await provision.apply(nc.jetstream(), settings.topology())
     yield nc
 
@@ -156,6 +171,91 @@ async def test_a_future_timenow_does_not_keep_an_old_alert_young(
     assert settings.max_alert_age < event.age < settings.max_alert_age + 60
 
 
+class Swallowed(FlakyBroker):
+    """Every order reaches the book (which keeps one per client order id), no answer ever
+    comes back; the time of each call is kept, at the broker's side."""
+
+    def __init__(self, inner: PaperBroker) -> None:
+        super().__init__(inner, failures=0)
+        self.called_at: list[datetime] = []
+
+    async def place(self, order: Order) -> OrderResult:
+        self.called_at.append(datetime.now(UTC))
+        with contextlib.suppress(DuplicateOrderError):
+            await self.inner.place(order)
+        raise RetryableError("read timeout")
+
+    async def lookup(self, order: Order) -> OrderResult | None:
+        raise RetryableError("read timeout")
+
+
+async def test_an_alert_that_ages_during_its_retries_expires_and_is_placed_once(
+    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
+) -> None:
+    """The broker takes the order but never answers: the alert is retried while it is
+    fresh, then expires. The stale guard runs on every delivery, before the broker call:
+    no call once the alert is older than its max age, and the book holds one order."""
+    js = nc.jetstream()
+    settings = load(
+        WorkerSettings,
+        {
+            **worker_env,
+            "ALERTBRIDGE_MAX_ALERT_AGE": "2",
+            "ALERTBRIDGE_RETRY_BACKOFF": "0.2",
+            "ALERTBRIDGE_MAX_DELIVER": "100",  # deliveries never run out first
+        },
+    )
+    await provision.apply(js, settings.topology())
+    alert = make_alert("ages")
+    await publish(js, alert)
+    broker = Swallowed(paper)
+    await run_worker(nc, broker, settings)
+    (entry,) = await eventually(lambda: dlq_entries(js, 1), within=20)
+    assert (entry.alert_id, entry.reason) == ("ages", "expired")
+    events = await all_events(js)
+    (expired,) = [e for e in events if isinstance(e, Expired)]
+    retried = [e for e in events if isinstance(e, AttemptFailed)]
+    assert not [e for e in events if isinstance(e, Executed)]
+    assert len(broker.called_at) >= 2 and len(retried) == len(broker.called_at)
+    assert expired.attempts == len(broker.called_at) + 1
+    late = [t for t in broker.called_at if (t - alert.received_at).total_seconds() > 2.5]
+    assert late == []  # (0.5 s of slack between the guard and the call)
+    assert len(paper_rows(settings.paper_db)) == 1  # placed once, whatever the retries
+
+
+async def test_a_dlq_write_that_fails_leaves_the_alert_unacked_and_loses_nothing(
+    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
+) -> None:
+    """Ops deletes the DLQ stream under the worker: a terminal alert cannot be
+    dead-lettered, so it is neither termed nor acked, and comes back until the stream is
+    back; then it is dead-lettered once."""
+    js = nc.jetstream()
+    env = {**worker_env, "ALERTBRIDGE_ACK_WAIT": "1", "ALERTBRIDGE_MAX_DELIVER": "50"}
+    settings = load(WorkerSettings, env)
+    await provision.apply(js, settings.topology())
+    await js.delete_stream(DLQ_STREAM)
+    seq = await publish(js, make_alert("no-dlq", quantity=None))  # terminal: no quantity
+    durable = partition_durable(await partition_of(js, seq))
+    await run_worker(nc, paper, settings)
+
+    async def delivered(times: int) -> bool | None:
+        info = await js.consumer_info(ALERTS_STREAM, durable)
+        return True if info.delivered.consumer_seq >= times else None
+
+    await eventually(lambda: delivered(3))  # came back twice: neither acked nor termed
+    assert [e for e in await all_events(js) if isinstance(e, Rejected)] == []
+    assert (await js.stream_info(ADVISORIES_STREAM)).state.messages == 0  # no TERMINATED
+    await provision.apply(js, settings.topology())  # ops puts the stream back
+    (entry,) = await eventually(lambda: dlq_entries(js, 1))
+    assert entry.alert_id == "no-dlq" and entry.reason.startswith("terminated: ")
+    assert entry.last_error is not None and "no quantity" in entry.last_error
+    assert entry.deliveries >= 3 and entry.stream_seq == seq
+    await _advisories_consumed(js)  # the TERMINATED advisory adds no second entry
+    await eventually(lambda: settled(js, settings.partitions))
+    assert len(await dlq.entries(js)) == 1
+    assert [type(e) for e in await all_events(js)] == [Rejected]
+
+
 def test_age_counts_from_the_earlier_of_timenow_and_receipt() -> None:
     received = datetime(2025, 1, 15, 14, 30, 2, tzinfo=UTC)
     earlier, later = received - timedelta(seconds=5), received + timedelta(days=9)
@@ -170,20 +270,34 @@ def test_age_counts_from_the_earlier_of_timenow_and_receipt() -> None:
 
 
 async def test_the_router_writes_one_entry_even_if_it_crashed_half_way(
-    nc: Client, paper: PaperBroker, settings: WorkerSettings
+    nc: Client, settings: WorkerSettings
 ) -> None:
+    """No worker runs: the test spends the alert's deliveries itself, so the advisory
+    waits for the router, which "crashes" half-way, then runs for real."""
     js = nc.jetstream()
     seq = await publish(js, make_alert("crashy"))
-    await run_worker(nc, FlakyBroker(paper, failures=99), settings, with_router=False)
+    durable = partition_durable(await partition_of(js, seq))
+    partition = await js.pull_subscribe_bind(durable=durable, stream=ALERTS_STREAM)
+    for _ in range(settings.max_deliver):
+        (msg,) = await partition.fetch(1, timeout=5)
+        await msg.nak()  # no delay: redelivered at once, until max_deliver
+    with pytest.raises(TimeoutError):  # the next request makes the server give up on it
+        await partition.fetch(1, timeout=1)
+    await partition.unsubscribe()
     sub = await js.pull_subscribe_bind(durable=DLQ_ROUTER, stream=ADVISORIES_STREAM)
     (advisory,) = await sub.fetch(1, timeout=20)
     assert ".MAX_DELIVERIES." in advisory.subject
     original = await js.get_msg(ALERTS_STREAM, seq=seq, direct=True)
     # The router wrote the entry, then "crashed" before its event and its ack.
     await DeadLetters(js).write(
-        data=original.data or b"", original_headers=None, subject=original.subject or "",
-        seq=seq, reason="max_deliveries", deliveries=2, last_error=None,
-    )  # fmt: skip
+        data=original.data or b"",
+        original_headers=None,
+        subject=original.subject or "",
+        seq=seq,
+        reason="max_deliveries",
+        deliveries=2,
+        last_error=None,
+    )
     await advisory.nak()
     await sub.unsubscribe()
     router = Router(js, DeadLetters(js), EventLog(js))
@@ -195,9 +309,7 @@ async def test_the_router_writes_one_entry_even_if_it_crashed_half_way(
         stopping.set()
         await task
     assert len(await dlq.entries(js)) == 1
-    assert [type(e) for e in await all_events(js) if not isinstance(e, Executed)].count(
-        DeadLettered
-    ) == 1
+    assert [type(e) for e in await all_events(js)] == [DeadLettered]
 
 
 async def test_replay_executes_once_and_never_doubles(

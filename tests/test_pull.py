@@ -1,6 +1,6 @@
 """The worker's pull loop against a real nats-server: one pull request for a steady
-flow, arrival order, stopping without keeping a request open, and a request that
-ends (409) or is lost with the server."""
+flow, arrival order, stopping without keeping a request open, a request that ends
+(409) or is lost with the server, and a run whose connection is closed under it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -160,6 +161,18 @@ async def test_a_request_the_server_ends_is_renewed(nc: Client) -> None:
     await eventually(pulling.count(3), within=10)
     await pulling.stop()
     assert pulling.handled == [b"first", b"first", b"second"]
+
+
+async def test_a_run_on_a_connection_closed_under_it_fails(nc: Client) -> None:
+    """A closed connection never comes back (nats-py closes it for good on an -ERR from
+    the server): the run ends with the error, for its supervisor, instead of idling."""
+    pulling = Pulling(nc, batch=100, fetch_timeout=0.5)
+    await nc.jetstream().publish("pulltest.a", b"first")
+    await eventually(pulling.count(1))
+    await nc.close()
+    with pytest.raises(ConnectionClosedError):
+        await asyncio.wait_for(pulling.task, 5)
+    assert pulling.handled == [b"first"]
 
 
 async def test_a_request_lost_with_the_server_is_replaced(tmp_path: Path) -> None:

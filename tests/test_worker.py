@@ -15,7 +15,7 @@ from nats.aio.client import Client
 
 from contracts.headers import MSG_ID
 from contracts.messages import AttemptFailed, Executed, Rejected
-from contracts.subjects import ALERTS_STREAM, alert_subject
+from contracts.subjects import ALERTS_STREAM, EVENTS_STREAM, alert_subject
 from contracts.topology import partition_durable
 from contracts.tracing import trace_id_of
 from ops import provision
@@ -26,8 +26,10 @@ from tests.workers import (
     events_of,
     make_alert,
     paper_rows,
+    partition_of,
     publish,
     run_worker,
+    settled,
     terminal_events,
 )
 from worker.brokers.base import Order, OrderResult
@@ -142,6 +144,36 @@ async def test_retryable_failure_is_redelivered_by_the_server(
     assert [e.attempts for e in failed] == [1, 2]
     assert "broker timed out" in failed[0].error
     assert len(paper_rows(settings.paper_db)) == 1
+
+
+async def test_an_alert_is_acked_only_once_its_executed_event_is_stored(
+    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
+) -> None:
+    """Ops deletes the EVENTS stream under the worker: the order is placed but its
+    `executed` event cannot be stored, so the alert must not be acked. It comes back; once
+    EVENTS is back, a redelivery finds the order (no second one) and records it."""
+    js = nc.jetstream()
+    env = {**worker_env, "ALERTBRIDGE_ACK_WAIT": "1", "ALERTBRIDGE_MAX_DELIVER": "50"}
+    settings = load(WorkerSettings, env)
+    await provision.apply(js, settings.topology())
+    await js.delete_stream(EVENTS_STREAM)
+    seq = await publish(js, make_alert("unrecorded"))
+    durable = partition_durable(await partition_of(js, seq))
+    broker = FlakyBroker(paper, failures=0)  # counts the calls, at the broker's side
+    await run_worker(nc, broker, settings)
+
+    async def came_back() -> bool | None:
+        info = await js.consumer_info(ALERTS_STREAM, durable)
+        return True if info.delivered.consumer_seq >= 3 else None
+
+    await eventually(came_back)  # twice: the first delivery was not acked
+    assert len(paper_rows(settings.paper_db)) == 1
+    await provision.apply(js, settings.topology())  # ops puts the stream back
+    (event,) = await eventually(lambda: terminal_events(js, 1))
+    assert isinstance(event, Executed) and event.already_done is True
+    assert event.attempts >= 3 and event.stream_seq == seq
+    await eventually(lambda: settled(js, settings.partitions))
+    assert broker.calls >= 3 and len(paper_rows(settings.paper_db)) == 1
 
 
 async def test_alerts_of_one_symbol_execute_in_arrival_order(

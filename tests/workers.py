@@ -11,10 +11,12 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
+from opentelemetry.metrics import MeterProvider
 
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, Event, Executed, Rejected, alert_msg_id
-from contracts.subjects import alert_subject
+from contracts.subjects import ALERTS_STREAM, alert_subject
+from contracts.topology import partition_durable
 from ops import provision
 from ops.events import read_events
 from ops.natsconn import jetstream
@@ -31,6 +33,22 @@ def make_alert(alert_id: str, symbol: str = "NASDAQ:AAPL", **fields: Any) -> Ale
     return Alert(
         id=alert_id, symbol=symbol, received_at=datetime.now(UTC), **{**defaults, **fields}
     )
+
+
+def make_order(coid: str = "ab-1", **fields: Any) -> Order:
+    """An order as the worker hands it to a broker: 10 AAPL at market, priced at 190.25,
+    overridable field by field."""
+    values: dict[str, Any] = {
+        "client_order_id": coid,
+        "account": "default",
+        "symbol": "AAPL",
+        "side": "buy",
+        "quantity": 10.0,
+        "order_type": "market",
+        "reference_price": 190.25,
+        **fields,
+    }
+    return Order(**values)
 
 
 async def publish(js: JetStreamContext, alert: Alert) -> int:
@@ -82,13 +100,14 @@ async def run_worker(
     broker: Broker,
     settings: WorkerSettings,
     *,
-    with_router: bool = True,
     spans: bool = True,
+    meter_provider: MeterProvider | None = None,
 ) -> Worker:
+    """A worker on `nc` with one account on `broker`, running until stopped (or the test ends)."""
+    desk = Desk.single(broker)
     worker = Worker(
-        jetstream(nc, settings), Desk.single(broker), settings, with_router=with_router,
-        spans=spans,
-    )  # fmt: skip
+        jetstream(nc, settings), desk, settings, spans=spans, meter_provider=meter_provider
+    )
     task = asyncio.create_task(worker.run())
     worker_tasks.add(task)
     task.add_done_callback(worker_tasks.discard)
@@ -96,6 +115,21 @@ async def run_worker(
 
 
 worker_tasks: set[asyncio.Task[None]] = set()
+
+
+async def partition_of(js: JetStreamContext, seq: int) -> int:
+    """The partition the stream put ALERTS message `seq` in (its subject's last token)."""
+    stored = await js.get_msg(ALERTS_STREAM, seq=seq, direct=True)
+    return int((stored.subject or "").rsplit(".", 1)[1])
+
+
+async def settled(js: JetStreamContext, partitions: int) -> bool | None:
+    """True once every partition consumer has nothing pending nor unacked."""
+    for p in range(partitions):
+        info = await js.consumer_info(ALERTS_STREAM, partition_durable(p))
+        if info.num_pending or info.num_ack_pending:
+            return None
+    return True
 
 
 def paper_rows(db: str) -> list[tuple[str, str, str, float]]:

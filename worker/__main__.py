@@ -16,10 +16,11 @@ import sys
 from typing import TYPE_CHECKING, Final
 
 import uvloop
+from nats.errors import Error as NatsError
 
 from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
 from ops import heap, logs, provision, telemetry
-from ops.accounts import load_accounts
+from ops.accounts import worker_accounts
 from ops.healthserver import health_server
 from ops.natsconn import connect, jetstream
 from ops.settings import SettingsError, WorkerSettings, load
@@ -27,8 +28,11 @@ from worker.accounts import Desk
 from worker.consumer import Worker
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
     from nats.js.client import JetStreamContext
     from uvicorn import Server
+
+    from contracts.topology import Topology
 
 
 log = logging.getLogger("worker")
@@ -42,9 +46,10 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
     """Connect, wait for the topology, consume; on a signal stop fetching, finish, drain.
 
     `spans`: whether this process records spans (else deliveries make none). /healthz
-    answers from the start; /readyz says what is missing until ops has provisioned.
+    answers from the start; /readyz says what is missing until ops has provisioned, and
+    then names any consume loop that has been down for a while (`readiness`).
     """
-    desk = Desk.from_accounts(load_accounts(os.environ), os.environ, settings.paper_db)
+    desk = Desk.from_accounts(worker_accounts(os.environ), os.environ, settings.paper_db)
     nc = await connect(settings, name="alertbridge-worker")
     js = jetstream(nc, settings)
     topology = settings.topology()
@@ -61,10 +66,7 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
         loop.add_signal_handler(sig, stop)
 
     async def ready() -> list[str]:
-        if not nc.is_connected:
-            return ["nats: not connected"]
-        names = await provision.missing_streams(js, topology, WORKER_STREAMS)
-        return [f"stream {name}: missing" for name in names]
+        return await readiness(nc, js, topology, worker)
 
     server = None
     tasks: list[asyncio.Task[None]] = []  # ended by should_exit (health) or cancel (poll)
@@ -90,6 +92,21 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
         await nc.drain()
         await desk.close()
         log.info("worker stopped")
+
+
+async def readiness(
+    nc: Client, js: JetStreamContext, topology: Topology, worker: Worker | None
+) -> list[str]:
+    """What /readyz reports (empty: ready): the connection, the streams, and each consume
+    loop that has been down for longer than `worker.supervise.UNREADY_AFTER`."""
+    loops = worker.problems() if worker is not None else []
+    if not nc.is_connected:
+        return ["nats: not connected", *loops]
+    try:
+        names = await provision.missing_streams(js, topology, WORKER_STREAMS)
+    except (NatsError, TimeoutError) as exc:  # e.g. JetStream still starting after a restart
+        return [f"nats: {exc!r}", *loops]
+    return [*(f"stream {name}: missing" for name in names), *loops]
 
 
 async def _topology_present(

@@ -6,7 +6,8 @@ Two writers, one entry per ALERTS sequence (`Nats-Msg-Id: ALERTS:<seq>`):
   only by a core-NATS advisory; the `ADVISORIES` stream captures it, and the
   router's durable consumer fetches the original by sequence (direct get), writes
   the entry, records `dead_lettered`, and only then acks. A crash anywhere in
-  between redelivers the advisory, and dedup keeps the entry single.
+  between redelivers the advisory, and dedup keeps the entry single; so does a
+  failed write, which leaves the advisory unacked.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ if TYPE_CHECKING:
     import asyncio
 
     from nats.aio.msg import Msg
+    from nats.js.api import RawStreamMsg
     from nats.js.client import JetStreamContext
 
+    from contracts.messages import Advisory
     from worker.events import EventLog
 
 log = logging.getLogger("worker.dlq")
@@ -101,9 +104,14 @@ class Router:
     async def run(self, stopping: asyncio.Event, fetch_timeout: float) -> None:
         """Route advisories until `stopping` is set."""
         await Puller(
-            self._js, stream=ADVISORIES_STREAM, durable=DLQ_ROUTER, batch=16,
-            handle=self.route, stopping=stopping, fetch_timeout=fetch_timeout,
-        ).run()  # fmt: skip
+            self._js,
+            stream=ADVISORIES_STREAM,
+            durable=DLQ_ROUTER,
+            batch=16,
+            handle=self.route,
+            stopping=stopping,
+            fetch_timeout=fetch_timeout,
+        ).run()
 
     async def route(self, msg: Msg) -> None:
         """Handle one advisory; ack only once its DLQ entry (and event) are stored."""
@@ -120,36 +128,52 @@ class Router:
             log.warning("advisory for ALERTS seq %d: the message is gone", advisory.stream_seq)
             await msg.ack()
             return
-        max_deliveries = ".MAX_DELIVERIES." in msg.subject
+        if await self._dead_letter(advisory, original, ".MAX_DELIVERIES." in msg.subject):
+            await msg.ack()
+
+    async def _dead_letter(
+        self, advisory: Advisory, original: RawStreamMsg, max_deliveries: bool
+    ) -> bool:
+        """Store the DLQ entry and, unless a worker did, its event; False when either failed
+        (the advisory stays unacked, comes back, and dedup keeps the entry single)."""
+        seq = advisory.stream_seq
         reason = "max_deliveries" if max_deliveries else f"terminated: {advisory.reason}"
-        data = original.data or b""
-        subject = original.subject or ""
+        data, subject = original.data or b"", original.subject or ""
         alert = _decode(data)
         last_error = await self._last_error(alert) if alert and max_deliveries else None
-        dlq_seq, duplicate = await self._dlq.write(
-            data=data,
-            original_headers=original.headers,
-            subject=subject,
-            seq=advisory.stream_seq,
-            reason=reason,
-            deliveries=advisory.deliveries,
-            last_error=last_error,
-        )
+        try:
+            dlq_seq, duplicate = await self._dlq.write(
+                data=data,
+                original_headers=original.headers,
+                subject=subject,
+                seq=seq,
+                reason=reason,
+                deliveries=advisory.deliveries,
+                last_error=last_error,
+            )
+        except Exception as exc:  # noqa: BLE001 - not dead-lettered yet: the advisory comes back
+            log.warning("could not dead-letter ALERTS seq %d: %r", seq, exc)
+            return False
         # A worker that terminated the alert wrote the entry and its event first
         # (duplicate here); max deliveries are ours alone, and re-recording is deduped.
         if max_deliveries or not duplicate:
             account, symbol = split_alert_subject(subject)
             event = DeadLettered(
-                alert_id=alert.id if alert else f"seq:{advisory.stream_seq}",
-                account=account, symbol=symbol, at=datetime.now(UTC),
-                replay=alert.replay if alert else 0, reason=reason,
-                deliveries=advisory.deliveries, last_error=last_error,
-                stream_seq=advisory.stream_seq, dlq_seq=dlq_seq,
-            )  # fmt: skip
+                alert_id=alert.id if alert else f"seq:{seq}",
+                account=account,
+                symbol=symbol,
+                at=datetime.now(UTC),
+                replay=alert.replay if alert else 0,
+                reason=reason,
+                deliveries=advisory.deliveries,
+                last_error=last_error,
+                stream_seq=seq,
+                dlq_seq=dlq_seq,
+            )
             if not await self._events.record(event):
-                return  # unacked: the advisory comes back and we try again
-        log.info("ALERTS seq %d dead-lettered (%s) as DLQ %d", advisory.stream_seq, reason, dlq_seq)
-        await msg.ack()
+                return False
+        log.info("ALERTS seq %d dead-lettered (%s) as DLQ %d", seq, reason, dlq_seq)
+        return True
 
     async def _last_error(self, alert: Alert) -> str | None:
         """The alert's last recorded failure (one alert per symbol is in flight at a time)."""

@@ -5,10 +5,9 @@
     └── TerminalError       the order can never succeed as sent: record, then term
         └── OrderRejectedError   the broker refused the order (unknown symbol, no funds, ...)
 
-Outcome → action (see `worker.consumer`):
-    success                      → executed event, ack
-    RetryableError or anything else → attempt_failed event, nak(delay=backoff(n))
-    TerminalError                     → rejected event, term with the reason
+A TerminalError ends an alert `rejected`; a RetryableError, or any exception this tree
+does not name, has it retried. What each outcome then does (event, DLQ entry, ack, nak
+or term) is one table: `worker.outcomes.RULES`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ request sent before a reconnect, or one that never ends (lost with a server), is
 replaced at the next tick. Messages are handled one at a time, in the order they come.
 To stop, the subscription is drained: the server drops the open request (no one is
 listening for it any more) and what it had sent already is handled.
+
+A run fails (raises) when it cannot send its first request, when an exception escapes
+`handle` (an ack, nak or term that cannot be sent), or when the connection is closed
+under it: its supervisor (worker.supervise) restarts it with a fresh `Puller`.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class Puller:
         sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._queue_msg)
         ticks = asyncio.create_task(self._tick())
         try:
-            await self._ask()
+            await self._ask(first=True)
             await self._consume()
             await self._drain(sub)
             while not self._queue.empty():  # delivered before the server heard we stop
@@ -136,8 +140,10 @@ class Puller:
 
     async def _ask_if_lost(self) -> None:
         """Ask again when no request is open, or the open one is overdue without a word."""
-        if self._nc.is_closed or self._stopping.is_set():
+        if self._stopping.is_set():
             return
+        if self._nc.is_closed:  # for good: nothing will come, this run is over
+            raise ConnectionClosedError
         if self._reply:
             if self._nc.stats["reconnects"] != self._reconnects:
                 log.info("pull request to %s sent before a reconnect; asking again", self._name)
@@ -160,8 +166,9 @@ class Puller:
         if not self._stopping.is_set():
             await self._ask()
 
-    async def _ask(self) -> None:
-        """Open a new request (the one open before, if any, is abandoned)."""
+    async def _ask(self, *, first: bool = False) -> None:
+        """Open a new request (the one open before, if any, is abandoned); a run that
+        cannot send its `first` fails, a later one is retried at the next tick."""
         self._count += 1
         self._reply = f"{self._inbox}.{self._count}"
         self._owed = self._batch
@@ -169,6 +176,8 @@ class Puller:
         self._reconnects = self._nc.stats["reconnects"]
         try:
             await self._nc.publish(self._next, self._request, reply=self._reply)
-        except Exception as exc:  # noqa: BLE001 - the next tick asks again
+        except Exception as exc:  # a later request is retried at the next tick
             self._reply = ""
+            if first:
+                raise
             log.warning("pull request to %s failed: %r", self._name, exc)

@@ -1,5 +1,6 @@
 """The worker's metrics: outcomes, redeliveries, broker latency, alert age at execution,
-and queue depth (pending and ack-pending per consumer, DLQ depth) polled from the server."""
+consume-loop restarts, and queue depth (pending and ack-pending per consumer, DLQ depth)
+polled from the server."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from nats.js.client import JetStreamContext
+    from opentelemetry.metrics import MeterProvider
 
     from contracts.topology import Topology
 
@@ -28,10 +30,11 @@ _LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class WorkerMetrics:
-    """Instruments, created once the process's meter provider is installed."""
+    """Instruments, created once the process's meter provider is installed (or from
+    `provider`)."""
 
-    def __init__(self) -> None:
-        meter = metrics.get_meter("alertbridge.worker")
+    def __init__(self, provider: MeterProvider | None = None) -> None:
+        meter = metrics.get_meter("alertbridge.worker", meter_provider=provider)
         # Counted on every delivery: plain integers, read when metrics are collected
         # (a synchronous SDK counter with attributes costs ~15 µs per add).
         self.outcomes: Counter[str] = Counter()
@@ -57,6 +60,10 @@ class WorkerMetrics:
             unit="s",
             description="Ingress receipt to broker answer: end-to-end latency",
             explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+        )
+        self.loop_restarts = meter.create_counter(
+            "alertbridge.worker.loop_restarts",
+            description="Consume loops restarted after a failure, by loop",
         )
         self.depth = QueueDepth()
         meter.create_observable_gauge(
