@@ -19,7 +19,7 @@ from bench.procs import PROCS, free_port, http, listening, nats_sync_config, run
 from bench.results import LoadSummary, Results
 from bench.streams import Streams
 from bench.system import machine, wait_quiet
-from ops.paths import nats_server_binary
+from ops.tools.paths import nats_server_binary
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -44,7 +44,7 @@ BODY = b'{"secret":"%s","id":"inproc-%d-%d","symbol":"BTCUSDT","action":"buy","q
 def nats_server(store: Path) -> Iterator[str]:
     """A JetStream nats-server on a free loopback port, on CPU 0; yields its URL."""
     from bench.procs import PROCS, free_port, nats_sync_config, wait_listening
-    from ops.paths import nats_server_binary
+    from ops.tools.paths import nats_server_binary
 
     port = free_port()
     argv = [nats_server_binary(), "-c", str(nats_sync_config(store)), "-js", "-sd", str(store),
@@ -95,8 +95,8 @@ async def drive(app: Any, requests: int, concurrency: int, ids: itertools.count[
 
 async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ingress.app import create_app
-    from ops import heap, logs, telemetry
-    from ops.accounts import load_ingress
+    from ingress.settings import load_ingress
+    from ops.platform import heap, logs, telemetry
 
     logs.setup("alertbridge-ingress")
     providers = telemetry.setup("alertbridge-ingress")

@@ -1,4 +1,4 @@
-"""The JetStream topology as data: streams and consumers, applied by `ops.provision`.
+"""The JetStream topology as data: streams and consumers, applied by `ops.platform.provision`.
 
 Per-symbol order: the `ALERTS` stream appends a partition token to every stored
 subject (`alerts.in.<account>.<symbol>.<p>`, a server-side subject transform
@@ -34,7 +34,7 @@ DLQ_ROUTER: Final = "dlq-router"
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """What a stream must look like; `ops.provision` makes it so."""
+    """What a stream must look like; `ops.platform.provision` makes it so."""
 
     name: str
     subjects: tuple[str, ...]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ingress import serve
 from ingress.app import create_app
-from ops import heap, logs, telemetry
-from ops.accounts import IngressAccounts, load_ingress
-from ops.settings import RECOMMENDED_SECRET_LENGTH, IngressSettings, SettingsError
+from ingress.settings import IngressSettings, load_ingress
+from ops.platform import heap, logs, telemetry
+from ops.platform.settings import RECOMMENDED_SECRET_LENGTH, SettingsError
+
+if TYPE_CHECKING:
+    from ops.platform.accounts import IngressAccounts
 
 log = logging.getLogger("ingress")
 

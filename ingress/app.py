@@ -61,8 +61,8 @@ from ingress.ratelimit import RateLimit
 from ingress.redact import Redactor
 from ingress.refusals import note
 from ingress.telemetry import COUNTS_ITSELF, CountRequests, IngressMetrics
-from ops.accounts import ingress_accounts
-from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
+from ops.platform.accounts import ingress_accounts
+from ops.platform.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -72,8 +72,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from contracts.messages import Alert
-    from ops.accounts import IngressAccounts
-    from ops.settings import IngressSettings
+    from ingress.settings import IngressSettings
+    from ops.platform.accounts import IngressAccounts
 
 log = logging.getLogger("ingress")
 
@@ -351,5 +351,5 @@ def create_app(
         middleware=[CountRequests(instruments)],
         openapi_config=None,  # the webhook's document is its own (ingress.openapi)
         exception_handlers={HTTPException: _http_error, 500: _internal_error},
-        logging_config=None,  # the process's own (ops.logs): JSON lines with trace ids
+        logging_config=None,  # the process's own (ops.platform.logs): JSON lines with trace ids
     )

@@ -19,8 +19,8 @@ import hmac
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from ops.accounts import IngressAccounts
-    from ops.settings import Secret
+    from ops.platform.accounts import IngressAccounts
+    from ops.platform.settings import Secret
 
 SIGNATURE_SCHEME: Final = "sha256="
 WRONG_SECRET: Final = "missing or wrong secret"  # noqa: S105 -- a reason, not a secret

@@ -25,24 +25,23 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Final
 
-from ingress.answers import Reply, refusal_reply
-from ingress.ratelimit import RateLimit
-from ops.access import (
+from ingress.access import (
     Address,
     Network,
     Subject,
     contains,
-    parse_networks,
     parse_subject,
     subject_matches,
 )
+from ingress.answers import Reply, refusal_reply
+from ingress.ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from litestar.types import Receive, Scope
 
-    from ops.settings import IngressSettings
+    from ingress.settings import IngressSettings
 
 # Rate limits key IPv6 senders by their /64: one host usually owns the whole of one.
 _IPV6_RATE_PREFIX: Final = 64
@@ -66,22 +65,18 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: IngressSettings) -> Policy:
-        """Parse what `ops.settings.load` already validated."""
+        """The checks the settings ask for, in the values the settings parsed."""
         header = settings.client_cert_header
         return cls(
             max_body=settings.max_body_bytes,
             body_timeout=settings.body_timeout,
-            allow=parse_networks(settings.allow_ips) if settings.allow_ips else None,
-            trusted=parse_networks(settings.trusted_proxies),
+            allow=settings.allowed,
+            trusted=settings.proxies,
             proxy_header=settings.proxy_header.lower().encode(),
-            subject=(
-                parse_subject(settings.client_cert_subject)
-                if settings.require_client_cert
-                else None
-            ),
+            subject=settings.certificate_subject if settings.require_client_cert else None,
             cert_header=header.lower().encode() if header else None,
             rate=RateLimit(settings.rate_limit, "source") if settings.rate_limit else None,
-            exempt=parse_networks(settings.rate_limit_exempt),
+            exempt=settings.exempt,
         )
 
     @property

@@ -25,15 +25,15 @@ from contracts import tracing
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder, alert_msg_id
 from contracts.subjects import ALERTS_STREAM, RESENDS_STREAM, alert_subject, resend_subject
-from ops import provision
-from ops.natsconn import NatsAuthError, connect, jetstream
+from ops.platform import provision
+from ops.platform.natsconn import NatsAuthError, connect, jetstream
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
+    from ingress.settings import IngressSettings
     from ingress.telemetry import IngressMetrics
-    from ops.settings import IngressSettings
 
 log = logging.getLogger(__name__)
 

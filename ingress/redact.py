@@ -24,7 +24,7 @@ import msgspec
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ops.settings import Secret
+    from ops.platform.settings import Secret
 
 REDACTED: Final = "[redacted]"
 _NUMBER_CHARS: Final = frozenset("0123456789+-.eE")

@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from ingress import refusals
+from ingress.access import format_subject
 from ingress.answers import refusal_bytes
 from ingress.uvicorn_compat import HttpToolsProtocol, answer_begun, answer_pending
-from ops.access import format_subject
 
 if TYPE_CHECKING:
     import asyncio
 
     from litestar.types import ASGIApp, Receive, Scope, Send
 
-    from ops.settings import IngressSettings
+    from ingress.settings import IngressSettings
 
 
 class IngressProtocol(HttpToolsProtocol):
@@ -222,7 +222,7 @@ def uvicorn_options(settings: IngressSettings) -> dict[str, Any]:
         # FORWARDED_ALLOW_IPS says) and rewrites the client address before the app sees
         # it; ingress.guard decides instead, from ALERTBRIDGE_TRUSTED_PROXIES only.
         "proxy_headers": False,
-        "log_config": None,  # keep ops.logs' handler
+        "log_config": None,  # keep ops.platform.logs' handler
         "log_level": "warning",
         "access_log": False,  # an access log would print a secret carried in the URL path
         "timeout_graceful_shutdown": 5,

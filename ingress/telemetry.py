@@ -17,7 +17,7 @@ from litestar.middleware import ASGIMiddleware
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from ops.telemetry import status_class
+from ops.platform.telemetry import status_class
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

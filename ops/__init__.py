@@ -1,1 +1,2 @@
-"""The platform: settings, NATS connection, provisioning, the local stack and the CLI."""
+"""Operations: `ops.platform` (what every process shares) and `ops.tools` (what an
+operator runs). The ingress and the worker import the platform only."""

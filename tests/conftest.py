@@ -19,11 +19,12 @@ from contracts.subjects import (
     EVENTS_STREAM,
     RESENDS_STREAM,
 )
-from ops import provision
-from ops.settings import WorkerSettings, load
+from ops.platform import provision
+from ops.platform.settings import load
 from tests.secured import as_ingress, as_ops, as_worker, secured  # noqa: F401 (fixtures)
 from tests.support import NatsServer
 from tests.workers import worker_tasks
+from worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="module")

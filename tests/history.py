@@ -11,9 +11,9 @@ from nats.js.errors import APIError
 
 from contracts.messages import Executed, alert_decoder
 from contracts.subjects import ALERTS_PREFIX, ALERTS_STREAM
-from ops import dlq
-from ops.events import read_events
-from ops.streams import read_all
+from ops.tools import dlq
+from ops.tools.events import read_events
+from ops.tools.streams import read_all
 from tests.support import eventually
 
 # What reading a stream raises while its leader moves (a cluster test asks again).

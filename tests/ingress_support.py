@@ -26,8 +26,9 @@ from nats.aio.client import Client
 from contracts.subjects import ALERTS_STREAM
 from ingress import serve
 from ingress.app import create_app
-from ops.accounts import IngressAccounts
-from ops.settings import IngressSettings, load
+from ingress.settings import IngressSettings
+from ops.platform.accounts import IngressAccounts
+from ops.platform.settings import load
 from tests.support import free_port, python_module
 
 SECRET = "7f3c9a1e-long-enough"

@@ -14,17 +14,18 @@ from nats.js.client import JetStreamContext
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder, alert_msg_id
 from contracts.subjects import alert_subject
-from ops import provision
-from ops.natsconn import connect, jetstream
-from ops.paths import (
+from ops.platform import provision
+from ops.platform.natsconn import connect, jetstream
+from ops.platform.settings import Common, load
+from ops.tools.paths import (
     NATS_ROLES,
     nats_config_file,
     nats_js_api,
     nats_server_password_var,
     new_nats_password,
 )
-from ops.settings import Common, WorkerSettings, load
 from tests.support import NatsServer, eventually
+from worker.settings import WorkerSettings
 
 # The worker's topology here: two partitions, quick retries, two deliveries at most.
 TOPOLOGY = {

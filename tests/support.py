@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from ops.paths import nats_server_binary
+from ops.tools.paths import nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).resolve().parent / "samples"

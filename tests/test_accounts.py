@@ -19,7 +19,8 @@ from nats.aio.client import Client
 
 from contracts.messages import Alert
 from ingress.app import create_app
-from ops.accounts import (
+from ingress.settings import IngressSettings
+from ops.platform.accounts import (
     Account,
     AlpacaSettings,
     FixedNotional,
@@ -30,7 +31,7 @@ from ops.accounts import (
     read_accounts,
     worker_accounts,
 )
-from ops.settings import IngressSettings, SettingsError, WorkerSettings, load
+from ops.platform.settings import SettingsError, load
 from tests.support import NatsServer, eventually
 from tests.workers import make_alert, publish, terminal_events
 from worker.accounts import Desk, check_symbol, size
@@ -38,6 +39,7 @@ from worker.brokers.paper import PaperBroker
 from worker.consumer import Worker
 from worker.errors import TerminalError
 from worker.execute import to_order
+from worker.settings import WorkerSettings
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 

@@ -28,11 +28,13 @@ from contracts.messages import Alert, Executed, Replayed, alert_decoder, replay_
 from contracts.subjects import ALERTS_PREFIX, ALERTS_STREAM, RESENDS_STREAM, alert_subject
 from contracts.topology import partition_durable
 from ingress.auth import sign
-from ops import dlq, provision
-from ops.accounts import ingress_accounts
-from ops.history import history
-from ops.settings import IngressSettings, WorkerSettings, load
-from ops.streams import read_all
+from ingress.settings import IngressSettings
+from ops.platform import provision
+from ops.platform.accounts import ingress_accounts
+from ops.platform.settings import load
+from ops.tools import dlq
+from ops.tools.history import history
+from ops.tools.streams import read_all
 from tests.ingress_support import (
     SECRET,
     Process,
@@ -49,6 +51,7 @@ from worker.brokers.paper import PaperBroker
 from worker.dlq import DeadLetters
 from worker.errors import TerminalError
 from worker.execute import client_order_id
+from worker.settings import WorkerSettings
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 PARTITIONS = 4  # worker_env's and ingress_env's

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts.messages import Alert
-from ops.accounts import Account
+from ops.platform.accounts import Account
 from tests.support import free_port, serving_aiohttp
 from tests.workers import make_order
 from worker.brokers import _http

@@ -24,9 +24,9 @@ import pytest
 from nats.aio.client import Client
 
 from contracts.messages import Executed, Expired, Rejected
-from ops import provision
-from ops.events import read_events
-from ops.settings import WorkerSettings, load
+from ops.platform import provision
+from ops.platform.settings import load
+from ops.tools.events import read_events
 from tests.chaos_broker import Call, Receiver, broker_env, write_accounts
 from tests.fleet import Fleet, ingress_process
 from tests.history import Outcome, settle
@@ -34,6 +34,7 @@ from tests.support import NatsServer, eventually, serving_aiohttp
 from tests.webhook_sender import Planned, Sender, by_symbol, plan
 from tests.workers import make_alert, provisioned, publish
 from worker.execute import client_order_id
+from worker.settings import WorkerSettings
 
 SEED = int(os.environ.get("ALERTBRIDGE_CHAOS_SEED", str(random.SystemRandom().randrange(1 << 30))))
 WEBHOOK_SECRET = "chaos-webhook-secret"

@@ -24,13 +24,14 @@ from nats.aio.client import Client
 from nats.js.errors import APIError, ServiceUnavailableError
 
 from contracts.subjects import ALERTS_STREAM
-from ops import provision
-from ops.settings import WorkerSettings, load
+from ops.platform import provision
+from ops.platform.settings import load
 from tests.chaos_broker import Receiver, broker_env, write_accounts
 from tests.fleet import Fleet, ingress_process
 from tests.history import UNAVAILABLE, Outcome, settle, stored_alert_ids
 from tests.support import NatsServer, cluster, eventually, serving_aiohttp
 from tests.webhook_sender import Planned, Sender, by_symbol, plan
+from worker.settings import WorkerSettings
 
 SECRET = "cluster-secret-1"
 TOTAL = 300

@@ -38,25 +38,19 @@ from contracts.messages import alert_encoder
 from contracts.subjects import ALERTS_STREAM
 from contracts.topology import topology
 from ingress.publisher import INGRESS_STREAMS
-from ops import provision
-from ops.accounts import CONFIG_VAR
-from ops.cli import cli
-from ops.natsconn import connect, jetstream
-from ops.paths import NATS_ROLES, nats_config_file, nats_js_api, nats_server_password_var
-from ops.settings import (
-    DEFAULT_JS_API,
-    PREFIX,
-    ROLE_JS_API,
-    Common,
-    IngressSettings,
-    WorkerSettings,
-    load,
-)
-from ops.stack import Stack
+from ingress.settings import IngressSettings
+from ops.platform import provision
+from ops.platform.accounts import CONFIG_VAR
+from ops.platform.natsconn import connect, jetstream
+from ops.platform.settings import DEFAULT_JS_API, PREFIX, ROLE_JS_API, Common, load
+from ops.tools.cli import cli
+from ops.tools.paths import NATS_ROLES, nats_config_file, nats_js_api, nats_server_password_var
+from ops.tools.stack import Stack
 from tests.secured import publish_alert
 from tests.support import NatsServer, eventually, free_port
 from tests.workers import make_alert
 from worker.__main__ import WORKER_STREAMS
+from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -623,7 +617,7 @@ def test_provisioning_is_a_one_shot_of_the_same_image(compose: dict[str, Any]) -
     assert one_shot["image"] == services["worker"]["image"]
     command = [str(arg) for arg in one_shot["command"]]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert scripts["scripts"][command[0]] == "ops.cli:main"
+    assert scripts["scripts"][command[0]] == "ops.tools.cli:main"
     assert command[1:] == ["provision"] and "provision" in cli.commands
     assert one_shot["restart"] == "no"
     assert "healthcheck" not in one_shot and "ports" not in one_shot

@@ -30,9 +30,10 @@ from contracts.messages import (
 )
 from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM
 from contracts.topology import DLQ_ROUTER, partition_durable
-from ops import dlq, provision
-from ops.events import read_events
-from ops.settings import WorkerSettings, load
+from ops.platform import provision
+from ops.platform.settings import load
+from ops.tools import dlq
+from ops.tools.events import read_events
 from tests.support import NatsServer, eventually
 from tests.workers import (
     FlakyBroker,
@@ -49,6 +50,7 @@ from worker.dlq import DeadLetters, Router
 from worker.errors import DuplicateOrderError, RetryableError
 from worker.events import EventLog
 from worker.outcomes import reference_time
+from worker.settings import WorkerSettings
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ops.paths import nats_config_file, nats_server_binary
-from ops.settings import Common, SettingsError, load
+from ops.platform.settings import Common, SettingsError, load
+from ops.tools.paths import nats_config_file, nats_server_binary
 from tests.secured import role_passwords, server_env
 from tests.support import NatsServer
 

@@ -47,7 +47,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from contracts.subjects import ALERTS_STREAM
-from ops.settings import PREFIX
+from ops.platform.settings import PREFIX
 from tests.ingress_support import SECRET, Process, ingress_env, ingress_process, wait_ready
 from tests.secured import Secured
 

@@ -19,7 +19,8 @@ from contracts.messages import Alert, alert_msg_id
 from contracts.subjects import ALERTS_STREAM
 from ingress.app import create_app
 from ingress.openapi import LIMITS
-from ops.settings import IngressSettings, load
+from ingress.settings import IngressSettings
+from ops.platform.settings import load
 from tests.support import SAMPLES, NatsServer, eventually, free_port
 
 SECRETS = "7f3c9a1e,abcdefgh"  # the secrets the TradingView samples carry

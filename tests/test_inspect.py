@@ -11,10 +11,11 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from ops.settings import WorkerSettings, load
+from ops.platform.settings import load
 from tests.support import NatsServer, eventually
 from tests.workers import FlakyBroker, make_alert, publish, run_worker, terminal_events
 from worker.brokers.paper import PaperBroker
+from worker.settings import WorkerSettings
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 

@@ -1,9 +1,10 @@
 """The folders are the architecture: an AST scan keeps the dependency direction.
 
-contracts  ← stdlib, msgspec, opentelemetry only
-ops        ← contracts (never ingress or worker)
-ingress    ← contracts, ops (never worker)
-worker     ← contracts, ops (never ingress)
+contracts     ← stdlib, msgspec, opentelemetry only
+ops.platform  ← contracts (never the operator tools, ingress or worker)
+ops.tools     ← contracts, ops.platform (never ingress or worker: it starts them as processes)
+ingress       ← contracts, ops.platform (never worker, never the operator tools)
+worker        ← contracts, ops.platform (never ingress, never the operator tools)
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("contracts", "ops", "ingress", "worker")
 CONTRACTS_THIRD_PARTY = frozenset({"msgspec", "opentelemetry"})
 FORBIDDEN: dict[str, frozenset[str]] = {
+    "ops.platform": frozenset({"ingress", "worker", "ops.tools"}),
+    "ops.tools": frozenset({"ingress", "worker"}),
     "ops": frozenset({"ingress", "worker"}),
-    "ingress": frozenset({"worker"}),
-    "worker": frozenset({"ingress"}),
+    "ingress": frozenset({"worker", "ops.tools"}),
+    "worker": frozenset({"ingress", "ops.tools"}),
 }
 
 
@@ -57,6 +60,14 @@ def _top(module: str) -> str:
     return module.partition(".")[0]
 
 
+def _layer(module: str) -> str:
+    """The layer of a module: its top package, or `ops.platform` / `ops.tools`."""
+    parts = module.split(".")
+    if parts[0] == "ops" and len(parts) > 1 and parts[1] in ("platform", "tools"):
+        return ".".join(parts[:2])
+    return parts[0]
+
+
 def _sources(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
@@ -85,8 +96,8 @@ def test_contracts_imports_only_stdlib_msgspec_and_otel(path: Path) -> None:
     "path", [p for p in _all_sources() if _top(_module_name(p)) != "contracts"], ids=_id
 )
 def test_no_package_imports_a_layer_it_must_not(path: Path) -> None:
-    layer = _top(_module_name(path))
-    bad = sorted({m for m in imported_modules(path) if _top(m) in FORBIDDEN[layer]})
+    layer = _layer(_module_name(path))
+    bad = sorted({m for m in imported_modules(path) if _layer(m) in FORBIDDEN[layer]})
     assert not bad, f"{_id(path)} ({layer}) imports {bad}"
 
 
@@ -111,3 +122,11 @@ def test_the_scanner_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert {"worker.consumer", "ingress", "worker.execute", "ingress.parse"} <= set(found)
     assert {"ops", "ops.settings", "ops.events"} <= set(found)
     assert {_top(m) for m in found} & FORBIDDEN["ops"] == {"ingress", "worker"}
+
+
+def test_the_layers_of_ops_are_told_apart() -> None:
+    """`ops.platform` may not lean on `ops.tools`: the scan must see the difference."""
+    assert _layer("ops.platform.settings") == "ops.platform"
+    assert _layer("ops.tools.stack") == "ops.tools"
+    assert "ops.tools" in FORBIDDEN[_layer("ops.platform.natsconn")]
+    assert "ops.tools" in FORBIDDEN["ingress"] and "ops.tools" in FORBIDDEN["worker"]

@@ -27,7 +27,7 @@ from contracts.headers import MSG_ID
 from contracts.messages import alert_encoder, alert_msg_id
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM, alert_subject
 from contracts.topology import partition_durable
-from ops.settings import ROLE_JS_API
+from ops.platform.settings import ROLE_JS_API
 from tests.secured import TOPOLOGY, Secured, publish_alert
 from tests.workers import make_alert
 

@@ -38,11 +38,14 @@ from contracts.messages import Executed, Expired, alert_encoder, event_kind
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, alert_subject
 from contracts.topology import partition_durable
 from ingress.publisher import Publisher
+from ingress.settings import IngressSettings
 from ingress.telemetry import IngressMetrics
-from ops import dlq, provision
-from ops.events import read_events
-from ops.natsconn import NatsAuthError, connect, jetstream
-from ops.paths import (
+from ops.platform import provision
+from ops.platform.natsconn import NatsAuthError, connect, jetstream
+from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API, Common, SettingsError, load
+from ops.tools import dlq
+from ops.tools.events import read_events
+from ops.tools.paths import (
     NATS_ROLES,
     ensure_nats_passwords,
     nats_config_file,
@@ -50,16 +53,7 @@ from ops.paths import (
     nats_server_password_var,
     new_nats_password,
 )
-from ops.settings import (
-    DEFAULT_JS_API,
-    ROLE_JS_API,
-    Common,
-    IngressSettings,
-    SettingsError,
-    WorkerSettings,
-    load,
-)
-from ops.stack import Stack
+from ops.tools.stack import Stack
 from tests.pki import Pki, make_pki
 from tests.secured import (
     DENIED_WITHIN,
@@ -75,6 +69,7 @@ from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
 from worker.dlq import DeadLetters
 from worker.errors import RetryableError
+from worker.settings import WorkerSettings
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 

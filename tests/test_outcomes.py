@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from contracts.messages import AttemptFailed, Executed, Expired, Rejected
-from ops.accounts import Account
+from ops.platform.accounts import Account
 from tests.workers import make_alert
 from worker.accounts import Desk
 from worker.brokers.base import Order, OrderResult

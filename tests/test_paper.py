@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from contracts.messages import Alert
-from ops.accounts import Account
+from ops.platform.accounts import Account
 from tests.workers import make_order
 from worker.accounts import size
 from worker.brokers.base import OrderResult

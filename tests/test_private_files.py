@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.paths import ensure_nats_passwords, ensure_secret
+from ops.tools.paths import ensure_nats_passwords, ensure_secret
 from worker.brokers.base import Order
 from worker.brokers.paper import PaperBroker
 

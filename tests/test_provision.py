@@ -9,9 +9,10 @@ from nats.aio.client import Client
 
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM
 from contracts.topology import partition_durable
-from ops import provision
-from ops.settings import WorkerSettings, load
+from ops.platform import provision
+from ops.platform.settings import load
 from tests.support import NatsServer
+from worker.settings import WorkerSettings
 
 
 async def test_apply_is_idempotent_and_updates_what_changed(

@@ -19,8 +19,8 @@ from contracts.subjects import ALERTS_STREAM
 from ingress.app import create_app
 from ingress.parse import decode_body, pop_secret
 from ingress.redact import REDACTED, Redactor
-from ops.accounts import ingress_accounts
-from ops.settings import Secret
+from ops.platform.accounts import ingress_accounts
+from ops.platform.settings import Secret
 from tests.ingress_support import SECRET, settings, stored
 from tests.support import NatsServer, eventually
 

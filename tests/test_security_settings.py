@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 from litestar.routes import ASGIRoute
 
 from ingress.__main__ import _warn_short_secrets
+from ingress.access import format_subject, parse_networks, parse_subject, subject_matches
 from ingress.app import create_app
 from ingress.guard import Policy
 from ingress.serve import IngressProtocol, uvicorn_options
-from ops.access import format_subject, parse_networks, parse_subject, subject_matches
-from ops.accounts import check_ingress, ingress_accounts, load_ingress
-from ops.settings import IngressSettings, SettingsError, load
+from ingress.settings import IngressSettings, check_ingress, load_ingress
+from ops.platform.accounts import ingress_accounts
+from ops.platform.settings import SettingsError, load
 
 BASE = {"ALERTBRIDGE_SECRETS": "a-long-enough-secret", "ALERTBRIDGE_NATS_URL": "nats://x:4222"}
 

@@ -11,8 +11,8 @@ import pytest
 from litestar.types import Scope
 from nats.aio.client import Client
 
+from ingress.access import TRADINGVIEW_IPS, parse_networks
 from ingress.guard import forwarded_for, source
-from ops.access import TRADINGVIEW_IPS, parse_networks
 from tests.ingress_support import TV_IP, alert, serving_ingress, settings, stored
 from tests.support import NatsServer
 

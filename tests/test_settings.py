@@ -6,16 +6,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ops.accounts import load_ingress
-from ops.settings import (
-    MIN_SECRET_LENGTH,
-    Common,
-    IngressSettings,
-    Secret,
-    SettingsError,
-    WorkerSettings,
-    load,
-)
+from ingress.settings import IngressSettings, load_ingress
+from ops.platform.settings import MIN_SECRET_LENGTH, Common, Secret, SettingsError, load
+from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -15,8 +15,9 @@ from nats.aio.client import Client
 
 from ingress.app import create_app
 from ingress.auth import sign
-from ops.accounts import ingress_accounts, load_ingress
-from ops.settings import SettingsError
+from ingress.settings import load_ingress
+from ops.platform.accounts import ingress_accounts
+from ops.platform.settings import SettingsError
 from tests.ingress_support import SECRET, alert, ingress_env, settings, stored
 from tests.support import NatsServer, eventually
 

@@ -26,10 +26,10 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 
 from contracts.messages import Executed
-from ops.events import read_events
-from ops.healthserver import health_server
-from ops.natsconn import jetstream
-from ops.settings import WorkerSettings, load
+from ops.platform.healthserver import health_server
+from ops.platform.natsconn import jetstream
+from ops.platform.settings import load
+from ops.tools.events import read_events
 from tests.support import NatsServer, eventually, free_port
 from tests.workers import (
     FlakyBroker,
@@ -45,6 +45,7 @@ from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
 from worker.consumer import Worker
 from worker.errors import RetryableError
+from worker.settings import WorkerSettings
 from worker.supervise import RESTART_BACKOFF, UNREADY_AFTER
 
 RESTARTS = "alertbridge_worker_loop_restarts_total"

@@ -18,8 +18,8 @@ from contracts.messages import AttemptFailed, Executed, Rejected
 from contracts.subjects import ALERTS_STREAM, EVENTS_STREAM, alert_subject
 from contracts.topology import partition_durable
 from contracts.tracing import trace_id_of
-from ops import provision
-from ops.settings import WorkerSettings, load
+from ops.platform import provision
+from ops.platform.settings import load
 from tests.support import ROOT, eventually, python_module
 from tests.workers import (
     FlakyBroker,
@@ -35,6 +35,7 @@ from tests.workers import (
 from worker.brokers.base import Order, OrderResult
 from worker.brokers.paper import PaperBroker
 from worker.execute import client_order_id
+from worker.settings import WorkerSettings
 
 
 @pytest.fixture

@@ -17,15 +17,16 @@ from contracts.headers import MSG_ID
 from contracts.messages import Alert, Event, Executed, Rejected, alert_msg_id
 from contracts.subjects import ALERTS_STREAM, alert_subject
 from contracts.topology import partition_durable
-from ops import provision
-from ops.events import read_events
-from ops.natsconn import jetstream
-from ops.settings import WorkerSettings, load
+from ops.platform import provision
+from ops.platform.natsconn import jetstream
+from ops.platform.settings import load
+from ops.tools.events import read_events
 from worker.accounts import Desk
 from worker.brokers.base import Broker, Order, OrderResult
 from worker.brokers.paper import PaperBroker
 from worker.consumer import Worker
 from worker.errors import RetryableError
+from worker.settings import WorkerSettings
 
 
 def make_alert(alert_id: str, symbol: str = "NASDAQ:AAPL", **fields: Any) -> Alert:

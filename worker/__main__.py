@@ -19,13 +19,14 @@ import uvloop
 from nats.errors import Error as NatsError
 
 from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
-from ops import heap, logs, provision, telemetry
-from ops.accounts import worker_accounts
-from ops.healthserver import health_server
-from ops.natsconn import connect, jetstream
-from ops.settings import SettingsError, WorkerSettings, load
+from ops.platform import heap, logs, provision, telemetry
+from ops.platform.accounts import worker_accounts
+from ops.platform.healthserver import health_server
+from ops.platform.natsconn import connect, jetstream
+from ops.platform.settings import SettingsError, load
 from worker.accounts import Desk
 from worker.consumer import Worker
+from worker.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -1,6 +1,6 @@
 """Per-account execution: which broker, how big, which symbol, what is allowed.
 
-Built once at start from `ops.accounts` (the TOML file, credentials read from
+Built once at start from `ops.platform.accounts` (the TOML file, credentials read from
 the environment here and nowhere else); one broker adapter per account.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
-from ops.accounts import (
+from ops.platform.accounts import (
     Account,
     AlpacaSettings,
     CcxtSettings,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from contracts.messages import Alert
-    from ops.accounts import WorkerAccounts
+    from ops.platform.accounts import WorkerAccounts
     from worker.brokers.base import Broker
 
 

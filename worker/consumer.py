@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
     from opentelemetry.metrics import MeterProvider
 
-    from ops.settings import WorkerSettings
     from worker.accounts import Desk
     from worker.outcomes import Route
+    from worker.settings import WorkerSettings
 
 log = logging.getLogger("worker")
 

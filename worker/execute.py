@@ -12,7 +12,7 @@ from worker.errors import DuplicateOrderError, RetryableError
 
 if TYPE_CHECKING:
     from contracts.messages import Alert
-    from ops.accounts import Account
+    from ops.platform.accounts import Account
     from worker.brokers.base import Broker
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from contracts.messages import Alert
-    from ops.accounts import Account
+    from ops.platform.accounts import Account
     from worker.accounts import Desk
     from worker.brokers.base import Broker, OrderResult
     from worker.delivery import Delivery

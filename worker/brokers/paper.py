@@ -33,7 +33,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from ops.paths import private_dir
+from ops.platform.files import private_dir
 from worker.brokers.base import Order, OrderResult
 from worker.errors import DuplicateOrderError, OrderRejectedError
 

@@ -1,5 +1,8 @@
 """Settings: one frozen Struct per process, read from the environment in one place.
 
+`Common` is what every process shares; each role extends it in its own package
+(`ingress.settings`, `worker.settings`) and `load` reads any of them.
+
 Every variable is `ALERTBRIDGE_<FIELD>`; lists are comma-separated. A bad value
 stops the process with a `SettingsError` naming the variable.
 """
@@ -13,15 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 import msgspec
 
 from contracts.topology import DAY, Topology, topology
-from ops.access import (
-    PROXY_HEADERS,
-    RATE_PATTERN,
-    TRADINGVIEW,
-    TRADINGVIEW_SUBJECT,
-    Network,
-    parse_networks,
-    parse_subject,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -100,6 +94,9 @@ class Common(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
 
+    def check(self) -> None:
+        """The rules between this role's own fields (`load` calls it; a role adds its own)."""
+
     def topology(self) -> Topology:
         """The streams and consumers these settings describe."""
         return topology(
@@ -111,66 +108,6 @@ class Common(msgspec.Struct, frozen=True, kw_only=True):
             max_deliver=self.max_deliver,
             ack_wait=self.ack_wait,
         )
-
-
-class IngressSettings(Common, frozen=True, kw_only=True):
-    """The webhook receiver."""
-
-    http_host: str = "127.0.0.1"
-    http_port: Port = 8080
-    # SO_REUSEPORT: several ingress processes listen on one port, the kernel spreads
-    # the connections (`alertbridge up --ingress N`).
-    http_reuse_port: bool = False
-    secrets: tuple[Secret, ...] = ()
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
-    # TradingView cancels at 3 s and does not resend timeouts: answer 503 well before.
-    publish_timeout: Annotated[float, msgspec.Meta(gt=0, le=2.5)] = 1.0
-    # Sender verification (docs/security.md); each is off until configured.
-    # Source addresses: IPs/CIDRs or `tradingview`; forwarding headers only from these proxies.
-    allow_ips: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    proxy_header: str = "X-Forwarded-For"  # or `Forwarded` (RFC 7239); the other is ignored
-    # HTTPS served by the ingress itself, and TradingView's client certificate.
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    require_client_cert: bool = False
-    client_cert_subject: str = TRADINGVIEW_SUBJECT
-    client_cert_header: str | None = None  # behind a trusted proxy that verified the cert
-    # HMAC-signed requests (X-Signature, X-Timestamp) for senders that can sign.
-    hmac_secrets: tuple[Secret, ...] = ()
-    hmac_required: bool = False
-    hmac_window: Annotated[float, msgspec.Meta(gt=0, le=3_600)] = 300.0
-    # Rate limits (`60/minute`): per source address before the body is read, per account
-    # once the sender is authenticated. TradingView's addresses are exempt by default.
-    rate_limit: Annotated[str, msgspec.Meta(pattern=RATE_PATTERN)] | None = None
-    account_rate_limit: Annotated[str, msgspec.Meta(pattern=RATE_PATTERN)] | None = None
-    rate_limit_exempt: tuple[str, ...] = (TRADINGVIEW,)
-    # Hostile input: a body must arrive within this many seconds, and the request line
-    # plus headers must fit in this many bytes (0: no deadline; h11's own 16 KiB cap).
-    body_timeout: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
-    max_header_bytes: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 8_192
-
-
-class WorkerSettings(Common, frozen=True, kw_only=True):
-    """The order executor."""
-
-    paper_db: str = "var/paper.db"
-    default_quantity: Positive | None = None
-    retry_backoff: Annotated[tuple[Positive, ...], msgspec.Meta(min_length=1)] = (
-        1.0, 2.0, 5.0, 10.0, 30.0,
-    )  # fmt: skip
-    fetch_timeout: Annotated[float, msgspec.Meta(gt=0, le=30)] = 2.0
-    # An alert older than this at execution time is never sent to the broker (measured
-    # from the earlier of the sender's `timenow` and the ingress's receipt, or from the
-    # replay). 0 disables.
-    max_alert_age: Annotated[float, msgspec.Meta(ge=0)] = 60.0
-    # A broker call slower than this counts as a retryable timeout.
-    broker_timeout: Positive = 10.0
-    shutdown_grace: Positive = 10.0
-    # /healthz, /readyz and /metrics (0: off).
-    health_host: str = "127.0.0.1"
-    health_port: Port = 8081
 
 
 S = TypeVar("S", bound=Common)
@@ -203,8 +140,7 @@ def load(cls: type[S], env: Mapping[str, str]) -> S:
     settings = cls(**values)
     _check_windows(settings)
     _check_nats_auth(settings)
-    if isinstance(settings, IngressSettings):
-        _check_ingress(settings)  # the rules that also need the accounts: ops.accounts
+    settings.check()  # the role's own rules (ingress.settings: and with the accounts)
     return settings
 
 
@@ -289,50 +225,3 @@ def _check_nats_auth(settings: Common) -> None:
         path = getattr(settings, name)
         if path is not None and not Path(path).is_file():
             raise SettingsError(f"{PREFIX}{name.upper()}={path!r} is not a readable file")
-
-
-def _check_ingress(settings: IngressSettings) -> None:
-    """The sender-verification settings parse, fit together and name files that exist."""
-    for name in ("allow_ips", "trusted_proxies", "rate_limit_exempt"):
-        _networks(name, getattr(settings, name))
-    try:
-        parse_subject(settings.client_cert_subject)
-    except ValueError as exc:
-        raise SettingsError(
-            f"{PREFIX}CLIENT_CERT_SUBJECT={settings.client_cert_subject!r} is invalid: {exc} "
-            "(escape a comma inside a value as \\,)"
-        ) from None
-    p = PREFIX
-    wrong = [
-        (settings.proxy_header.lower() not in PROXY_HEADERS,
-         f"{p}PROXY_HEADER={settings.proxy_header!r} is invalid: "
-         "give X-Forwarded-For or Forwarded"),
-        (settings.tls_key is not None and settings.tls_cert is None,
-         f"{p}TLS_KEY needs {p}TLS_CERT"),
-        (settings.tls_client_ca is not None and settings.tls_cert is None,
-         f"{p}TLS_CLIENT_CA needs {p}TLS_CERT"),
-        (settings.require_client_cert and settings.client_cert_header is None
-         and settings.tls_client_ca is None,
-         f"{p}REQUIRE_CLIENT_CERT needs {p}TLS_CLIENT_CA (TLS served here) or "
-         f"{p}CLIENT_CERT_HEADER (TLS ended by a proxy)"),
-        (settings.client_cert_header is not None and not settings.trusted_proxies,
-         f"{p}CLIENT_CERT_HEADER needs {p}TRUSTED_PROXIES: only they may set it"),
-        (settings.client_cert_header is not None and not settings.require_client_cert,
-         f"{p}CLIENT_CERT_HEADER needs {p}REQUIRE_CLIENT_CERT=true, else nothing checks it"),
-    ]  # fmt: skip
-    for condition, message in wrong:
-        if condition:
-            raise SettingsError(message)
-    for name in ("tls_cert", "tls_key", "tls_client_ca"):
-        path = getattr(settings, name)
-        if path is not None and not Path(path).is_file():
-            raise SettingsError(f"{PREFIX}{name.upper()}={path!r} is not a readable file")
-
-
-def _networks(name: str, values: tuple[str, ...]) -> tuple[Network, ...]:
-    try:
-        return parse_networks(values)
-    except ValueError as exc:
-        raise SettingsError(
-            f"{PREFIX}{name.upper()}={','.join(values)!r} is invalid: {exc}"
-        ) from None

@@ -20,7 +20,7 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError
 
-from ops.settings import PREFIX, ROLE_JS_API, SettingsError
+from ops.platform.settings import PREFIX, ROLE_JS_API, SettingsError
 
 if TYPE_CHECKING:
     from collections.abc import Collection

@@ -10,7 +10,7 @@ from nats.js.errors import NotFoundError
 from contracts import tracing
 from contracts.messages import Alert, Event, alert_decoder, event_decoder, event_kind
 from contracts.subjects import ALERTS_STREAM, EVENTS_PREFIX, EVENTS_STREAM, encode_token
-from ops.streams import read_all
+from ops.tools.streams import read_all
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

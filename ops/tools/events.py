@@ -8,7 +8,7 @@ import msgspec
 
 from contracts.messages import Event, event_decoder
 from contracts.subjects import EVENTS_STREAM
-from ops.streams import read_all
+from ops.tools.streams import read_all
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ops import provision
-from ops.natsconn import connect, jetstream
-from ops.paths import (
+from ops.platform import provision
+from ops.platform.natsconn import connect, jetstream
+from ops.platform.settings import Common, SettingsError, load
+from ops.tools.paths import (
     NATS_ROLES,
     ensure_nats_passwords,
     ensure_secret,
@@ -33,7 +34,6 @@ from ops.paths import (
     read_secret,
     write_nats_context,
 )
-from ops.settings import SettingsError, WorkerSettings, load
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -157,7 +157,7 @@ def _start(stack: Stack, secret: Path) -> None:
     # One generated password per NATS user (deploy/nats-server.conf), kept under var/.
     passwords = ensure_nats_passwords(stack.var)
     try:
-        settings = load(WorkerSettings, stack.env_as("ops"))  # a bad setting stops us first
+        settings = load(Common, stack.env_as("ops"))  # a bad setting stops us first
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     _jaeger(stack)
@@ -192,7 +192,7 @@ def _start(stack: Stack, secret: Path) -> None:
         stack.spawn(name, [sys.executable, "-m", "ingress"], env)
 
 
-async def _provision(settings: WorkerSettings, port: int, wait: float = 15.0) -> None:
+async def _provision(settings: Common, port: int, wait: float = 15.0) -> None:
     """Wait for the server to accept connections, then apply the topology."""
     deadline = time.monotonic() + wait
     while not _listening(port):  # quietly: the client would log each refused attempt

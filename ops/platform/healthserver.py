@@ -11,7 +11,7 @@ import uvicorn
 from litestar import Litestar, get
 from litestar.response import Response
 
-from ops.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
+from ops.platform.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 Readiness = Callable[[], Awaitable[list[str]]]
 

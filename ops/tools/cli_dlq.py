@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ops import dlq
-from ops.cli_support import emit_json, emit_table, with_js
+from ops.tools import dlq
+from ops.tools.cli_support import emit_json, emit_table, with_js
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import click
 import msgspec
 
-from ops.cli_support import emit_json, emit_table, with_js, with_nc
-from ops.history import history
-from ops.status import Status, status
+from ops.tools.cli_support import emit_json, emit_table, with_js, with_nc
+from ops.tools.history import history
+from ops.tools.status import Status, status
 
 
 def _ago(moment: datetime | None) -> str:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 import msgspec
 
-from ops.natsconn import connect
-from ops.paths import var_dir, with_local_nats_identity
-from ops.settings import Common, SettingsError, load
+from ops.platform.natsconn import connect
+from ops.platform.settings import Common, SettingsError, load
+from ops.tools.paths import var_dir, with_local_nats_identity
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
-from ops.settings import PREFIX, SettingsError
+from ops.platform.settings import PREFIX, SettingsError
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
-    from ops.settings import Common
+    from ops.platform.settings import Common
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from contracts.subjects import (
     alert_subject,
     event_subject,
 )
-from ops.streams import read_all
+from ops.tools.streams import read_all
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

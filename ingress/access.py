@@ -1,6 +1,6 @@
 """Who may reach the ingress, as configured: networks, certificate subjects, rates.
 
-Parsed here, in `ops`, so that `ops.settings.load` refuses a bad value at start
+Parsed here, in `ops`, so that `ops.platform.settings.load` refuses a bad value at start
 with the variable's name; the ingress uses the same functions at run time.
 
 Subjects are read in the RFC 4514 form (`CN=TradingView Webhooks,O=TradingView\\, Inc.`,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-from ops.settings import DEFAULT_JS_API, ROLE_JS_API
+from ops.platform.files import private_dir
+from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
 
 # The users of deploy/nats-server.conf. `just up` generates a password for each.
 NATS_ROLES: Final = ("ingress", "worker", "ops")
@@ -32,13 +33,6 @@ NATS_IDENTITY_VARS: Final = (
 def var_dir() -> Path:
     """The local stack's data folder: `$ALERTBRIDGE_VAR` or `./var`."""
     return Path(os.environ.get("ALERTBRIDGE_VAR", "var")).resolve()
-
-
-def private_dir(path: Path) -> Path:
-    """Create `path` (and any missing parents) with the last folder open to its owner only
-    (0700: it holds secrets or the paper book). An existing folder is left as it is."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
 
 
 def private_var(var: Path) -> Path:
@@ -163,7 +157,7 @@ def nats_server_binary() -> str:
 
 def nats_config_file() -> Path:
     """deploy/nats-server.conf: JetStream, one user per role, least privilege."""
-    path = Path(__file__).resolve().parent.parent / "deploy" / "nats-server.conf"
+    path = Path(__file__).resolve().parents[2] / "deploy" / "nats-server.conf"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: `alertbridge up` runs from a source checkout")
     return path

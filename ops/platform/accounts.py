@@ -32,15 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
-from ops.settings import (
-    MIN_HMAC_KEY_LENGTH,
-    MIN_SECRET_LENGTH,
-    PREFIX,
-    IngressSettings,
-    Secret,
-    SettingsError,
-    load,
-)
+from ops.platform.settings import MIN_HMAC_KEY_LENGTH, MIN_SECRET_LENGTH, Secret, SettingsError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -307,37 +299,3 @@ def _where(message: str) -> str:
         return message
     key = at.rstrip("`").lstrip(".")
     return head + (f" (key {key!r})" if key else "")
-
-
-def load_ingress(env: Mapping[str, str] = os.environ) -> tuple[IngressSettings, IngressAccounts]:
-    """The ingress's settings and accounts, with every check that needs both."""
-    settings = load(IngressSettings, env)
-    accounts = ingress_accounts(env)
-    check_ingress(settings, accounts)
-    return settings, accounts
-
-
-def check_ingress(settings: IngressSettings, accounts: IngressAccounts) -> None:
-    """The rules that need the settings and the accounts file together (the one place)."""
-    p = PREFIX
-    own_keys = any(accounts.hmac_secrets.values())
-    if not (settings.secrets or any(accounts.secrets.values()) or settings.hmac_secrets
-            or own_keys):  # fmt: skip
-        raise SettingsError(
-            f"{p}SECRETS (comma-separated) or {p}SECRETS_FILE must give at least one webhook "
-            f"secret (or {p}CONFIG accounts their own, or {p}HMAC_SECRETS keys); there is no "
-            "default secret"
-        )
-    for name in sorted(accounts.names):
-        required = settings.hmac_required or name in accounts.hmac_required
-        if required and not (settings.hmac_secrets or accounts.hmac_secrets.get(name)):
-            raise SettingsError(
-                f"account {name!r} requires signatures but has no HMAC key: set "
-                f"{p}HMAC_SECRETS or the account's hmac_secrets_env"
-            )
-    signs = settings.hmac_required or bool(settings.hmac_secrets) or own_keys
-    if signs and settings.hmac_window > settings.duplicate_window:
-        raise SettingsError(
-            f"{p}HMAC_WINDOW must not exceed {p}DUPLICATE_WINDOW: a replay inside the window "
-            "must still be recognised as a duplicate"
-        )

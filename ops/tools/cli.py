@@ -17,14 +17,14 @@ import click
 import httpx
 
 from contracts.messages import Executed
-from ops.accounts import ingress_accounts, read_accounts, worker_accounts
-from ops.cli_dlq import dlq_group
-from ops.cli_inspect import alerts_group, status_command
-from ops.cli_support import emit_json, emit_table, settings_from_env, with_js
-from ops.events import read_events
-from ops.paths import read_secret, secret_file, var_dir, write_nats_context
-from ops.settings import SettingsError
-from ops.stack import Stack, run
+from ops.platform.accounts import ingress_accounts, read_accounts, worker_accounts
+from ops.platform.settings import SettingsError
+from ops.tools.cli_dlq import dlq_group
+from ops.tools.cli_inspect import alerts_group, status_command
+from ops.tools.cli_support import emit_json, emit_table, settings_from_env, with_js
+from ops.tools.events import read_events
+from ops.tools.paths import read_secret, secret_file, var_dir, write_nats_context
+from ops.tools.stack import Stack, run
 
 EXIT_FAILED = 1
 
@@ -58,7 +58,7 @@ def up(workers: int, ingresses: int, http_port: int, nats_port: int, monitor_por
 @cli.command()
 def provision() -> None:
     """Create or update the streams and consumers (idempotent)."""
-    from ops import provision as prov
+    from ops.platform import provision as prov
 
     topology = settings_from_env().topology()
     with_js(lambda js: prov.apply(js, topology))
