@@ -14,6 +14,7 @@ from contracts import tracing
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_decoder
 from contracts.subjects import split_alert_subject
+from worker.nats_compat import client_of_msg
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -96,7 +97,7 @@ class Delivery:
 async def term(msg: Msg, reason: str) -> None:
     """Terminate with a reason; the reason reaches the MSG_TERMINATED advisory."""
     clean = " ".join(reason.split())[:200]
-    await msg._client.publish(msg.reply, f"+TERM {clean}".encode())
+    await client_of_msg(msg).publish(msg.reply, f"+TERM {clean}".encode())
 
 
 class Working:

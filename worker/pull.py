@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 from nats.errors import BadSubscriptionError, ConnectionClosedError
 from nats.js.api import Header
 
+from worker.nats_compat import api_prefix, client_of
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -60,8 +62,8 @@ class Puller:
         stopping: asyncio.Event,
         fetch_timeout: float,
     ) -> None:
-        self._nc: Client = js._nc
-        self._next = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._nc: Client = client_of(js)
+        self._next = f"{api_prefix(js)}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._name = f"{stream}/{durable}"
         self._batch = batch
         self._handle = handle
