@@ -7,14 +7,19 @@ a case-insensitive getter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Final
 
-from opentelemetry import propagate
+from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.context import Context
+    from opentelemetry.trace import Span, SpanKind
+    from opentelemetry.util.types import Attributes
 
 SYSTEM: Final = "messaging.system"
 OPERATION_NAME: Final = "messaging.operation.name"
@@ -62,3 +67,84 @@ def trace_id_of(headers: Mapping[str, str] | None) -> str | None:
         return None
     parts = found[0].split("-")
     return parts[1] if len(parts) == 4 else None
+
+
+class Spans:
+    """How every part of alertbridge makes its spans, in a process that may record none.
+
+    A process without a trace exporter records no spans (README "Looking inside"); it
+    still passes the alert's trace context on, so logs and events carry its trace id. So
+    each span site has two shapes, and this keeps both in one place:
+    - `span`: a span made current for the block; when nothing is recorded, no span, and
+      the given context (if any) made current instead;
+    - `child`: a span only inside a span that is being recorded (an HTTP request under
+      the broker call), else nothing at all.
+    Where no span is made, the block gets `INVALID_SPAN` (setting attributes on it does
+    nothing), and `attributes` may be a callable so that their cost is paid only when
+    a span is made.
+    """
+
+    def __init__(
+        self, name: str, *, record: bool = True, provider: trace.TracerProvider | None = None
+    ) -> None:
+        self._tracer = trace.get_tracer(name, tracer_provider=provider)
+        self.record = record
+
+    def span(
+        self,
+        name: str,
+        *,
+        kind: SpanKind,
+        parent: Context | None = None,
+        unrecorded: Context | None = None,
+        links: Sequence[trace.Link] = (),
+        attributes: Attributes | Callable[[], Attributes] = None,
+        record_exception: bool = True,
+    ) -> AbstractContextManager[Span]:
+        """A span of `kind` under `parent` (default: the current context). When this
+        process records none, `unrecorded` (default `parent`) is made current instead."""
+        if not self.record:
+            made_current = unrecorded if unrecorded is not None else parent
+            return _Current(made_current) if made_current is not None else _NO_SPAN
+        return self._tracer.start_as_current_span(
+            name,
+            context=parent,
+            kind=kind,
+            links=links,
+            attributes=attributes() if callable(attributes) else attributes,
+            record_exception=record_exception,
+            set_status_on_exception=record_exception,
+        )
+
+    def child(
+        self,
+        name: str,
+        *,
+        kind: SpanKind,
+        attributes: Attributes | Callable[[], Attributes] = None,
+    ) -> AbstractContextManager[Span]:
+        """A span under the current one when that one is being recorded; else none."""
+        if not trace.get_current_span().is_recording():
+            return _NO_SPAN
+        return self.span(name, kind=kind, attributes=attributes)
+
+
+class _Current(AbstractContextManager["Span"]):
+    """Makes a context current for a block; the span it yields records nothing."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, made_current: Context) -> None:
+        self._context = made_current
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> Span:
+        self._token = context.attach(self._context)
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            context.detach(self._token)
+
+
+_NO_SPAN: Final = nullcontext(trace.INVALID_SPAN)

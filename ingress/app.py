@@ -39,7 +39,7 @@ from litestar import Litestar, Request, asgi, get
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.response import Response
-from opentelemetry import context, trace
+from opentelemetry import trace
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -97,13 +97,12 @@ class Webhook:
         *,
         spans: bool = True,
     ) -> None:
-        self._spans = spans
+        self._spans = tracing.Spans("alertbridge.ingress", record=spans)
         self._gate = gate
         self._publisher = publisher
         self._guard = guard
         self._account_rate = account_rate
         self._metrics = instruments
-        self._tracer = trace.get_tracer("alertbridge.ingress")
         self._redactor = Redactor(gate.every_secret())
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
@@ -118,20 +117,15 @@ class Webhook:
             self._metrics.answered("unmatched", 404)
             return
         route = ROUTE_WITH_SECRET if secret else ROUTE
-        if not self._spans:  # nothing is recorded: only a trace context to pass on
-            token = context.attach(_untraced(scope))
-            try:
-                await self._reply(scope, receive, send, secret, route, trace.INVALID_SPAN)
-            finally:
-                context.detach(token)
-            return
-        with self._tracer.start_as_current_span(
+        recorded = self._spans.record
+        with self._spans.span(
             f"{scope['method']} {route}",
-            context=_parent(scope),
             kind=SpanKind.SERVER,
+            parent=_parent(scope) if recorded else None,
+            # Nothing recorded: only a trace context to pass on to the worker.
+            unrecorded=None if recorded else _untraced(scope),
             attributes={"http.request.method": scope["method"], "http.route": route},
             record_exception=False,
-            set_status_on_exception=False,
         ) as span:
             await self._reply(scope, receive, send, secret, route, span)
 

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from contracts import tracing
 from contracts.messages import Alert
 from ops.platform.accounts import Account
 from tests.support import free_port, serving_aiohttp
@@ -302,7 +303,8 @@ async def test_each_request_is_a_client_span_that_carries_the_trace(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
-    monkeypatch.setattr(_http, "_tracer", tracer)  # a recording tracer, not the global one
+    # A recording provider, not the global one.
+    monkeypatch.setattr(_http, "_spans", tracing.Spans("test", provider=provider))
     with tracer.start_as_current_span("http place order") as parent:
         await broker.place(make_order())
     (request,) = [s for s in exporter.get_finished_spans() if s.name == "POST"]
@@ -324,7 +326,7 @@ async def test_no_span_is_made_outside_a_recorded_one(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(_http, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(_http, "_spans", tracing.Spans("test", provider=provider))
     await broker.place(make_order())
     assert exporter.get_finished_spans() == ()
     assert "traceparent" not in receiver.headers[-1]

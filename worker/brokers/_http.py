@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from contracts import tracing
@@ -28,7 +27,7 @@ from worker.errors import RetryableError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-_tracer = trace.get_tracer("alertbridge.worker.http")
+_spans = tracing.Spans("alertbridge.worker.http")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +82,14 @@ class HttpClient:
         """Send one request and read the whole answer; RetryableError when none came."""
         target = self._base_url + url if self._base_url else url
         what = f"{self._label} {method}" if self._private else f"{self._label} {method} {url}"
-        parent = trace.get_current_span()
-        if not parent.is_recording():
-            return await self._send(method, target, what, content, headers, params)
-        with _tracer.start_as_current_span(
-            method, kind=SpanKind.CLIENT, attributes=self._attributes(method, target)
+        with _spans.child(
+            method, kind=SpanKind.CLIENT, attributes=lambda: self._attributes(method, target)
         ) as span:
             answer = await self._send(method, target, what, content, headers, params)
-            span.set_attribute("http.response.status_code", answer.status)
-            if answer.status >= 400:
-                span.set_status(Status(StatusCode.ERROR))
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", answer.status)
+                if answer.status >= 400:
+                    span.set_status(Status(StatusCode.ERROR))
             return answer
 
     def _attributes(self, method: str, target: str) -> dict[str, str | int]:
