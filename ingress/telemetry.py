@@ -2,9 +2,9 @@
 duplicates and 503s.
 
 Counting is on the path of every webhook, so the counts are plain integers that the
-OpenTelemetry SDK reads through observable counters when metrics are collected (a
-synchronous SDK counter with attributes costs ~18 µs per `add` on this machine kind,
-docs/performance.md).
+OpenTelemetry SDK reads through observable counters when metrics are collected: a
+synchronous SDK counter with attributes costs far more per `add` than the rest of the
+answer's bookkeeping (figures: docs/performance.md, "Figures behind the code").
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
   (`http/protobuf` default, or `grpc`); sampler from `OTEL_TRACES_SAMPLER`; service
   name from `OTEL_SERVICE_NAME`. With no endpoint nothing is exported or logged, and
   (unless `OTEL_TRACES_SAMPLER` says otherwise) spans are not even recorded: a
-  recorded span costs ~35 µs of CPU on this machine kind for nobody to read, against
-  ~10 µs for one that only carries its ids (docs/performance.md). The ids still travel
+  recorded span costs several times the CPU of one that only carries its ids, for
+  nobody to read (figures: docs/performance.md). The ids still travel
   with every alert and appear in logs and events; the traces' sampled flag is off, so
   the next process does not record them either.
 - Metrics are always readable as Prometheus text (`metrics_text()`, served on

@@ -1,8 +1,8 @@
 """The HTTP client the REST brokers share: aiohttp, one keep-alive pool per broker.
 
-aiohttp parses in C and needs no extra task per request: a broker call cost the worker
-about 0.3 ms of CPU here, where httpx (over anyio) cost about 4 ms, which capped a
-worker at ~250 orders/s against a broker that answers in 20 ms (docs/performance.md).
+aiohttp parses in C and needs no extra task per request: a broker call costs the worker
+a fraction of the CPU httpx (over anyio) cost, which capped a worker's orders per second
+against a slow broker (figures: docs/performance.md). Revisit if httpx's cost changes.
 
 Each request is a CLIENT span (method, host, URL without credentials or query,
 status) under the broker call's span when that one is recorded, and carries the trace
