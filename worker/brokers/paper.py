@@ -12,13 +12,13 @@ a thread: a thread hop per order cost a sixth of the worker's CPU, docs/performa
 each call still gets its own result or its own error. The write never waits for a
 lock in the event loop: when another process holds the book, the batch and every
 call after it go to a thread that waits for the lock (busy timeout), until the queue
-is empty again. What is left blocking the loop is one uncontended SQLite transaction
-per loop turn (WAL, synchronous=NORMAL: no fsync per commit). The WAL checkpoints,
-which fsync (what that costs: docs/performance.md), run in a thread every
-`CHECKPOINT_EVERY` commits instead of inside whichever commit crosses SQLite's
-threshold: a passive one, which never stops a writer, and once the WAL is over `WAL_RESTART_FRAMES` (writes that never
-pause keep a passive checkpoint from ever letting the WAL start over) a restarting one,
-during which the loop's writes find the book busy and go to the thread.
+is empty again. What is left blocking the loop is one uncontended SQLite transaction per
+loop turn (WAL, synchronous=NORMAL: no fsync per commit). The WAL checkpoints, which
+fsync (what that costs: docs/performance.md), run in a thread every `CHECKPOINT_EVERY`
+commits instead of inside whichever commit crosses SQLite's threshold: a passive one,
+which never stops a writer, and once the WAL is over `WAL_RESTART_FRAMES` (writes that
+never pause keep a passive checkpoint from ever letting the WAL start over) a restarting
+one, during which the loop's writes find the book busy and go to the thread.
 """
 
 from __future__ import annotations
