@@ -31,7 +31,7 @@ _spans = tracing.Spans("alertbridge.worker.http")
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class HttpAnswer:
     """A whole HTTP answer: status, reason phrase and body."""
 
     status: int
@@ -78,7 +78,7 @@ class HttpClient:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-    ) -> Answer:
+    ) -> HttpAnswer:
         """Send one request and read the whole answer; RetryableError when none came."""
         target = self._base_url + url if self._base_url else url
         what = f"{self._label} {method}" if self._private else f"{self._label} {method} {url}"
@@ -115,7 +115,7 @@ class HttpClient:
         content: bytes | None,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
-    ) -> Answer:
+    ) -> HttpAnswer:
         try:
             async with self._open().request(
                 method,
@@ -126,7 +126,7 @@ class HttpClient:
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
-                return Answer(response.status, response.reason or "", body)
+                return HttpAnswer(response.status, response.reason or "", body)
         except TimeoutError as exc:
             raise RetryableError(
                 f"{what}: no answer within {self._timeout:g}s ({type(exc).__name__})"

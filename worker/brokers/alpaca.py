@@ -48,7 +48,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from worker.brokers._http import Answer, HttpClient
+from worker.brokers._http import HttpAnswer, HttpClient
 from worker.brokers._text import clip
 from worker.brokers.base import Order, OrderResult
 from worker.errors import DuplicateOrderError, OrderRejectedError, RetryableError, TerminalError
@@ -191,7 +191,7 @@ def _close_request(
     )
 
 
-def _message(response: Answer) -> str:
+def _message(response: HttpAnswer) -> str:
     """Alpaca's error message (`{"code": 40310000, "message": "..."}`), else the raw text."""
     try:
         message = _error_decoder.decode(response.content).message
@@ -200,7 +200,7 @@ def _message(response: Answer) -> str:
     return clip(message or response.text or response.reason)
 
 
-def _raise_for(response: Answer) -> None:
+def _raise_for(response: HttpAnswer) -> None:
     """Map a non-2xx answer onto the worker's exceptions (see the table above)."""
     status = response.status
     if 200 <= status < 300:
@@ -219,7 +219,7 @@ def _raise_for(response: Answer) -> None:
     raise TerminalError(f"{answer} (is the base URL right?)")
 
 
-def _result(response: Answer) -> OrderResult:
+def _result(response: HttpAnswer) -> OrderResult:
     try:
         raw = _order_decoder.decode(response.content)
     except msgspec.DecodeError as exc:
@@ -325,7 +325,7 @@ class AlpacaBroker:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
-    ) -> Answer:
+    ) -> HttpAnswer:
         return await self._client.request(
             method, path, content=content, headers=headers, params=params
         )

@@ -51,7 +51,7 @@ from urllib.parse import quote
 import msgspec
 
 from contracts.messages import Side
-from worker.brokers._http import Answer, HttpClient
+from worker.brokers._http import HttpAnswer, HttpClient
 from worker.brokers._text import clip
 from worker.brokers.base import Order, OrderResult
 from worker.errors import DuplicateOrderError, OrderRejectedError, RetryableError, TerminalError
@@ -77,7 +77,7 @@ class HttpForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class _Answer(msgspec.Struct, frozen=True):
+class _ForwardReply(msgspec.Struct, frozen=True):
     """What a receiver may say about an order; every field is optional on a 2xx."""
 
     id: str | int | None = None
@@ -88,7 +88,7 @@ class _Answer(msgspec.Struct, frozen=True):
 
 
 _order_encoder: Final = msgspec.json.Encoder()
-_answer_decoder: Final = msgspec.json.Decoder(_Answer)
+_answer_decoder: Final = msgspec.json.Decoder(_ForwardReply)
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -97,7 +97,7 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
-def _raise_for(response: Answer) -> None:
+def _raise_for(response: HttpAnswer) -> None:
     """Map a non-2xx answer onto the worker's exceptions (see the table above)."""
     status = response.status
     if 200 <= status < 300:
@@ -113,12 +113,12 @@ def _raise_for(response: Answer) -> None:
     raise TerminalError(f"{answer} (is the URL right?)")
 
 
-def _decode(response: Answer) -> _Answer:
+def _decode(response: HttpAnswer) -> _ForwardReply:
     """The answer's order fields; an empty or non-JSON 2xx body has none."""
     try:
         return _answer_decoder.decode(response.content)
     except msgspec.DecodeError:
-        return _Answer()
+        return _ForwardReply()
 
 
 class HttpForwardBroker:
@@ -191,7 +191,7 @@ class HttpForwardBroker:
 
     async def _send(
         self, method: Literal["GET", "POST"], url: str, key: str, body: bytes
-    ) -> Answer:
+    ) -> HttpAnswer:
         timestamp = str(int(time.time()))
         headers = {
             IDEMPOTENCY_KEY: key,
