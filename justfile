@@ -25,6 +25,11 @@ test *ARGS:
 fuzz REQUESTS="10000":
     ALERTBRIDGE_FUZZ_REQUESTS={{REQUESTS}} pytest tests/test_fuzz.py -q -s -p no:cacheprovider
 
+# mutation testing of the core, on demand, slow, not in CI ([tool.mutmut]; docs/testing.md); 'contracts.subjects*' narrows
+mutate *MUTANTS:
+    nice -n 19 mutmut run {{MUTANTS}}
+    mutmut results
+
 # lint and type-check
 lint:
     ruff check .

@@ -150,8 +150,24 @@ def test_a_body_nested_one_deeper_is_refused(container: str) -> None:
 
 
 def test_exactly_the_most_values_are_accepted() -> None:
-    # The object, the list and its items.
-    assert len(decode_body(_body({"items": [0] * (MAX_VALUES - 2)}))["items"]) == MAX_VALUES - 2
+    # The object, the pad, the list and its items: long enough to be walked.
+    body = _body({"pad": PAD, "items": [0] * (MAX_VALUES - 3)})
+    assert len(decode_body(body)["items"]) == MAX_VALUES - 3
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"a":"\xff"}', "a JSON object is required: a string is not valid UTF-8"),
+        (b"[1]", "a JSON object is required, not a JSON value"),
+        # Deep enough for the interpreter's recursion limit, not only the walk's.
+        (b"[" * 100_000 + b"]" * 100_000, f"nested deeper than {MAX_DEPTH} levels"),
+    ],
+)
+def test_a_body_that_is_no_object_is_refused_with_its_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidAlertError) as caught:
+        decode_body(body)
+    assert [(e.field, e.reason) for e in caught.value.errors] == [("body", reason)]
 
 
 @pytest.mark.parametrize(
