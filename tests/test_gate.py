@@ -6,6 +6,8 @@ it, each one a boundary a mutation test found unguarded.
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 
 from ingress.auth import WRONG_SIGNATURE, Gate, matches, sign
@@ -98,3 +100,36 @@ def test_only_configured_names_are_configured() -> None:
     assert gate.configured("a1") is True
     assert gate.configured("someone-else") is False
     assert gate.known("someone-else") is True
+
+
+class _Spy:
+    """`hmac.compare_digest`, counted: the comparisons the gate really makes."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._real = hmac.compare_digest
+
+    def __call__(self, a: bytes, b: bytes) -> bool:
+        self.calls += 1
+        return self._real(a, b)
+
+
+def test_secrets_and_keys_are_compared_in_constant_time_with_no_short_circuit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`==` (or a loop that stops at the first match) tells by its timing whether and
+    which secret matched: every configured secret and key goes through
+    `hmac.compare_digest`, each time, whichever matches."""
+    spy = _Spy()
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    rotation = (Secret("first-secret"), Secret("second-secret"), Secret("third-secret"))
+    for candidate in ("first-secret", "third-secret", "wrong-secret"):
+        spy.calls = 0
+        assert matches(rotation, candidate) is (candidate != "wrong-secret")
+        assert spy.calls == len(rotation), candidate
+    gate = Gate((), _accounts(), hmac_keys=(Secret(KEY), Secret("j" * 32)))
+    for key in (KEY, "j" * 32, "x" * 32):
+        spy.calls = 0
+        verdict = gate.verify("default", BODY, _signed("1736951400", key), "1736951400", NOW)
+        assert (verdict is None) is (key != "x" * 32)
+        assert spy.calls == 2, key
