@@ -52,11 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.dlq")
 
 
-def _clean(value: str, limit: int = 500) -> str:
-    """A header value: one line, bounded."""
-    return " ".join(value.split())[:limit]
-
-
 class DeadLetters:
     """Writes DLQ entries, once per ALERTS sequence."""
 
@@ -76,19 +71,15 @@ class DeadLetters:
     ) -> tuple[int, bool]:
         """Store the entry; return (DLQ sequence, whether it was already there)."""
         account, symbol = split_alert_subject(subject)
-        headers = {
-            h.MSG_ID: f"{ALERTS_STREAM}:{seq}",
-            h.DLQ_REASON: _clean(reason),
-            h.DLQ_DELIVERIES: str(deliveries),
-            h.DLQ_STREAM_SEQ: str(seq),
-            h.DLQ_SUBJECT: subject,
-            h.DLQ_AT: datetime.now(UTC).isoformat(),
-        }
-        if last_error:
-            headers[h.DLQ_LAST_ERROR] = _clean(last_error)
-        for name in h.TRACE_HEADERS:
-            if original_headers and name in original_headers:
-                headers[name] = original_headers[name]
+        why = h.DeadLetterHeaders(
+            reason=reason,
+            deliveries=deliveries,
+            stream_seq=seq,
+            subject=subject,
+            at=datetime.now(UTC).isoformat(),
+            last_error=last_error,
+        )
+        headers = why.to_headers(original_headers)
         ack = await self._js.publish(dlq_subject(account, symbol), data, headers=headers, timeout=5)
         return ack.seq, bool(ack.duplicate)
 

@@ -62,7 +62,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _entry(seq: int, data: bytes, headers: dict[str, str] | None) -> DeadLetter:
-    hdr = headers or {}
+    why = h.DeadLetterHeaders.from_headers(headers)
     try:
         alert: Alert | None = alert_decoder.decode(data)
     except msgspec.DecodeError:
@@ -72,12 +72,12 @@ def _entry(seq: int, data: bytes, headers: dict[str, str] | None) -> DeadLetter:
         alert_id=alert.id if alert else "",
         account=alert.account if alert else "",
         symbol=alert.symbol if alert else "",
-        reason=hdr.get(h.DLQ_REASON, ""),
-        deliveries=int(hdr.get(h.DLQ_DELIVERIES, "0") or 0),
-        last_error=hdr.get(h.DLQ_LAST_ERROR),
-        stream_seq=int(hdr.get(h.DLQ_STREAM_SEQ, "0") or 0),
-        subject=hdr.get(h.DLQ_SUBJECT, ""),
-        at=hdr.get(h.DLQ_AT, ""),
+        reason=why.reason,
+        deliveries=why.deliveries,
+        last_error=why.last_error,
+        stream_seq=why.stream_seq,
+        subject=why.subject,
+        at=why.at,
         alert=alert,
     )
 
