@@ -42,14 +42,14 @@ class DeadLetterHeaders(msgspec.Struct, frozen=True, kw_only=True):
         original's trace context carried over."""
         headers = {
             MSG_ID: f"{ALERTS_STREAM}:{self.stream_seq}",
-            DLQ_REASON: _one_line(self.reason),
+            DLQ_REASON: one_line(self.reason),
             DLQ_DELIVERIES: str(self.deliveries),
             DLQ_STREAM_SEQ: str(self.stream_seq),
             DLQ_SUBJECT: self.subject,
             DLQ_AT: self.at,
         }
         if self.last_error:
-            headers[DLQ_LAST_ERROR] = _one_line(self.last_error)
+            headers[DLQ_LAST_ERROR] = one_line(self.last_error)
         headers.update({k: v for k, v in (original or {}).items() if k in TRACE_HEADERS})
         return headers
 
@@ -67,8 +67,8 @@ class DeadLetterHeaders(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def _one_line(value: str, limit: int = 500) -> str:
-    """A header value: one line, bounded."""
+def one_line(value: str, limit: int = 500) -> str:
+    """A header value (or a +TERM reason): one line, bounded."""
     return " ".join(value.split())[:limit]
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypedDict
 import msgspec
 
 from contracts import tracing
-from contracts.headers import MSG_ID
+from contracts.headers import MSG_ID, one_line
 from contracts.messages import Alert, alert_decoder
 from contracts.subjects import split_alert_subject
 from worker.nats_compat import client_of_msg
@@ -96,7 +96,7 @@ class Delivery:
 
 async def term(msg: Msg, reason: str) -> None:
     """Terminate with a reason; the reason reaches the MSG_TERMINATED advisory."""
-    clean = " ".join(reason.split())[:200]
+    clean = one_line(reason, 200)
     await client_of_msg(msg).publish(msg.reply, f"+TERM {clean}".encode())
 
 
