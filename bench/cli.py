@@ -13,6 +13,9 @@ Phases (`--phases`, default all, in this order):
               (loadgen.py burst), both designs; every 20th repeats an earlier id.
   worker      end-to-end latency at 1,000 alerts/s (the `latency` of `executed`
               events), drain rate with the paper broker (64 symbols, and 1 symbol).
+  projections --proj-events executed events in EVENTS: the projector's fold rate from
+              that backlog (beside the worker phase's drain rate), `alertbridge orders
+              --limit 50` as a process, and the query behind GET /api/alerts?limit=50.
   scaling     drain rate with 1, 2, 4 worker processes against a 20 ms HTTP broker
               (slow_broker.py via the signed HTTP forwarder), with 16 and with 64
               partitions (one alert in flight per partition).
@@ -40,6 +43,7 @@ from bench.phases import REGISTRY
 from bench.procs import PROCS
 from bench.system import loadavg
 from bench.table import markdown_table, text_table
+from ops.tools.stack import default_ingresses
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,8 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--burst-ingresses",
         type=int,
-        default=2,
-        help="also the burst against this many ingress processes sharing the port (<2: not)",
+        default=default_ingresses(),
+        help="the burst against this many ingress processes sharing the port, as many as "
+        "`alertbridge up` starts by default (one per core, capped)",
+    )
+    add(
+        "--durability",
+        choices=["both", "1s", "always"],
+        default="both",
+        help="throughput and burst at equal durability: nats-server sync_interval 1s against "
+        "Redis appendfsync everysec, `always` against `always` (both: each pair)",
     )
     add("--e2e-rate", type=int, default=1000)
     add("--e2e-seconds", type=int, default=30)
@@ -92,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mem-drain-seconds", type=int, default=240, help="bound on the worker catching up")
     add("--dedup-ids", type=int, default=1_000_000)
     add("--profile-seconds", type=int, default=15)
+    add("--proj-events", type=int, default=1_000_000, help="events stored for `projections`")
+    add("--proj-max-seconds", type=int, default=1200, help="bound on the projector's catch-up")
     add("--pyspy", default="", help="command that runs py-spy (run.sh finds one)")
     add(
         "--ab-env",

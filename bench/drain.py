@@ -26,8 +26,10 @@ def drain(
     n: int,
     nworkers: int,
     cpu: int | None,
+    server_pid: int | None = None,
 ) -> DrainResult:
-    """Fill n alerts through the ingress (no worker running), then time `nworkers`."""
+    """Fill n alerts through the ingress (no worker running), then time `nworkers`;
+    with `server_pid`, also nats-server's CPU per executed alert while they drain."""
     streams = h.streams
     before = streams.executed_count()
     stored0 = streams.stored()
@@ -38,10 +40,12 @@ def drain(
     t0 = time.monotonic()
     workers = h.start_workers(f"drain-{label}", nworkers, env, cpu=cpu)
     tk0 = sum(ticks(w.pid) for w in workers)
+    server0 = ticks(server_pid) if server_pid else 0
     ours0, s0, m0 = ours_ticks(), cpu_snap(), time.monotonic()
     done = streams.wait_executed(before + stored, h.opts.drain_max_seconds)
     ours1, s1, m1 = ours_ticks(), cpu_snap(), time.monotonic()
     tk1 = sum(ticks(w.pid) for w in workers if w.poll() is None)
+    server1 = ticks(server_pid) if server_pid else 0
     wall = time.monotonic() - t0
     busy = cpu_delta(s0, s1).busy_ticks
     other = max(0.0, (busy - (ours1 - ours0)) / HZ / max(m1 - m0, 1e-9) * 100)
@@ -62,6 +66,9 @@ def drain(
         executed=ev.executed,
         rate_per_s=ev.rate_per_s,
         rate_mid80_per_s=ev.rate_mid80_per_s,
+        server_cpu_us_per_alert=(
+            round(1e6 * (server1 - server0) / HZ / max(ev.executed or 0, 1)) if server_pid else None
+        ),
     )
     log(
         f"  drain {label} x{nworkers}: {out.executed} executed, {out.rate_mid80_per_s}/s "

@@ -103,15 +103,16 @@ class Harness:
         env.update(extra)
         return env
 
-    def start_nats(self, tag: str, cpu: int | None) -> tuple[Popen, Path]:
-        """A JetStream nats-server with a new store, on new ports (sync: nats_sync_config)."""
+    def start_nats(self, tag: str, cpu: int | None, sync: str | None = None) -> tuple[Popen, Path]:
+        """A JetStream nats-server with a new store, on new ports; `sync`: its fsync
+        policy (default: nats_sync_config's)."""
         self.seq += 1
         store = self.tmp / f"nats-{self.seq}"
         store.mkdir()
         # A fresh port per server: a client left over from anything earlier (which would
         # reconnect and quietly consume the bench's alerts) can never find this one.
         self.nats_port, self.mon_port = free_port(), free_port()
-        argv = [self.nats_bin, "-c", str(nats_sync_config(store)), "-js", "-sd", str(store),
+        argv = [self.nats_bin, "-c", str(nats_sync_config(store, sync)), "-js", "-sd", str(store),
                 "-a", "127.0.0.1", "-p", str(self.nats_port), "-m", str(self.mon_port),
                 "--server_name", f"bench-{self.seq}"]  # fmt: skip
         log_to = self.out / f"{tag}.nats.log"
@@ -127,25 +128,30 @@ class Harness:
         *,
         ingress: bool = True,
         ingresses: int = 1,
+        sync: str | None = None,
+        module: str = "ingress",
     ) -> Iterator[Running]:
         """A fresh nats-server (CPU 0), provisioned, and an ingress (CPU 0) unless told
         otherwise, with `env` built once the server's port is known (default: ab_env).
         With `ingresses` > 1, that many ingress processes share the port
         (SO_REUSEPORT), none pinned. Workers put in `run.workers`, the ingresses and
-        the server are stopped on exit and the store removed."""
-        nats_p, store = self.start_nats(tag, cpu=0)
+        the server are stopped on exit and the store removed. `sync`: nats-server's
+        fsync policy; `module`: what serves the webhook (`bench.stripped`: the floor)."""
+        nats_p, store = self.start_nats(tag, cpu=0, sync=sync)
         started = Running((env or self.ab_env)(), nats_p)
         try:
             self.provision(started.env)
             if ingress and ingresses > 1:
                 started.env["ALERTBRIDGE_HTTP_REUSE_PORT"] = "true"
-                started.ingress = self.start_ingress(tag, started.env, cpu=None)
+                started.ingress = self.start_ingress(tag, started.env, cpu=None, module=module)
                 started.more_ingresses = [
-                    self.start_ingress(f"{tag}{i}", started.env, cpu=None, shared=True)
+                    self.start_ingress(
+                        f"{tag}{i}", started.env, cpu=None, shared=True, module=module
+                    )
                     for i in range(2, ingresses + 1)
                 ]
             elif ingress:
-                started.ingress = self.start_ingress(tag, started.env, cpu=0)
+                started.ingress = self.start_ingress(tag, started.env, cpu=0, module=module)
             yield started
         finally:
             for proc in [*started.workers, *started.more_ingresses]:
@@ -161,13 +167,19 @@ class Harness:
             raise BenchError(f"alertbridge provision failed: {done.stderr.decode()[-500:]}")
 
     def start_ingress(
-        self, tag: str, env: dict[str, str], cpu: int | None, *, shared: bool = False
+        self,
+        tag: str,
+        env: dict[str, str],
+        cpu: int | None,
+        *,
+        shared: bool = False,
+        module: str = "ingress",
     ) -> Popen:
-        """`python -m ingress`, waited for until /readyz says 200 (40 s at most)."""
+        """`python -m ingress` (or `module`), waited for until /readyz says 200 (40 s at most)."""
         if not shared and listening(self.opts.ab_port):
             raise BenchError(f"127.0.0.1:{self.opts.ab_port} is taken (a leftover ingress?)")
         log_to = self.out / f"{tag}.ingress.log"
-        argv = [PY, "-m", "ingress"]
+        argv = [PY, "-m", module]
         proc = PROCS.start("ingress", argv, env=env, cwd=self.tmp, log_to=log_to, cpu=cpu)
         ready = f"http://127.0.0.1:{self.opts.ab_port}/readyz"
         deadline = time.monotonic() + 40

@@ -5,7 +5,7 @@ and fill a stream for the dedup-memory measurement. Every call is bounded in tim
     natsq.py URL ids STREAM                         -> messages, with_id, unique_ids, doubled
     natsq.py URL executed [--since-seq N]           -> count, latency p50/p99/max, rate
     natsq.py URL pending                            -> summed num_pending/ack_pending of worker-p*
-    natsq.py URL fill K [--no-ids]                  -> publishes K alert-sized messages to ALERTS
+    natsq.py URL fill K [--no-ids] [--window W]     -> publishes K alert-sized messages to ALERTS
     natsq.py URL publish RATE SECONDS               -> alerts straight into ALERTS at RATE/s
 
 Only the public JetStream API is used ($JS.API.STREAM.INFO, ordered pull reads), so
@@ -236,8 +236,11 @@ async def pending(nc: Client) -> Pending:
     return Pending(consumers=n, num_pending=total, num_ack_pending=ack)
 
 
-async def fill(nc: Client, k: int, with_ids: bool, deadline: float) -> FillResult:
-    """K alert-sized messages to ALERTS (64 symbols), as fast as publish_async allows."""
+async def fill(
+    nc: Client, k: int, with_ids: bool, deadline: float, window: int = 2000
+) -> FillResult:
+    """K alert-sized messages to ALERTS (64 symbols), as fast as publish_async allows,
+    `window` at a time."""
     js = nc.jetstream(publish_async_max_pending=4000)
     t0 = time.monotonic()
     prefix = f"fill{int(t0 * 1000) % 100000000:08d}"
@@ -247,7 +250,6 @@ async def fill(nc: Client, k: int, with_ids: bool, deadline: float) -> FillResul
         '"extras":{{}}}}'
     )
     done = 0
-    window = 2000
     while done < k and time.monotonic() < deadline:
         futs = []
         for i in range(done, min(k, done + window)):
@@ -337,7 +339,7 @@ async def run(args: argparse.Namespace) -> Answer:
         if args.cmd == "publish":
             return await publish(nc, args.rate, args.seconds, deadline, args.symbols)
         if args.cmd == "fill":
-            return await fill(nc, args.k, not args.no_ids, deadline)
+            return await fill(nc, args.k, not args.no_ids, deadline, args.window)
         raise SystemExit(f"unknown command {args.cmd}")
     finally:
         await nc.close()
@@ -364,6 +366,7 @@ def main() -> int:
     f = sub.add_parser("fill")
     f.add_argument("k", type=int)
     f.add_argument("--no-ids", action="store_true")
+    f.add_argument("--window", type=int, default=2000, help="publishes in flight at a time")
     args = ap.parse_args()
     out = asyncio.run(asyncio.wait_for(run(args), args.max_seconds + 10))
     sys.stdout.buffer.write(msgspec.json.encode(out) + b"\n")

@@ -10,7 +10,9 @@ import msgspec
 
 # The phases in the order they run (`--phases` picks some); bench/phases/ has one
 # module for each.
-PHASES: Final = ("throughput", "burst", "worker", "scaling", "memory", "dedup", "profile")
+PHASES: Final = (
+    "throughput", "burst", "worker", "projections", "scaling", "memory", "dedup", "profile",
+)  # fmt: skip
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,6 +32,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     burst_n: int
     burst_over: float
     burst_ingresses: int
+    durability: Literal["both", "1s", "always"]
     e2e_rate: int
     e2e_seconds: int
     e2e_sweep: list[int]
@@ -44,6 +47,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     mem_drain_seconds: int
     dedup_ids: int
     profile_seconds: int
+    proj_events: int
+    proj_max_seconds: int
     pyspy: str
     ab_env: list[str]
     variant: list[str]
@@ -53,6 +58,10 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     redis_port: int
     ab_env_extra: dict[str, str]
     variants: dict[str, dict[str, str]]
+
+    def levels(self) -> list[str]:
+        """nats-server fsync policies to compare at (`--durability`), one-second first."""
+        return ["1s", "always"] if self.durability == "both" else [self.durability]
 
     def phase_list(self) -> list[str]:
         """`--phases` as a list, in the order given."""

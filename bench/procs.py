@@ -145,10 +145,11 @@ def http(method: str, url: str, body: bytes | None = None, timeout: float = 3) -
         return 0, b""
 
 
-def nats_sync_config(directory: Path) -> Path:
-    """A config file that sets only the server's fsync policy, as the product ships it:
-    ALERTBRIDGE_NATS_SYNC, `always` by default (README "What a 200 means")."""
-    sync = os.environ.get("ALERTBRIDGE_NATS_SYNC", "always")
+def nats_sync_config(directory: Path, sync: str | None = None) -> Path:
+    """A config file that sets only the server's fsync policy: `sync`, else as the
+    product ships it: ALERTBRIDGE_NATS_SYNC, `always` by default (README "What a 200
+    means")."""
+    sync = sync or os.environ.get("ALERTBRIDGE_NATS_SYNC", "always")
     path = directory / "sync.conf"
     path.write_text(f"jetstream {{ sync_interval: {sync} }}\n")
     return path

@@ -147,13 +147,31 @@ class Medians(msgspec.Struct, kw_only=True):
         return cls(**{k: _median([_number(getattr(r, k)) for r in rounds]) for k in names})
 
 
+class Ceiling(msgspec.Struct, kw_only=True):
+    """nats-server alone, fsync `always`: alert-sized publishes with a Nats-Msg-Id, 64
+    in flight (as many as wrk's connections), straight from one client."""
+
+    published: int
+    seconds: float
+    per_s: float
+    store_cpu_pct: int
+
+
 class Throughput(msgspec.Struct, kw_only=True):
-    """Rounds by side: `reference`, `alertbridge`, and each `--variant` by its label;
-    medians and checks by side once every round has run."""
+    """Rounds by side: `reference` and `alertbridge` at the one-second level (Redis
+    `everysec`, nats-server `sync_interval: 1s`), `reference_fsync` and
+    `alertbridge_fsync` with every write fsynced before its answer (`always` on both),
+    `stripped` (bench.stripped: the floor under the ingress, at the one-second level),
+    and each `--variant` by its label; medians and checks by side once every round has
+    run. `ceiling`: nats-server's fsynced publishes per second, once per round."""
 
     reference: list[RefRound] = []
     alertbridge: list[AbRound] = []
+    reference_fsync: list[RefRound] = []
+    alertbridge_fsync: list[AbRound] = []
+    stripped: list[AbRound] = []
     variants: dict[str, list[AbRound]] = {}
+    ceiling: list[Ceiling] = []
     medians: dict[str, Medians] = {}
     checks: dict[str, list[str]] = {}
 
@@ -163,12 +181,20 @@ class Throughput(msgspec.Struct, kw_only=True):
             "reference": self.reference,
             "alertbridge": self.alertbridge,
         }
+        more: dict[str, list[RefRound] | list[AbRound]] = {
+            "reference_fsync": self.reference_fsync,
+            "alertbridge_fsync": self.alertbridge_fsync,
+            "stripped": self.stripped,
+        }
+        out.update({side: rounds for side, rounds in more.items() if rounds})
         out.update({f"alertbridge[{k}]": v for k, v in self.variants.items()})
         return out
 
     def finish(self) -> None:
         """Medians and checks of every side."""
         for side, rounds in self.sides().items():
+            if not rounds:
+                continue
             self.medians[side] = Medians.of(rounds)
             self.checks[side] = [r.check for r in rounds]
 
@@ -216,9 +242,15 @@ class BurstResult(LoadSummary, kw_only=True, omit_defaults=True):
 
 
 class Burst(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """`reference` (Redis everysec) and `alertbridge` (one ingress) at the one-second
+    level; `alertbridge_scaled`: as many ingress processes as `alertbridge up` starts by
+    default, at the one-second level (issue 19's target), `alertbridge_fsync` the same
+    with every write fsynced (`always`)."""
+
     reference: BurstResult | None = None
     alertbridge: BurstResult | None = None
     alertbridge_scaled: BurstResult | None = None
+    alertbridge_fsync: BurstResult | None = None
 
 
 # ----------------------------------------------------------------- worker, scaling
@@ -254,6 +286,8 @@ class DrainResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     rate_mid80_per_s: float | None
     partitions: int | None = None
     symbols: int | None = None
+    # nats-server's CPU per executed alert while the workers drained (scaling phase).
+    server_cpu_us_per_alert: int | None = None
 
 
 class WorkerPhase(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -318,6 +352,41 @@ class Profile(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 # ----------------------------------------------------------------- all of it
+class Timing(msgspec.Struct, kw_only=True):
+    """Repeated runs of one thing: median and slowest, in milliseconds."""
+
+    runs: int
+    median_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Timing:
+        """From each run's seconds."""
+        return cls(
+            runs=len(seconds),
+            median_ms=round(statistics.median(seconds) * 1000, 2),
+            max_ms=round(max(seconds) * 1000, 2),
+        )
+
+
+class ProjectionsPhase(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The read side over `events` stored executed events (bench/phases/projections.py)."""
+
+    events: int
+    fill_s: float | None = None
+    fold_s: float | None = None
+    fold_per_s: int | None = None
+    fold_mid80_per_s: int | None = None
+    worker_drain_per_s: float | None = None  # the worker phase's, same run (64 symbols)
+    db_mib: int | None = None
+    cli_orders_50: Timing | None = None
+    cli_orders_50_json: Timing | None = None
+    cli_help: Timing | None = None  # the CLI's start alone, for comparison
+    list_alerts_50: Timing | None = None
+    list_alerts_50_filtered: Timing | None = None
+    list_alerts_50_page_10: Timing | None = None
+
+
 class Results(msgspec.Struct, kw_only=True):
     """Everything one `just bench` measured; each phase fills its own field."""
 
@@ -331,6 +400,7 @@ class Results(msgspec.Struct, kw_only=True):
     dedup: Dedup | None = None
     profile: Profile | None = None
     profile_worker: Profile | None = None
+    projections: ProjectionsPhase | None = None
     errors: dict[str, str] = {}
 
     def to_builtins(self) -> object:
@@ -350,6 +420,7 @@ class Results(msgspec.Struct, kw_only=True):
             "dedup": self.dedup,
             "profile": self.profile,
             "profile_worker": self.profile_worker,
+            "projections": self.projections,
         }
         out.update({k: v for k, v in phases.items() if v is not None})
         if self.errors:

@@ -1,16 +1,17 @@
 """The one table `just bench` prints (and writes as table.txt and table.md): a row per
-measurement, the reference beside alertbridge, with issue 5's target and whether it
-was met."""
+measurement, the reference beside alertbridge, with its target (throughput and burst:
+issue 19's; the others: issue 5's) and whether it was met."""
 
 from __future__ import annotations
 
+import statistics
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from bench.results import BurstResult, DrainResult, Medians, Results, Throughput
 
 Row = tuple[str, str, str, str, str]
-HEAD: Row = ("measurement", "reference (Express+Redis)", "alertbridge", "issue-5 target", "met")
+HEAD: Row = ("measurement", "reference (Express+Redis)", "alertbridge", "target", "met")
 TIMES = "\N{MULTIPLICATION SIGN}"
 NONE = "\N{EN DASH}"
 MICRO = "\N{MICRO SIGN}"
@@ -43,6 +44,7 @@ def rows(r: Results) -> list[Row]:
     out += _worker_rows(r, ref_m)
     out += _scaling_rows(r)
     out += _memory_rows(r)
+    out += _projections_rows(r)
     if any("*" in row[2] for row in out):
         out.append(("  (* = other load > 10 % of a core during that run)", "", "", "", ""))
     return out
@@ -57,12 +59,14 @@ def _throughput_rows(r: Results) -> list[Row]:
         return []
     s = r.settings
     ratio = (ab_m.rps or 0) / ref_m.rps if ref_m.rps else 0
-    target = 1.5 * ref_m.rps if ref_m.rps is not None else None
     rc, ac = t.checks["reference"], t.checks["alertbridge"]
     out: list[Row] = [
-        (f"1 ingress req/s (median of {len(t.alertbridge)}{TIMES}{s.duration} s, "
-         f"-c{s.conns}, pinned)", fmt(ref_m.rps), fmt(ab_m.rps),
-         f"≥ 1.5{TIMES} ref = {fmt(target)}", f"{yes(ratio >= 1.5)} ({ratio:.2f}{TIMES})"),
+        (f"1 ingress req/s, 1 s level (Redis everysec | sync 1s; median of "
+         f"{len(t.alertbridge)}{TIMES}{s.duration} s, -c{s.conns}, pinned)", fmt(ref_m.rps),
+         fmt(ab_m.rps), f"≥ 1.0{TIMES} ref = {fmt(ref_m.rps)}",
+         f"{yes(ratio >= 1.0)} ({ratio:.2f}{TIMES})"),
+        (f"  long-term aim: 1.5{TIMES} the reference", "", "",
+         f"≥ {fmt(1.5 * (ref_m.rps or 0))}", f"{yes(ratio >= 1.5)} ({ratio:.2f}{TIMES})"),
         ("  p50 / p99 latency, ms", _p50_p99(ref_m), _p50_p99(ab_m), "p99 ≤ ref",
          yes(_le(ab_m.p99_ms, ref_m.p99_ms))),
         (f"  server CPU per request (app + store), {MICRO}s", fmt(ref_m.srv_cpu_us_per_req),
@@ -73,6 +77,8 @@ def _throughput_rows(r: Results) -> list[Row]:
         ("  every 200 stored (runs OK)", f"{rc.count('OK')}/{len(rc)}",
          f"{ac.count('OK')}/{len(ac)}", "all", yes(all(c == "OK" for c in ac))),
     ]  # fmt: skip
+    out += _stripped_rows(t, ab_m)
+    out += _fsync_rows(t)
     out += _variant_rows(r, t, ref_m)
     sides = t.sides().values()
     runs_total = sum(len(side) for side in sides)
@@ -80,6 +86,44 @@ def _throughput_rows(r: Results) -> list[Row]:
     out.append(("  noisy runs (other load > 10 % of a core / steal)", "",
                 f"{noisy} of {runs_total}", "0", ""))  # fmt: skip
     return out
+
+
+def _app_us(m: Medians) -> float | None:
+    """The app process's CPU per request, µs (from the medians)."""
+    return m.app_cpu_pct * 1e4 / m.rps if m.app_cpu_pct and m.rps else None
+
+
+def _stripped_rows(t: Throughput, ab_m: Medians) -> list[Row]:
+    st = t.medians.get("stripped")
+    if st is None:
+        return []
+    shipped, floor = _app_us(ab_m), _app_us(st)
+    over = shipped / floor if shipped and floor else None
+    return [
+        (f"  ingress CPU per request, {MICRO}s: shipped vs stripped (read, publish, answer)",
+         "", f"{fmt(shipped)} vs {fmt(floor)} ({fmt(st.rps)} req/s)", f"≤ 1.3{TIMES} floor",
+         f"{yes(over is not None and over <= 1.3)} ({fmt(over, 2)}{TIMES})"),
+    ]  # fmt: skip
+
+
+def _fsync_rows(t: Throughput) -> list[Row]:
+    ref_f, ab_f = t.medians.get("reference_fsync"), t.medians.get("alertbridge_fsync")
+    if ref_f is None or ab_f is None:
+        return []
+    ratio = (ab_f.rps or 0) / ref_f.rps if ref_f.rps else 0
+    ceiling = statistics.median(c.per_s for c in t.ceiling) if t.ceiling else None
+    of_ceiling = (ab_f.rps or 0) / ceiling if ceiling else None
+    rc, ac = t.checks["reference_fsync"], t.checks["alertbridge_fsync"]
+    return [
+        ("1 ingress req/s, fsync level (Redis always | sync always)", fmt(ref_f.rps),
+         fmt(ab_f.rps), "reported", f"({ratio:.2f}{TIMES} ref)"),
+        ("  p50 / p99 latency, ms", _p50_p99(ref_f), _p50_p99(ab_f), "", ""),
+        ("  nats-server alone: fsynced publishes/s, 64 in flight", "", fmt(ceiling),
+         f"ingress ≥ 0.9{TIMES} = {fmt(0.9 * ceiling if ceiling else None)}",
+         f"{yes(of_ceiling is not None and of_ceiling >= 0.9)} ({fmt(of_ceiling, 2)}{TIMES})"),
+        ("  every 200 stored (runs OK)", f"{rc.count('OK')}/{len(rc)}",
+         f"{ac.count('OK')}/{len(ac)}", "all", yes(all(c == "OK" for c in ac))),
+    ]  # fmt: skip
 
 
 def _p50_p99(m: Medians) -> str:
@@ -130,9 +174,9 @@ def _burst_rows(r: Results) -> list[Row]:
     rb, ab = b.reference, b.alertbridge
     fast = ab is not None and (ab.send_span_s or 9) <= 1.05 and ab.peak_concurrency >= 500
     out: list[Row] = [
-        (f"2 burst {fmt(_g(ab, 'sent'))} over {r.settings.burst_over} s, fresh conns: "
-         "max answer ms", fmt(_g(rb, "max_ms")), fmt(_g(ab, "max_ms")), "< 3,000",
-         yes(ab is not None and ab.max_under_3s)),
+        (f"2 burst {fmt(_g(ab, 'sent'))} over {r.settings.burst_over} s, fresh conns, "
+         "one ingress (target: the default count, below): max answer ms",
+         fmt(_g(rb, "max_ms")), fmt(_g(ab, "max_ms")), "reported", ""),
         ("  p50 / p99 answer ms", f"{fmt(_g(rb, 'p50_ms'))} / {fmt(_g(rb, 'p99_ms'))}",
          f"{fmt(_g(ab, 'p50_ms'))} / {fmt(_g(ab, 'p99_ms'))}", "", ""),
         ("  answers by status", " ".join(f"{k}:{v}" for k, v in _status(rb).items()),
@@ -147,11 +191,20 @@ def _burst_rows(r: Results) -> list[Row]:
     ]  # fmt: skip
     if sc := b.alertbridge_scaled:
         out += [
-            (f"  {sc.ingresses} ingress processes, one port, unpinned: max / p99 ms; 200s", "",
+            (f"  {sc.ingresses} ingress processes (the default), one port, sync 1s: "
+             "max / p99 ms; 200s", "",
              f"{fmt(sc.max_ms)} / {fmt(sc.p99_ms)}; {fmt(sc.status.get('200'))}",
              "< 3,000; all", yes(sc.max_under_3s and list(sc.status) == ["200"])),
             ("    stored = accepted ids; doubled", "", _stored_line(sc), "equal; 0",
              _all_stored(sc)),
+        ]  # fmt: skip
+    if fs := b.alertbridge_fsync:
+        out += [
+            (f"  {fs.ingresses} ingress processes, sync always: max / p99 ms; 200s", "",
+             f"{fmt(fs.max_ms)} / {fmt(fs.p99_ms)}; {fmt(fs.status.get('200'))}",
+             "reported", ""),
+            ("    stored = accepted ids; doubled", "", _stored_line(fs), "equal; 0",
+             _all_stored(fs)),
         ]  # fmt: skip
     return out
 
@@ -218,6 +271,13 @@ def _scaling_rows(r: Results) -> list[Row]:
             "n/a", " / ".join(fmt(x.rate_mid80_per_s) + _star(x) for x in row),
             "grows with workers" if last else "", yes(grows) if last else "",
         ))  # fmt: skip
+        cpu = [x.server_cpu_us_per_alert for x in row]
+        if all(c is not None for c in cpu):
+            flat = max(c or 0 for c in cpu) <= 1.3 * max(min(c or 0 for c in cpu), 1)
+            out.append((
+                "  nats-server CPU µs per alert, same workers", "n/a",
+                " / ".join(fmt(c) for c in cpu), "flat", yes(flat),
+            ))  # fmt: skip
     return out
 
 
@@ -247,6 +307,30 @@ def _memory_rows(r: Results) -> list[Row]:
              fmt(d.mib_for_1h_at_1000_per_s), "", ""),
         ]  # fmt: skip
     return out
+
+
+# ----------------------------------------------------------------- 6 projections
+def _projections_rows(r: Results) -> list[Row]:
+    """The read side with a long history (issue 18, point 5): the projector keeps up with
+    the worker's drain; the CLI and the API's query answer well under a second."""
+    p = r.projections
+    if p is None or p.fold_per_s is None:
+        return []
+    drain = p.worker_drain_per_s
+    cli, query = p.cli_orders_50, p.list_alerts_50
+    cli_s = None if cli is None else cli.median_ms / 1000
+    return [
+        (f"6 projector fold rate, /s (catching up {fmt(p.events)} events)", "n/a",
+         fmt(p.fold_per_s), f"≥ worker drain {fmt(drain)}",
+         yes(drain is not None and p.fold_per_s >= drain)),
+        ("  `alertbridge orders --limit 50`, a process, median s", "n/a", fmt(cli_s, 2),
+         "< 1 s", yes(cli_s is not None and cli_s < 1)),
+        ("  `alertbridge --help`, a process, median s", "n/a",
+         fmt(None if p.cli_help is None else p.cli_help.median_ms / 1000, 2), "", ""),
+        ("  GET /api/alerts?limit=50's query, median ms", "n/a",
+         fmt(None if query is None else query.median_ms, 2), "< 1 s",
+         yes(query is not None and query.median_ms < 1000)),
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------- rendering

@@ -84,15 +84,27 @@ class Rejected(EventBase, frozen=True, kw_only=True, tag="rejected"):
     reason: str
     attempts: int
     stream_seq: int
+    # What the alert asked for, and its DLQ entry (`alertbridge dlq replay <dlq_seq>`):
+    # for the people told about it (notifier). Absent in events of older versions.
+    side: Side | None = None
+    quantity: float | None = None
+    dlq_seq: int | None = None
 
 
 class Expired(EventBase, frozen=True, kw_only=True, tag="expired"):
-    """Too old to execute: never sent to the broker. It is in the DLQ."""
+    """Too old to execute, and not at the broker (asked, when an earlier attempt may have
+    placed it). It is in the DLQ."""
 
     age: float
     max_age: float
+    # The broker's last retryable failure, when retries ran out of time.
+    last_error: str = ""
     attempts: int
     stream_seq: int
+    # As in `Rejected`: what the alert asked for, and its DLQ entry.
+    side: Side | None = None
+    quantity: float | None = None
+    dlq_seq: int | None = None
 
 
 class DeadLettered(EventBase, frozen=True, kw_only=True, tag="dead_lettered"):
@@ -103,6 +115,9 @@ class DeadLettered(EventBase, frozen=True, kw_only=True, tag="dead_lettered"):
     last_error: str | None = None
     stream_seq: int
     dlq_seq: int
+    # What the alert asked for (notifier); absent in events of older versions.
+    side: Side | None = None
+    quantity: float | None = None
 
 
 class AttemptFailed(EventBase, frozen=True, kw_only=True, tag="attempt_failed"):
@@ -157,6 +172,74 @@ def event_msg_id(event: Event) -> str:
     """The `Nats-Msg-Id` of an event: a redelivered alert never records a fact twice."""
     base = f"{alert_msg_id(event.account, event.alert_id)}:{event.replay}:{event_kind(event)}"
     return f"{base}:{event.attempts}" if isinstance(event, AttemptFailed) else base
+
+
+# --- EVENTS about a worker itself, not about an alert ---------------------------------
+# On `events.<kind>.<worker>.<loop>`, a union of their own: what folds over alert events
+# (an alert's history, the orders) skips them, as it skips any kind it cannot decode.
+
+
+class LoopDown(msgspec.Struct, frozen=True, kw_only=True, tag="loop_down"):
+    """One of a worker's supervised consume loops has been down for too long."""
+
+    worker: str  # host:pid
+    loop: str
+    at: datetime
+    down_for: float
+    error: str
+
+
+class LoopUp(msgspec.Struct, frozen=True, kw_only=True, tag="loop_up"):
+    """A loop reported down is live again, after `down_for` seconds."""
+
+    worker: str
+    loop: str
+    at: datetime
+    down_for: float
+
+
+LoopEvent = LoopDown | LoopUp
+LOOP_EVENT_KINDS: Final[dict[type[LoopDown | LoopUp], str]] = {
+    LoopDown: "loop_down",
+    LoopUp: "loop_up",
+}
+loop_event_decoder: Final = msgspec.json.Decoder(LoopEvent)
+
+
+# --- EVENTS about the kill switch: `events.{halted,resumed}.<account>.<by>` ----------
+# A union of their own too (an account's, not an alert's); `account` is "*" for every
+# account (contracts.risk.EVERY_ACCOUNT).
+
+
+class Halted(msgspec.Struct, frozen=True, kw_only=True, tag="halted"):
+    """Trading stopped: by the operators (`alertbridge halt`) or the circuit breaker."""
+
+    account: str
+    reason: str
+    by: Literal["ops", "breaker"]
+    at: datetime
+    halt_id: str  # one per halt: a redelivered trip records it once
+
+
+class Resumed(msgspec.Struct, frozen=True, kw_only=True, tag="resumed"):
+    """The operators resumed trading (`alertbridge resume`)."""
+
+    account: str
+    at: datetime
+    halt_id: str
+
+
+HaltEvent = Halted | Resumed
+HALT_EVENT_KINDS: Final[dict[type[Halted | Resumed], str]] = {
+    Halted: "halted",
+    Resumed: "resumed",
+}
+halt_event_decoder: Final = msgspec.json.Decoder(HaltEvent)
+
+
+def halt_event_msg_id(event: HaltEvent) -> str:
+    """The `Nats-Msg-Id` of a halt event (never `alert.`-prefixed: no alert's id)."""
+    return f"halt.{encode_token(event.account)}.{HALT_EVENT_KINDS[type(event)]}.{event.halt_id}"
 
 
 def replay_msg_id(alert: Alert) -> str:

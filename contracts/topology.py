@@ -4,8 +4,11 @@ Per-symbol order: the `ALERTS` stream appends a partition token to every stored
 subject (`alerts.in.<account>.<symbol>.<p>`, a server-side subject transform
 hashing account and symbol). Each partition has one durable pull consumer with
 `max_ack_pending=1`, so alerts of one symbol reach the broker one after another,
-while the partitions, and so different symbols, proceed in parallel. Every
-worker process pulls from every partition consumer, so any worker can take over.
+while the partitions, and so different symbols, proceed in parallel. Workers share
+the partitions: each pulls only its own share, worked out from the live members listed
+in the `WORKERS` KV bucket (`worker.membership`), and each partition consumer pins one
+puller at a time (a priority group with the `pinned_client` policy), so a partition is
+served by one worker, and another takes it over when that one leaves or dies.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Final
 
 import msgspec
 
+from contracts.risk import HALTS_BUCKET, HALTS_STREAM, LIMITS_BUCKET, LIMITS_STREAM
 from contracts.subjects import (
     ADVISORIES_STREAM,
     ALERTS_PREFIX,
@@ -31,6 +35,28 @@ from contracts.subjects import (
 
 DAY: Final = 86_400.0
 DLQ_ROUTER: Final = "dlq-router"
+NOTIFIER: Final = "notifier"
+# The notifier acks an event once its notification is in its own store (milliseconds);
+# a notifier killed before that gets the event again this long after.
+NOTIFIER_ACK_WAIT: Final = 10.0
+NOTIFIER_MAX_ACK_PENDING: Final = 256
+# The projector's durable on EVENTS and on DLQ (one name: consumer names are per stream).
+# It acks a batch once its transaction committed (milliseconds); a projector killed before
+# that gets the batch again this long after, and skips what it applied. It has none on
+# ALERTS: the worker's account reaches every consumer there (`CONSUMER.MSG.NEXT.ALERTS.*`),
+# so the projector reads ALERTS by sequence instead (projector.follow).
+PROJECTOR: Final = "projector"
+PROJECTOR_ACK_WAIT: Final = 30.0
+PROJECTOR_MAX_ACK_PENDING: Final = 2048
+# Workers sharing the partitions (worker.membership): each partition consumer's one
+# priority group; the pin timeout, after which the server pins another puller when the
+# pinned one has stopped asking (a dead worker); and the live-member bucket, whose keys
+# expire that long after their last refresh, so a dead worker's share moves as its pin
+# lapses.
+PARTITION_GROUP: Final = "workers"
+PIN_TIMEOUT: Final = 3.0
+MEMBERS_BUCKET: Final = "WORKERS"
+MEMBERS_STREAM: Final = f"KV_{MEMBERS_BUCKET}"
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +86,10 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ack_wait: float
     max_ack_pending: int = 1
     replicas: int = 1
+    # A priority group with the `pinned_client` policy: one puller at a time gets the
+    # deliveries, until it stops asking for `pin_timeout` seconds (or is unpinned).
+    pinned_group: str | None = None
+    pin_timeout: float = 0.0
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,6 +162,30 @@ def topology(
         allow_direct=True,
         replicas=replicas,
     )
+    # The kill switch and the risk ledgers (contracts.risk): KV buckets, one value per
+    # key, kept until overwritten; direct gets are how every role reads them.
+    halts, limits = (
+        StreamSpec(
+            name=name,
+            subjects=(f"$KV.{bucket}.>",),
+            max_age=0.0,
+            allow_direct=True,
+            replicas=replicas,
+            max_msgs_per_subject=1,
+        )
+        for name, bucket in ((HALTS_STREAM, HALTS_BUCKET), (LIMITS_STREAM, LIMITS_BUCKET))
+    )
+    # The workers' live members (worker.membership): a key per worker, refreshed while it
+    # lives; the bucket's max age drops a dead worker's key.
+    members = StreamSpec(
+        name=MEMBERS_STREAM,
+        subjects=(f"$KV.{MEMBERS_BUCKET}.>",),
+        max_age=PIN_TIMEOUT,
+        duplicate_window=PIN_TIMEOUT,
+        allow_direct=True,
+        replicas=replicas,
+        max_msgs_per_subject=1,
+    )
     partition_consumers = tuple(
         ConsumerSpec(
             stream=ALERTS_STREAM,
@@ -140,6 +194,8 @@ def topology(
             max_deliver=max_deliver,
             ack_wait=ack_wait,
             replicas=replicas,
+            pinned_group=PARTITION_GROUP,
+            pin_timeout=PIN_TIMEOUT,
         )
         for p in range(partitions)
     )
@@ -151,6 +207,26 @@ def topology(
         max_ack_pending=64,
         replicas=replicas,
     )
+    notifier = ConsumerSpec(
+        stream=EVENTS_STREAM,
+        durable=NOTIFIER,
+        max_deliver=-1,  # an event is redelivered until the notifier has taken it in
+        ack_wait=NOTIFIER_ACK_WAIT,
+        max_ack_pending=NOTIFIER_MAX_ACK_PENDING,
+        replicas=replicas,
+    )
+    projector = tuple(
+        ConsumerSpec(
+            stream=stream,
+            durable=PROJECTOR,
+            max_deliver=-1,  # a message is redelivered until its batch is folded in
+            ack_wait=PROJECTOR_ACK_WAIT,
+            max_ack_pending=PROJECTOR_MAX_ACK_PENDING,
+            replicas=replicas,
+        )
+        for stream in (EVENTS_STREAM, DLQ_STREAM)
+    )
     return Topology(
-        streams=(alerts, events, dlq, advisories, resends), consumers=(*partition_consumers, router)
+        streams=(alerts, events, dlq, advisories, resends, halts, limits, members),
+        consumers=(*partition_consumers, router, notifier, *projector),
     )

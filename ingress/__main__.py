@@ -1,4 +1,5 @@
-"""`python -m ingress`: serve the webhook with the settings from the environment."""
+"""`python -m ingress`: serve the webhook with the settings from the environment (with
+`ALERTBRIDGE_INGRESS_PROCESSES` other than 1, supervise that many that do: ingress.pool)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ingress import serve
+from ingress import pool, serve
 from ingress.app import create_app
 from ingress.settings import IngressSettings, load_ingress
 from ops.platform import heap, logs, telemetry
@@ -27,6 +28,9 @@ def main() -> int:
     except SettingsError as exc:
         print(f"ingress: {exc}", file=sys.stderr)
         return 2
+    processes = pool.count(settings.ingress_processes)
+    if processes > 1:
+        return pool.run(processes)  # each child serves as below
     _warn_short_secrets(settings, accounts)
     providers = telemetry.setup("alertbridge-ingress")
     try:

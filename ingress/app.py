@@ -47,13 +47,12 @@ from contracts import tracing
 from ingress.answers import JSON, Reply, accepted, encode, refusal_reply, refusal_response
 from ingress.auth import SIGNATURE_REQUIRED, WRONG_SECRET, Gate
 from ingress.guard import DisconnectedError, Policy, RefusedError, SenderGuard
+from ingress.onepass import read_body
 from ingress.openapi import openapi_document
 from ingress.parse import (
     FieldError,
     InvalidAlertError,
     alert_id,
-    decode_body,
-    pop_secret,
     to_alert,
 )
 from ingress.publisher import Publisher, UnavailableError
@@ -118,6 +117,12 @@ class Webhook:
             return
         route = ROUTE_WITH_SECRET if secret else ROUTE
         recorded = self._spans.record
+        if not recorded and not _sent_trace(scope):
+            # Nobody records this request and its sender sent no trace context: no
+            # OpenTelemetry work at all, only the new trace context the alert carries to
+            # the worker, as an unrecorded span would have given it.
+            await self._reply(scope, receive, send, secret, route, trace.INVALID_SPAN, _new_trace())
+            return
         with self._spans.span(
             f"{scope['method']} {route}",
             kind=SpanKind.SERVER,
@@ -127,13 +132,22 @@ class Webhook:
             attributes={"http.request.method": scope["method"], "http.route": route},
             record_exception=False,
         ) as span:
-            await self._reply(scope, receive, send, secret, route, span)
+            await self._reply(scope, receive, send, secret, route, span, None)
 
     async def _reply(
-        self, scope: HTTPScope, receive: Receive, send: Send, secret: str, route: str, span: Span
+        self,
+        scope: HTTPScope,
+        receive: Receive,
+        send: Send,
+        secret: str,
+        route: str,
+        span: Span,
+        trace_headers: dict[str, str] | None,
     ) -> None:
+        """Answer, count, and put the outcome on the span. `trace_headers`: the trace
+        context the alert carries (None: the current one)."""
         try:
-            reply = await self._answer(scope, receive, secret or None, span)
+            reply = await self._answer(scope, receive, secret or None, span, trace_headers)
         except DisconnectedError:
             span.set_attribute("error.type", "disconnected")
             return
@@ -148,7 +162,12 @@ class Webhook:
         await reply.send(send)
 
     async def _answer(
-        self, scope: HTTPScope, receive: Receive, path_secret: str | None, span: Span
+        self,
+        scope: HTTPScope,
+        receive: Receive,
+        path_secret: str | None,
+        span: Span,
+        trace_headers: dict[str, str] | None,
     ) -> Reply:
         """The answer to one webhook (see the module docstring for the order of checks)."""
         if scope["method"] != "POST":
@@ -161,31 +180,31 @@ class Webhook:
             return refusal.reply()
         received_at = datetime.now(UTC)
         try:
-            payload = decode_body(body)
+            read = read_body(body, received_at=received_at, redactor=self._redactor)
         except InvalidAlertError as exc:
             return self._refuse(scope, 422, "invalid alert", errors=exc.errors)
-        body_secret = pop_secret(payload)
-        account = payload.get("account", "default")
-        account = account if isinstance(account, str) else ""
-        secret = path_secret if path_secret is not None else body_secret
+        account = read.account
+        secret = path_secret if path_secret is not None else read.secret
         if (reason := self._authenticate(scope, body, account, secret)) is not None:
             return self._refuse(scope, 401, reason, account=account)
-        if self._account_rate is not None:
-            wait = await self._account_rate.wait(account)
-            if wait is not None:
-                retry = ((b"retry-after", b"%d" % wait),)
-                return self._refuse(scope, 429, "too many alerts for this account", retry, account)
-        payload = self._redactor.clean(payload, body, body_secret)  # nothing stored holds one
-        try:
-            alert = to_alert(payload, received_at=received_at)
-        except InvalidAlertError as exc:
-            return self._refuse(scope, 422, "invalid alert", account=account, errors=exc.errors)
+        if (too_many := await self._over_rate(scope, account)) is not None:
+            return too_many
+        payload, alert = read.payload, read.alert
+        if alert is None:
+            # The general path: `payload` is the decoded body. Nothing stored holds a secret.
+            payload = self._redactor.clean(read.payload or {}, body, read.secret)
+            try:
+                alert = to_alert(payload, received_at=received_at)
+            except InvalidAlertError as exc:
+                return self._refuse(scope, 422, "invalid alert", account=account, errors=exc.errors)
         if not self._gate.known(alert.account):
             unknown = [FieldError("account", "no such account")]
             return self._refuse(scope, 422, "invalid alert", errors=unknown)
         alert, digest = self._identified(scope, payload, alert)
         try:
-            alert_key, duplicate = await self._publisher.publish(alert, digest=digest)
+            alert_key, duplicate = await self._publisher.publish(
+                alert, digest=digest, trace=trace_headers
+            )
         except UnavailableError as exc:
             log.warning("alert %s not stored: %s", alert.id, exc)
             return refusal_reply(503, "temporarily unavailable, retry")
@@ -193,15 +212,25 @@ class Webhook:
         log.debug("alert %s accepted (duplicate=%s)", alert_key, duplicate)
         return accepted(alert_key, duplicate)
 
+    async def _over_rate(self, scope: Scope, account: str) -> Reply | None:
+        """A 429 when the account has sent more than ALERTBRIDGE_ACCOUNT_RATE_LIMIT."""
+        if self._account_rate is None:
+            return None
+        wait = await self._account_rate.wait(account)
+        if wait is None:
+            return None
+        retry = ((b"retry-after", b"%d" % wait),)
+        return self._refuse(scope, 429, "too many alerts for this account", retry, account)
+
     def _identified(
-        self, scope: Scope, payload: dict[str, Any], alert: Alert
+        self, scope: Scope, payload: dict[str, Any] | None, alert: Alert
     ) -> tuple[Alert, str | None]:
         """The alert with its final id, and the body's digest when the id is to come
         from the resend window (ingress.publisher). An explicit `id` stays as sent; a
         signed body's id covers its X-Timestamp (a replay inside the HMAC window is the
         same id, deduplicated for DUPLICATE_WINDOW); any other body is known by its hash
-        for the resend window only."""
-        if payload.get("id") is not None:
+        for the resend window only. No payload: a one-pass body that named its id."""
+        if payload is None or payload.get("id") is not None:
             return alert, None
         if self._gate.signs and _header(scope, b"x-signature") is not None:
             signed_at = _header(scope, b"x-timestamp") or ""
@@ -251,6 +280,17 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _sent_trace(scope: Scope) -> bool:
+    """Whether the request carries a trace context (TradingView's never do)."""
+    return any(key in _TRACE_HEADERS for key, _ in scope["headers"])
+
+
+def _new_trace() -> dict[str, str]:
+    """The `traceparent` of a new, unsampled trace, as OpenTelemetry would write it."""
+    trace_id, span_id = _ids.generate_trace_id(), _ids.generate_span_id()
+    return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-00"}
 
 
 def _untraced(scope: Scope) -> Context:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 import msgspec
 
 from contracts.messages import Alert
+from ingress import formats
 from ingress.redact import REDACTED
 
 if TYPE_CHECKING:
@@ -102,6 +103,10 @@ _canonical: Final = msgspec.json.Encoder(order="sorted")
 
 def decode_body(body: bytes) -> dict[str, Any]:
     """Decode the raw body as a JSON object (whatever the Content-Type said), within limits."""
+    # >>> other services' formats (ingress.formats): a PineConnector text line
+    if body[:1] != b"{" and (line := formats.text_line(body)) is not None:
+        return line
+    # <<<
     try:
         value = _json_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -188,6 +193,12 @@ def alert_id(payload: Mapping[str, Any], signed_at: str = "") -> str:
 
 def to_alert(payload: dict[str, Any], *, received_at: datetime) -> Alert:
     """Normalize a decoded body (secret already removed) into an `Alert`."""
+    # >>> other services' formats (ingress.formats): their names become ours
+    try:
+        payload = formats.ours(payload)
+    except formats.FormatError as exc:
+        raise InvalidAlertError([FieldError(exc.field, exc.reason)]) from None
+    # <<<
     extras = dict(payload)
     raw = _take(extras)
     errors: list[FieldError] = []

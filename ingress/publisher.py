@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -25,6 +24,7 @@ from contracts import tracing
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder, alert_msg_id
 from contracts.subjects import ALERTS_STREAM, RESENDS_STREAM, alert_subject, resend_subject
+from ingress.acks import Acks
 from ops.platform import provision
 from ops.platform.natsconn import NatsAuthError, connect, jetstream
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # JetStream's "wrong last sequence": the resend key exists already.
 _KEY_TAKEN: Final = 10071
 _FIRST_WRITE: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
+_EXPECTED_STREAM: Final = "Nats-Expected-Stream"
 
 
 # What the ingress writes to; /readyz checks they exist (by name only: STREAM.NAMES).
@@ -58,6 +59,7 @@ class Publisher:
         self._metrics = instruments
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._acks: Acks | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._refused: str | None = None
 
@@ -75,6 +77,11 @@ class Publisher:
             log.error("%s", exc)
             return
         self._js = jetstream(self._nc, self._settings)
+        # A deadline is kept to within a tenth of the publish timeout (50 ms at most).
+        sweep_every = min(0.05, self._settings.publish_timeout / 10)
+        acks = Acks(self._nc, sweep_every=sweep_every)
+        await acks.start()
+        self._acks = acks
 
     async def stop(self) -> None:
         """Flush what is in flight and close."""
@@ -83,60 +90,72 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            await self._nc.drain()  # the PubAcks of what is in flight come in first
+        if self._acks is not None:
+            await self._acks.stop()
 
-    async def publish(self, alert: Alert, *, digest: str | None = None) -> tuple[str, bool]:
-        """Store the alert with the current trace context; return (its id, whether it was
-        a duplicate). `digest`: the hash of a body without `id`, whose id is then the
-        one its first sending got within the resend window. Raise UnavailableError."""
-        started = time.perf_counter()
+    async def publish(
+        self, alert: Alert, *, digest: str | None = None, trace: dict[str, str] | None = None
+    ) -> tuple[str, bool]:
+        """Store the alert; return (its id, whether it was a duplicate). `digest`: the
+        hash of a body without `id`, whose id is then the one its first sending got
+        within the resend window. `trace`: the trace context headers the alert carries
+        (default: the current context's). Raise UnavailableError."""
         try:
-            alert_id, duplicate = await self._store(alert, digest)
+            alert_id, duplicate = await self._store(alert, digest, trace)
         except UnavailableError:
             self._metrics.unavailable += 1
             raise
-        self._metrics.publish_duration.record(time.perf_counter() - started)
         if duplicate:
             self._metrics.duplicates += 1
         return alert_id, duplicate
 
-    async def _store(self, alert: Alert, digest: str | None) -> tuple[str, bool]:
-        js = self._connected()
+    async def _store(
+        self, alert: Alert, digest: str | None, trace: dict[str, str] | None
+    ) -> tuple[str, bool]:
+        js, acks = self._connected()
         timeout = self._settings.publish_timeout
-        # One deadline for the whole call, the wait for a pending-publish slot included
-        # (publish_async's own `wait_stall` would cost a task per alert).
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # One deadline for the whole call, the resend-window claim included.
         try:
-            async with asyncio.timeout(timeout):
-                if digest is not None:
+            if digest is not None:
+                async with asyncio.timeout(timeout):
                     alert = msgspec.structs.replace(
                         alert, id=await self._resend_id(js, alert, digest)
                     )
-                headers = tracing.inject({MSG_ID: alert_msg_id(alert.account, alert.id)})
-                future = await js.publish_async(
-                    alert_subject(alert.account, alert.symbol),
-                    alert_encoder.encode(alert),
-                    stream=ALERTS_STREAM,
-                    headers=headers,
-                )
-                ack = await future
+            headers = {
+                MSG_ID: alert_msg_id(alert.account, alert.id),
+                _EXPECTED_STREAM: ALERTS_STREAM,
+            }
+            if trace is None:
+                tracing.inject(headers)
+            else:
+                headers.update(trace)
+            ack = await acks.publish(
+                alert_subject(alert.account, alert.symbol),
+                alert_encoder.encode(alert),
+                headers,
+                started + timeout,
+            )
         except TimeoutError as exc:
             raise UnavailableError(f"no acknowledgement from JetStream within {timeout}s") from exc
         except (ConnectionClosedError, OutboundBufferLimitError, NoStreamResponseError) as exc:
             raise UnavailableError(f"JetStream unavailable: {type(exc).__name__}") from exc
         except APIError as exc:
             raise UnavailableError(f"JetStream refused the message: {exc.description}") from exc
-        return alert.id, bool(ack.duplicate)
+        self._metrics.publish_duration.record(loop.time() - started)
+        return alert.id, ack.duplicate
 
-    def _connected(self) -> JetStreamContext:
-        nc, js = self._nc, self._js
-        if nc is None or js is None:
+    def _connected(self) -> tuple[JetStreamContext, Acks]:
+        nc, js, acks = self._nc, self._js, self._acks
+        if nc is None or js is None or acks is None:
             raise UnavailableError("not connected to NATS")
         if not nc.is_connected:
-            # Not buffered for a reconnect: nats-py leaks a slot of its pending-publish
-            # bound whenever a buffered publish fails, and enough of them would stall
-            # every later alert. The sender resends the 503.
+            # Not buffered for a reconnect: the sender resends the 503, and an alert
+            # buffered now could still be stored long after that answer.
             raise UnavailableError("not connected to NATS (reconnecting)")
-        return js
+        return js, acks
 
     async def _resend_id(self, js: JetStreamContext, alert: Alert, digest: str) -> str:
         """The id of the body `digest` in this resend window: a new one (`<digest>-<ms of

@@ -47,7 +47,7 @@ class Redactor:
     def clean(self, payload: dict[str, Any], body: bytes, popped: str | None) -> dict[str, Any]:
         """`payload` (decoded from `body`, with `popped` the secret `pop_secret` removed)
         without any secret: the same object when it holds none, else a cleaned copy."""
-        if not self._may_hold(body, popped):
+        if not self.may_hold(body, popped):
             return payload
         cleaned: dict[str, Any] = self._clean(payload)
         return cleaned
@@ -56,7 +56,7 @@ class Redactor:
         """Whether `text` contains a configured secret."""
         return any(secret in text for secret in self._secrets)
 
-    def _may_hold(self, body: bytes, popped: str | None) -> bool:
+    def may_hold(self, body: bytes, popped: str | None) -> bool:
         """False when the raw bytes prove no secret is left in the payload (the usual case)."""
         if not self._needles:
             return False

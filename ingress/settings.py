@@ -39,6 +39,10 @@ class IngressSettings(Common, frozen=True, kw_only=True):
     # SO_REUSEPORT: several ingress processes listen on one port, the kernel spreads
     # the connections (`alertbridge up --ingress N`).
     http_reuse_port: bool = False
+    # `python -m ingress` runs this many copies of itself on the port (ingress.pool);
+    # 0: one per core the container may use. Compose sets it: a replicas line cannot
+    # share the published port.
+    ingress_processes: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     secrets: tuple[Secret, ...] = ()
     max_body_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
     # TradingView cancels at 3 s and does not resend timeouts: answer 503 well before.

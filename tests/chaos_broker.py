@@ -13,6 +13,8 @@ Which worker process sent a request is the last segment of the URL it was given
 (`<base>/orders/<worker>`): tests give each worker slot its own accounts file.
 `on_placed` is the hook a chaos test uses to act between "order placed" and "the worker
 hears of it": it runs after the placement is recorded and before the answer is sent.
+`down_until` (a `time.monotonic()` instant) is an outage: until then every request is
+answered 503 and nothing is placed; `refused` counts those answers.
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ class Receiver:
         self.book: dict[str, OrderBody] = {}
         self.lookups = 0
         self.bad_requests: list[str] = []  # wrong signature, or an order without a tag
+        self.down_until = 0.0
+        self.refused = 0
+
+    def _down(self) -> web.Response | None:
+        if time.monotonic() >= self.down_until:
+            return None
+        self.refused += 1
+        return web.json_response({"error": "service unavailable"}, status=503)
 
     def app(self) -> web.Application:
         """The aiohttp app: POST /orders/{worker}, GET /orders/{worker}/{coid}."""
@@ -77,6 +87,8 @@ class Receiver:
 
     async def _place(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if outage := self._down():
+            return outage
         if not _signed(request, body):
             self.bad_requests.append("bad signature on a POST")
             return web.json_response({"error": "bad signature"}, status=401)
@@ -99,6 +111,8 @@ class Receiver:
         return web.json_response({"id": f"bk-{coid}", "status": "accepted"}, status=201)
 
     async def _lookup(self, request: web.Request) -> web.Response:
+        if outage := self._down():
+            return outage
         self.lookups += 1
         if not _signed(request, b""):
             self.bad_requests.append("bad signature on a lookup")

@@ -134,6 +134,27 @@ async def as_worker(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator
     await client.close()
 
 
+@pytest.fixture
+async def as_notifier(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator[Client]:
+    client = await secured.connect("notifier")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def as_console(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator[Client]:
+    client = await secured.connect("console")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def as_projector(secured: Secured, as_ops: JetStreamContext) -> AsyncIterator[Client]:
+    client = await secured.connect("projector")
+    yield client
+    await client.close()
+
+
 async def publish_alert(js: JetStreamContext, alert: Alert) -> int:
     ack = await js.publish(
         alert_subject(alert.account, alert.symbol),

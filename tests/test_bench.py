@@ -1,6 +1,7 @@
 """`just bench` stays runnable: every bench module imports (starting nothing), the entry
 point bench/run.sh calls answers --help, each phase in PHASES has its module, and the
-typed results keep results.json's layout and render the table. No servers start here."""
+typed results keep results.json's layout and render the table, and a reference run
+that leaves no result row is named and run again. No servers start here."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 import pytest
 
 import bench
 from bench.cli import parse_options
+from bench.common import BenchError
 from bench.options import PHASES
 from bench.phases import REGISTRY
-from bench.results import AbRound, Machine, RefRound, Results, Throughput
+from bench.phases.throughput import REF_ATTEMPTS, NoRowError, ref_round, ref_row
+from bench.results import AbRound, Ceiling, Machine, RefRound, Results, Throughput
 from bench.table import text_table
 from tests.support import ROOT
+
+if TYPE_CHECKING:
+    from bench.harness import Harness
 
 
 def _modules() -> list[str]:
@@ -98,6 +107,125 @@ def test_results_keep_their_json_layout_and_make_the_table() -> None:
     assert layout["throughput_alertbridge[quiet]_median"]["rps"] == 2100.0
     assert layout["settings"]["out"] == "o"
     table = text_table(results)
-    assert "1 ingress req/s (median of 2\N{MULTIPLICATION SIGN}15 s, -c64, pinned)" in table
-    assert "yes (1.90\N{MULTIPLICATION SIGN})" in table
+    assert "1 ingress req/s, 1 s level (Redis everysec | sync 1s; median of 2" in table
+    assert "yes (1.90\N{MULTIPLICATION SIGN})" in table  # parity at the one-second level
+    assert "fsync level" not in table  # not run: no row
     assert "variant quiet (X=1)" in table
+
+
+def test_the_table_judges_the_fsync_level_and_the_stripped_floor() -> None:
+    """Issue 19's rows: the fsync pair's ratio, the ingress against 0.9x nats-server's
+    fsynced ceiling, and the shipped webhook's CPU per request against the floor's."""
+    opts = parse_options(["--ref-dir", "r", "--out", "o"])
+    machine = Machine(git_head="0", git_dirty_product_files=[], nproc=2, cpu="cpu", ram_gib=1.0,
+                      kernel="k", python="3", loadavg_at_start="0", date_utc="d")  # fmt: skip
+    throughput = Throughput(
+        reference=[_ref("1000")], alertbridge=[_ab(900.0)],
+        reference_fsync=[_ref("1000")], alertbridge_fsync=[_ab(1900.0)],
+        stripped=[_ab(1800.0)],  # 90 % of a core at 1,800/s: 500 µs; shipped 1,000 µs
+        ceiling=[Ceiling(published=2000, seconds=1.0, per_s=2000.0, store_cpu_pct=50)],
+    )  # fmt: skip
+    throughput.finish()
+    table = text_table(Results(machine=machine, settings=opts, throughput=throughput))
+    lines = table.splitlines()
+    assert "NO (0.90\N{MULTIPLICATION SIGN})" in next(v for v in lines if "1 s level" in v)
+    ceiling = next(v for v in lines if "fsynced publishes/s" in v)
+    assert "yes (0.95\N{MULTIPLICATION SIGN})" in ceiling  # 1,900 of 2,000
+    floor = next(v for v in lines if "shipped vs stripped" in v)
+    assert "1,000 vs 500" in floor and "NO (2.00\N{MULTIPLICATION SIGN})" in floor
+
+
+# --- the reference's result row (bench.phases.throughput.ref_row, ref_round) -------------
+
+# results.tsv's header as run-seed-ref.sh writes it: our names but two.
+_TSV_NAMES = {"stored": "llen_alerts", "store_cpu_pct": "redis_cpu_pct"}
+_TSV_HEADER = "\t".join(
+    _TSV_NAMES.get(f, f) for f in RefRound.__struct_fields__ if f not in ("rc", "run_dir")
+)
+
+
+def _tsv_row(rps: str) -> str:
+    return "\t".join(rps if name == "rps" else "7" for name in _TSV_HEADER.split("\t"))
+
+
+def test_a_reference_row_is_read_in_our_names(tmp_path: Path) -> None:
+    run = tmp_path / "out" / "20260101T000000Z-seed-ref-fsync-pinned"
+    run.mkdir(parents=True)
+    (run / "results.tsv").write_text(f"{_TSV_HEADER}\n{_tsv_row('4474.44')}\n")
+    row = ref_row(tmp_path / "out", tmp_path / "ref.log", 0)
+    assert (row.rps, row.stored, row.store_cpu_pct, row.rc) == ("4474.44", "7", "7", 0)
+    assert row.run_dir == str(run)
+
+
+def test_a_reference_run_without_a_row_names_its_log(tmp_path: Path) -> None:
+    """The crash of issue 19's quick bench: a results.tsv holding only its header."""
+    log_path = tmp_path / "ref-fsync-round1.log"
+    with pytest.raises(NoRowError, match="exit 1") as none:
+        ref_row(tmp_path / "nothing", log_path, 1)
+    assert "left no results.tsv" in str(none.value) and str(log_path) in str(none.value)
+    (tmp_path / "out" / "run").mkdir(parents=True)
+    (tmp_path / "out" / "run" / "results.tsv").write_text(_TSV_HEADER + "\n")
+    with pytest.raises(NoRowError) as header_only:
+        ref_row(tmp_path / "out", log_path, 1)
+    assert "holds only the header" in str(header_only.value)
+    assert str(log_path) in str(header_only.value)
+
+
+def test_a_reference_row_in_another_layout_is_no_retry(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.tsv").write_text("rep\trps\n1\t10\n")
+    with pytest.raises(BenchError, match="not the columns expected") as exc:
+        ref_row(tmp_path, tmp_path / "ref.log", 0)
+    assert not isinstance(exc.value, NoRowError)
+
+
+# A stand-in run-seed-ref.sh: its first `fail_first` runs write the header and exit 1
+# with no message (as the real one does when `cat /proc/*/stat` loses a race); the
+# next writes a row.
+_FAKE_REF = """#!/usr/bin/env bash
+set -eu
+while [ $# -gt 0 ]; do case "$1" in --out) out="$2"; shift 2 ;; *) shift ;; esac; done
+n=$(( $(cat "$(dirname "$0")/runs" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$(dirname "$0")/runs"
+mkdir -p "$out/run"; printf '%s\\n' "$HEADER" > "$out/run/results.tsv"
+[ "$n" -gt "$FAIL_FIRST" ] || exit 1
+printf '%s\\n' "$ROW" >> "$out/run/results.tsv"
+"""
+
+
+@pytest.mark.parametrize(("fail_first", "runs"), [(0, 1), (2, 3)])
+def test_a_reference_round_runs_again_when_it_left_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_first: int, runs: int
+) -> None:
+    harness = _fake_reference(tmp_path, monkeypatch, fail_first)
+    row = ref_round(harness, 1, "fsync")
+    assert row.rps == "4474.44" and row.rc == 0
+    assert (tmp_path / "ref" / "runs").read_text().strip() == str(runs)
+    logs = sorted(p.name for p in (tmp_path / "out").glob("*.log"))
+    expected = ["ref-fsync-round1.log"] + [
+        f"ref-fsync-round1-attempt{n}.log" for n in range(2, runs + 1)
+    ]
+    assert logs == sorted(expected)
+
+
+def test_a_reference_round_that_never_leaves_a_row_stops_the_bench(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness = _fake_reference(tmp_path, monkeypatch, fail_first=REF_ATTEMPTS)
+    with pytest.raises(BenchError, match=r"reference round 1 \(Redis fsync\).*only the header"):
+        ref_round(harness, 1, "fsync")
+    assert (tmp_path / "ref" / "runs").read_text().strip() == str(REF_ATTEMPTS)
+
+
+def _fake_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_first: int) -> Harness:
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    script = ref / "run-seed-ref.sh"
+    script.write_text(_FAKE_REF)
+    script.chmod(0o755)
+    monkeypatch.setenv("HEADER", _TSV_HEADER)
+    monkeypatch.setenv("ROW", _tsv_row("4474.44"))
+    monkeypatch.setenv("FAIL_FIRST", str(fail_first))
+    opts = parse_options(["--ref-dir", str(ref), "--out", str(tmp_path / "out")])
+    (tmp_path / "out").mkdir()
+    # ref_round reads only the options and the output folder: a Harness would start servers.
+    return cast("Harness", SimpleNamespace(opts=opts, out=tmp_path / "out"))

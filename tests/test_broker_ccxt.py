@@ -2,11 +2,14 @@
 
 ccxt's own `binance` client talks to it (its `urls['api']` moved to 127.0.0.1). The
 server serves the endpoints ccxt calls (`/api/v3/exchangeInfo` with two markets,
-`/api/v3/time`, `/api/v3/order` POST and GET, `/api/v3/account`), checks the API key
-header and the HMAC-SHA256 signature of every signed request, keeps
-`newClientOrderId` unique among open orders only (as Binance documents it), and
-answers with Binance's error bodies: `{"code": -2010, "msg": "Duplicate order sent."}`,
-`{"code": -1121, "msg": "Invalid symbol."}`, -2015, -1022, 429 and 5xx.
+`/api/v3/time`, `/api/v3/order` POST and GET, `/api/v3/account`, and the order and
+trade history a close reads: `/api/v3/allOrders`, `/api/v3/myTrades`, newest first
+up to `endTime`, at most `limit` a page), checks the API key header and the HMAC-SHA256
+signature of every signed request, keeps `newClientOrderId` unique among open orders
+only (as Binance documents it), and answers with Binance's error bodies:
+`{"code": -2010, "msg": "Duplicate order sent."}`, `{"code": -1121, "msg": "Invalid
+symbol."}`, -2015, -1022, 429 and 5xx. A filled order is two trades (two makers), its
+commission charged in the received asset at `fee_rate`, as Binance does without BNB.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import re
+import subprocess
+import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -25,25 +32,35 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ops.platform.accounts import Account, CcxtSettings
 from tests.support import free_port, serving_aiohttp
+from worker.accounts import make_broker
+from worker.brokers import ccxt_ledger
 from worker.brokers.base import Broker, Order
 from worker.brokers.ccxt_broker import CcxtBroker, CcxtConfig
+from worker.brokers.ccxt_ledger import CLIENT_ORDER_ID
 from worker.errors import (
     DuplicateOrderError,
     OrderRejectedError,
     RetryableError,
     TerminalError,
 )
+from worker.execute import client_order_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 API_KEY = "binance-test-key"
 SECRET = "binance-secret-never-logged"
 FAST = 0.5  # seconds: the client timeout in these tests
 PRICES = {"BTCUSDT": 97000.0, "ETHUSDT": 3500.0}
 ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT",
                "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"]  # fmt: skip
+
+
+SIGNED = ("/api/v3/order", "/api/v3/account", "/api/v3/allOrders", "/api/v3/myTrades",
+          "/api/v3/openOrders")  # fmt: skip
 
 
 def _error(status: int, code: int, msg: str) -> web.Response:
@@ -83,6 +100,13 @@ class BinanceSpot:
         default_factory=lambda: {"BTC": 0.0, "ETH": 0.0, "USDT": 10_000.0}
     )
     orders: list[dict[str, Any]] = field(default_factory=list)
+    trades: list[dict[str, Any]] = field(default_factory=list)
+    fee_rate: float = 0.0
+    # Client order id -> the quantity that fills (a market order then ends EXPIRED).
+    fill_only: dict[str, float] = field(default_factory=dict)
+    page: int = 1000  # the most entries one history page holds, whatever `limit` asks
+    history: list[str] = field(default_factory=list)  # paths of history requests
+    clock: int = 0  # the last order's time: every order gets its own millisecond
     delisted: set[str] = field(default_factory=set)
     posts: list[dict[str, str]] = field(default_factory=list)
     queries: list[dict[str, str]] = field(default_factory=list)
@@ -101,6 +125,9 @@ class BinanceSpot:
         app.router.add_post("/api/v3/order", self.new_order)
         app.router.add_get("/api/v3/order", self.query_order)
         app.router.add_get("/api/v3/account", self.account)
+        app.router.add_get("/api/v3/allOrders", self.all_orders)
+        app.router.add_get("/api/v3/myTrades", self.my_trades)
+        app.router.add_get("/api/v3/openOrders", self.open_orders)
         return app
 
     @web.middleware
@@ -114,7 +141,7 @@ class BinanceSpot:
                 return web.json_response(body, status=status)
         if self.slow == (request.method, request.path):
             await asyncio.wait_for(self.release.wait(), self.delay)
-        if request.path in ("/api/v3/order", "/api/v3/account"):
+        if request.path in SIGNED:
             refused = await self._refuse_unsigned(request)
             if refused is not None:
                 return refused
@@ -183,27 +210,54 @@ class BinanceSpot:
             params["side"] == "SELL" and qty > self.balances[base]
         ):
             return _error(400, -2010, "Account has insufficient balance for requested action.")
-        filled = params["type"] == "MARKET"
-        if filled:
-            sign = 1 if params["side"] == "BUY" else -1
-            self.balances[base] += sign * qty
-            self.balances[quote] -= sign * qty * price
-        order = self._order(params, price if filled else None)
-        self.orders.append(order)
-        fills = [{"price": f"{price:.8f}", "qty": params["quantity"], "commission": "0.00000000",
-                  "commissionAsset": base, "tradeId": 7}] if filled else []  # fmt: skip
+        order, fills = self.execute(params)
         return web.json_response({**order, "transactTime": order["time"], "fills": fills})
 
-    def _order(self, params: dict[str, str], fill: float | None) -> dict[str, Any]:
-        now = int(time.time() * 1000)
+    def execute(self, params: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Book the order: a market order fills (as two trades) at once, a limit one rests."""
+        symbol, coid = params["symbol"], params["newClientOrderId"]
+        price, base, quote = PRICES[symbol], symbol[:-4], symbol[-4:]
+        wanted = float(params["quantity"])
+        filled = self.fill_only.get(coid, wanted) if params["type"] == "MARKET" else 0.0
+        order = self._order(params, price if filled else None, filled, wanted)
+        self.orders.append(order)
+        fills = []
+        halves = [round(filled / 2, 8), round(filled - round(filled / 2, 8), 8)]
+        for qty in halves if filled else []:
+            buy = params["side"] == "BUY"
+            fee = round(qty * (1 if buy else price) * self.fee_rate, 8)
+            self.balances[base] += qty - fee if buy else -qty
+            self.balances[quote] += -qty * price if buy else qty * price - fee
+            trade = {
+                "symbol": symbol, "id": 7000 + len(self.trades), "orderId": order["orderId"],
+                "orderListId": -1, "price": f"{price:.8f}", "qty": f"{qty:.8f}",
+                "quoteQty": f"{qty * price:.8f}", "commission": f"{fee:.8f}",
+                "commissionAsset": base if buy else quote, "time": order["time"],
+                "isBuyer": buy, "isMaker": False, "isBestMatch": True,
+            }  # fmt: skip
+            self.trades.append(trade)
+            fills.append({k: trade[k] for k in ("price", "qty", "commission", "commissionAsset")})
+        return order, fills
+
+    def outside(self, side: str, qty: float, symbol: str = "BTCUSDT") -> None:
+        """An order placed by hand on the exchange's website: not alertbridge's."""
+        coid = f"web_{len(self.orders)}f2c9a1b7e4d04c5e8a6b3d2e1f0a9b8c"  # Binance's own shape
+        params = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": str(qty)}
+        self.execute({**params, "newClientOrderId": coid})
+
+    def _order(
+        self, params: dict[str, str], fill: float | None, filled: float, wanted: float
+    ) -> dict[str, Any]:
+        self.clock = now = max(int(time.time() * 1000), self.clock + 1)
         qty = params["quantity"]
+        status = "NEW" if fill is None else "FILLED" if filled == wanted else "EXPIRED"
         return {
             "symbol": params["symbol"], "orderId": 28000 + len(self.orders), "orderListId": -1,
             "clientOrderId": params["newClientOrderId"],
             "price": params.get("price", "0.00000000"), "origQty": qty,
-            "executedQty": qty if fill is not None else "0.00000000",
-            "cummulativeQuoteQty": f"{float(qty) * fill:.8f}" if fill else "0.00000000",
-            "status": "FILLED" if fill is not None else "NEW",
+            "executedQty": f"{filled:.8f}",
+            "cummulativeQuoteQty": f"{filled * fill:.8f}" if fill else "0.00000000",
+            "status": status,
             "timeInForce": params.get("timeInForce", "GTC"), "type": params["type"],
             "side": params["side"], "stopPrice": params.get("stopPrice", "0.00000000"),
             "icebergQty": "0.00000000", "time": now, "updateTime": now, "isWorking": True,
@@ -221,6 +275,28 @@ class BinanceSpot:
         if not found:
             return _error(400, -2013, "Order does not exist.")
         return web.json_response(found[-1])
+
+    async def all_orders(self, request: web.Request) -> web.Response:
+        return web.json_response(self._newest(request, self.orders))
+
+    async def my_trades(self, request: web.Request) -> web.Response:
+        return web.json_response(self._newest(request, self.trades))
+
+    async def open_orders(self, request: web.Request) -> web.Response:
+        self.history.append(request.path)
+        symbol = request.query["symbol"]
+        return web.json_response(
+            [o for o in self.orders if o["symbol"] == symbol and o["status"] == "NEW"]
+        )
+
+    def _newest(self, request: web.Request, entries: list[dict[str, Any]]) -> list[Any]:
+        """Binance's history pages: the newest `limit` entries up to `endTime`, oldest first."""
+        self.history.append(request.path)
+        query = request.query
+        end = int(query.get("endTime", "9" * 15))
+        limit = min(int(query.get("limit", "500")), 1000, self.page)
+        mine = [e for e in entries if e["symbol"] == query["symbol"] and e["time"] <= end]
+        return mine[-limit:]
 
 
 @pytest.fixture
@@ -505,24 +581,247 @@ async def test_connection_refused_is_retryable() -> None:
             await broker.place(_order())
 
 
-# --- close ------------------------------------------------------------------------
+# --- close -------------------------------------------------------------------------
+#
+# A close sells what alertbridge's own orders (client ids of `client_order_id`'s shape)
+# bought and still hold, read from the exchange's order and trade history.
 
 
-async def test_close_sells_the_free_base_balance(broker: CcxtBroker, spot: BinanceSpot) -> None:
+def _ab(alert_id: str) -> str:
+    """The client order id the worker gives an alert of the test account."""
+    return client_order_id("binance-spot", alert_id)
+
+
+def _close(alert_id: str = "close-1") -> Order:
+    return _order(_ab(alert_id), side="close", quantity=0.0)
+
+
+async def _trade(broker: CcxtBroker, alert_id: str, side: str, qty: float, **fields: Any) -> None:
+    await broker.place(_order(_ab(alert_id), side=side, quantity=qty, **fields))
+
+
+def _sold(spot: BinanceSpot) -> list[tuple[str, str]]:
+    """(quantity, client order id) of every sell the exchange was sent."""
+    return [(p["quantity"], p["newClientOrderId"]) for p in spot.posts if p["side"] == "SELL"]
+
+
+def test_alertbridge_client_order_ids_are_what_the_ledger_recognises() -> None:
+    assert CLIENT_ORDER_ID.fullmatch(client_order_id("any account", "any alert id"))
+    assert not CLIENT_ORDER_ID.fullmatch("web_0f2c9a1b7e4d04c5e8a6b3d2e1f0a9b8c")
+    assert not CLIENT_ORDER_ID.fullmatch("x-R4BD3S82" + "0" * 22)  # ccxt's own default
+
+
+async def test_close_sells_only_what_alertbridge_bought(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    spot.balances["BTC"] = 1.0  # deposited
+    spot.outside("BUY", 0.05)  # bought by hand on the website
+    await _trade(broker, "b1", "buy", 0.01)
+    await _trade(broker, "b2", "buy", 0.02)
+    await _trade(broker, "s1", "sell", 0.005)
+    await _trade(broker, "e1", "buy", 0.1, symbol="ETH/USDT")  # another symbol
+    spot.outside("SELL", 0.02)  # sold by hand: the hand-bought coins, not alertbridge's
+    result = await broker.place(_close())
+    assert (result.side, result.status, result.quantity) == ("sell", "filled", 0.025)
+    assert _sold(spot)[-1] == ("0.025", _ab("close-1"))
+    assert spot.balances["BTC"] == pytest.approx(1.03)  # 1 + 0.05 - 0.02 stay
+    assert spot.balances["ETH"] == pytest.approx(0.1)
+    assert {"/api/v3/allOrders", "/api/v3/myTrades"} <= set(spot.history)
+
+
+async def test_a_history_longer_than_a_page_is_read_to_its_start(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    spot.page = 3  # three orders or trades a page: every list takes several
+    for n in range(5):
+        await _trade(broker, f"b{n}", "buy", 0.01)
+        spot.outside("BUY", 0.005)
+    assert (await broker.place(_close())).quantity == 0.05
+    assert spot.history.count("/api/v3/allOrders") >= 4
+    assert spot.history.count("/api/v3/myTrades") >= 4
+
+
+async def test_a_history_longer_than_the_page_limit_sells_nothing(
+    broker: CcxtBroker, spot: BinanceSpot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spot.page = 2
+    for n in range(3):
+        await _trade(broker, f"b{n}", "buy", 0.01)
+    monkeypatch.setattr(ccxt_ledger, "MAX_PAGES", 1)
+    with pytest.raises(TerminalError, match=r"more than 1 pages of BTC/USDT history.*whole_bal"):
+        await broker.place(_close())
+    assert _sold(spot) == []
+
+
+async def test_the_ledger_is_capped_by_the_free_balance(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    await _trade(broker, "b1", "buy", 0.05)
+    spot.outside("SELL", 0.03)  # the owner sold some by hand
+    assert (await broker.place(_close())).quantity == 0.02
+    assert spot.balances["BTC"] == pytest.approx(0.0)
+
+
+async def test_fees_charged_in_the_base_asset_are_not_sold(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    spot.fee_rate = 0.001  # 0.1 %, taken from the bought BTC
+    await _trade(broker, "b1", "buy", 0.01)
+    await _trade(broker, "b2", "buy", 0.02)
+    assert spot.balances["BTC"] == pytest.approx(0.02997)
+    await _trade(broker, "s1", "sell", 0.01)  # a sale's fee is in USDT
+    spot.balances["BTC"] += 1.0  # and coins from elsewhere
+    assert (await broker.place(_close())).quantity == 0.01997
+    assert _sold(spot)[-1][0] == "0.01997"
+    assert spot.balances["BTC"] == pytest.approx(1.0)
+
+
+async def test_partial_fills_count_what_filled(broker: CcxtBroker, spot: BinanceSpot) -> None:
+    spot.balances["BTC"] = 1.0
+    spot.fill_only[_ab("b1")] = 0.004  # of 0.01: the rest expired unfilled
+    result = await broker.place(_order(_ab("b1"), quantity=0.01))
+    assert (result.status, result.quantity) == ("expired", 0.01)
+    await _trade(broker, "b2", "buy", 0.02, order_type="limit", limit_price=90000.0)  # resting
+    assert (await broker.place(_close())).quantity == 0.004
+    assert spot.balances["BTC"] == pytest.approx(1.0)
+
+
+async def test_close_with_nothing_bought_is_terminal_and_sends_nothing(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    spot.balances["BTC"] = 2.0
+    spot.outside("BUY", 0.5)
+    with pytest.raises(TerminalError, match="nothing bought through alertbridge to close for "
+                       "BTC/USDT") as caught:  # fmt: skip
+        await broker.place(_close())
+    assert not isinstance(caught.value, OrderRejectedError)
+    assert _sold(spot) == []
+
+
+async def test_a_second_close_finds_nothing_left(broker: CcxtBroker, spot: BinanceSpot) -> None:
+    spot.balances["BTC"] = 1.0
+    await _trade(broker, "b1", "buy", 0.01)
+    assert (await broker.place(_close("close-1"))).quantity == 0.01
+    with pytest.raises(TerminalError, match="nothing bought through alertbridge"):
+        await broker.place(_close("close-2"))
+    assert _sold(spot) == [("0.01", _ab("close-1"))]
+    assert spot.balances["BTC"] == pytest.approx(1.0)
+
+
+async def test_held_coins_that_are_no_longer_free_are_rejected(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    await _trade(broker, "b1", "buy", 0.01)
+    spot.outside("SELL", 0.01)
+    with pytest.raises(OrderRejectedError, match="no free BTC to sell to close BTC/USDT"):
+        await broker.place(_close())
+    assert _sold(spot) == []
+
+
+@pytest.mark.parametrize("check_before_place", [True, False])
+async def test_a_redelivered_close_does_not_sell_again(
+    binance_url: str, spot: BinanceSpot, check_before_place: bool
+) -> None:
+    # Checked: the lookup by client order id finds it. Unchecked (or an exchange whose
+    # lookup cannot find it): the close is among the orders its own ledger reads.
+    spot.balances["BTC"] = 1.0
+    async with connected(binance_url, check_before_place=check_before_place) as broker:
+        await _trade(broker, "b1", "buy", 0.03)
+        first = await broker.place(_close())
+        with pytest.raises(DuplicateOrderError, match=_ab("close-1")):
+            await broker.place(_close())
+        found = await broker.lookup(_close())
+    assert found is not None
+    assert (found.broker_order_id, found.side, found.quantity) == (
+        first.broker_order_id,
+        "sell",
+        0.03,
+    )
+    assert _sold(spot) == [("0.03", _ab("close-1"))]
+    assert spot.balances["BTC"] == pytest.approx(1.0)
+
+
+async def test_close_whole_balance_sells_every_free_coin(
+    binance_url: str, spot: BinanceSpot
+) -> None:
     spot.balances["BTC"] = 0.123456789
-    result = await broker.place(_order("ab-close", side="close", quantity=0.0))
-    assert (result.side, result.status, result.quantity) == ("sell", "filled", 0.12345)
-    sent = spot.posts[-1]
-    assert (sent["side"], sent["type"], sent["quantity"]) == ("SELL", "MARKET", "0.12345")
-    assert sent["newClientOrderId"] == "ab-close"
-    # A redelivered close finds the sale instead of selling again.
-    with pytest.raises(DuplicateOrderError):
-        await broker.place(_order("ab-close", side="close", quantity=0.0))
-    found = await broker.lookup(_order("ab-close", side="close", quantity=0.0))
-    assert found is not None and (found.side, found.quantity) == ("sell", 0.12345)
+    async with connected(binance_url, close_whole_balance=True) as broker:
+        await _trade(broker, "b1", "buy", 0.01)
+        result = await broker.place(_close())
+        assert (result.side, result.status, result.quantity) == ("sell", "filled", 0.13345)
+        assert _sold(spot)[-1] == ("0.13345", _ab("close-1"))
+        assert spot.history == []  # no ledger read
+        with pytest.raises(OrderRejectedError, match="minimum amount precision"):
+            await broker.place(_close("close-2"))  # 0.000006789 BTC left: below a lot
+    assert len(_sold(spot)) == 1
 
 
-async def test_close_without_a_balance_is_rejected(broker: CcxtBroker, spot: BinanceSpot) -> None:
-    with pytest.raises(OrderRejectedError, match="no free BTC"):
-        await broker.place(_order("ab-close", side="close", quantity=0.0))
-    assert spot.posts == []
+async def test_an_exchange_without_fetch_orders_reads_its_closed_and_open_orders(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    await _trade(broker, "b1", "buy", 0.02)
+    await _trade(broker, "b2", "buy", 0.01, order_type="limit", limit_price=90000.0)
+    broker._exchange.has["fetchOrders"] = False  # ccxt's capability flags of another exchange
+    assert (await broker.place(_close())).quantity == 0.02
+    assert "/api/v3/openOrders" in spot.history
+
+
+async def test_an_exchange_without_order_history_cannot_close_what_it_bought(
+    broker: CcxtBroker, spot: BinanceSpot
+) -> None:
+    await _trade(broker, "b1", "buy", 0.02)
+    for method in ("fetchOrders", "fetchCanceledAndClosedOrders", "fetchClosedOrders"):
+        broker._exchange.has[method] = False
+    with pytest.raises(TerminalError, match=r"no order history in ccxt.*close_whole_balance"):
+        await broker.place(_close())
+    assert _sold(spot) == []
+
+
+async def test_the_accounts_file_option_reaches_the_adapter(
+    binance_url: str, spot: BinanceSpot
+) -> None:
+    spot.balances["BTC"] = 0.5
+    env = {"K": API_KEY, "S": SECRET}
+    for whole, sold in ((False, None), (True, "0.5")):
+        settings = CcxtSettings(exchange="binance", api_key_env="K", secret_env="S",
+                                api_url=binance_url, close_whole_balance=whole)  # fmt: skip
+        broker = make_broker(Account(broker=settings), env, paper_db="unused.db")
+        try:
+            if sold is None:
+                with pytest.raises(TerminalError, match="nothing bought"):
+                    await broker.place(_close(f"close-{whole}"))
+            else:
+                await broker.place(_close(f"close-{whole}"))
+        finally:
+            await broker.close()
+    assert [q for q, _ in _sold(spot)] == ["0.5"]
+
+
+CONFIG = """
+[accounts.crypto]
+broker = "ccxt"
+ccxt = {{ exchange = "binance", api_key_env = "BINANCE_KEY", secret_env = "BINANCE_SECRET"{extra} }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "needle"),
+    [
+        ("", 0, "1 account(s) OK"),
+        (", close_whole_balance = true", 0, "1 account(s) OK"),
+        (", close_whole_balance = false", 0, "1 account(s) OK"),
+        (', close_whole_balance = "yes"', 2, "ccxt.close_whole_balance"),
+        (", close_whole_balanc = true", 2, "close_whole_balanc"),
+    ],
+)
+def test_config_check_on_close_whole_balance(
+    tmp_path: Path, extra: str, code: int, needle: str
+) -> None:
+    path = tmp_path / "alertbridge.toml"
+    path.write_text(CONFIG.format(extra=extra))
+    env = {**os.environ, "ALERTBRIDGE_CONFIG": str(path),
+           "BINANCE_KEY": "k" * 16, "BINANCE_SECRET": "s" * 16}  # fmt: skip
+    done = subprocess.run([ALERTBRIDGE, "config", "check"], env=env, capture_output=True,
+                          text=True, check=False, timeout=30)  # fmt: skip
+    assert done.returncode == code, done.stderr
+    assert needle in (done.stdout if code == 0 else done.stderr)

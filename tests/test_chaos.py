@@ -41,7 +41,9 @@ WEBHOOK_SECRET = "chaos-webhook-secret"
 
 # The kill -9 run: alerts spread over SEND_SECONDS, three workers, MID_ORDER_KILLS kills
 # planned between placement and ack (at least MIN_MID_ORDER_KILLS must land), and
-# RANDOM_KILLS at random moments. ACK_WAIT 2 s brings a killed worker's alert back soon.
+# RANDOM_KILLS at random moments, every setting at its default: a killed worker's alert
+# comes back after ACK_WAIT (3 s), so no alert waits for its order longer than
+# LATENCY_BOUND from its 200; with a max age of 60 s none expires.
 TOTAL = 360
 SEND_SECONDS = 24.0
 WORKERS = 3
@@ -49,6 +51,10 @@ MID_ORDER_KILLS = 8
 MIN_MID_ORDER_KILLS = 6
 RANDOM_KILLS = 4
 SETTLE_WITHIN = 45.0  # after the last send; the whole test stays well under 120 s
+# Two kills can meet one alert (one mid-order, then one at random on the worker that
+# took it back): twice (ack_wait 3 s + a pull request's 2 s), plus 2 s for a loaded
+# 2-core machine. An alert that waited for anything longer (a 30 s ack_wait) fails it.
+LATENCY_BOUND = 12.0
 
 
 def book(db: str) -> list[tuple[str, str]]:
@@ -59,9 +65,11 @@ def book(db: str) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def env(worker_env: dict[str, str]) -> dict[str, str]:
-    return {**worker_env, "ALERTBRIDGE_PARTITIONS": "8", "ALERTBRIDGE_DEFAULT_QUANTITY": "1",
-            "ALERTBRIDGE_ACK_WAIT": "2", "ALERTBRIDGE_MAX_DELIVER": "10",
-            "ALERTBRIDGE_MAX_ALERT_AGE": "0", "ALERTBRIDGE_SECRETS": WEBHOOK_SECRET}  # fmt: skip
+    defaults = ("ALERTBRIDGE_ACK_WAIT", "ALERTBRIDGE_MAX_DELIVER", "ALERTBRIDGE_MAX_ALERT_AGE",
+                "ALERTBRIDGE_FETCH_TIMEOUT", "ALERTBRIDGE_RETRY_BACKOFF")  # fmt: skip
+    env = {k: v for k, v in worker_env.items() if k not in defaults}
+    return {**env, "ALERTBRIDGE_PARTITIONS": "8", "ALERTBRIDGE_DEFAULT_QUANTITY": "1",
+            "ALERTBRIDGE_SECRETS": WEBHOOK_SECRET}  # fmt: skip
 
 
 @pytest.fixture
@@ -132,7 +140,7 @@ class Chaos:
     async def random_kills(self) -> None:
         """RANDOM_KILLS kill -9s of an up worker, 1.5 to 4 s apart (cancel to stop early)."""
         while len(self.random) < RANDOM_KILLS:
-            await asyncio.sleep(self._rng.uniform(1.5, 4.0))  # a random moment
+            await asyncio.sleep(self._rng.uniform(1.5, 4.0))  # the test: a random moment
             if up := self.fleet.up_slots():
                 slot = self._rng.choice(up)
                 self.fleet.kill(slot)
@@ -195,6 +203,13 @@ def check_history(
     tag_of = {a.id: a.tag for a in alerts}
     already_done = [e for e in executed if e.already_done]
     mid_ids = {a.id for a in alerts if a.tag in {c.tag for c in chaos.mid_order}}
+    placed_at = {c.tag: c.at for c in receiver.calls if c.placed}
+    waits = sorted(
+        (max(0.0, placed_at[a.tag] - sender.accepted_at[a.id]), a.tag)
+        for a in alerts
+        if a.tag in placed_at and a.id in sender.accepted_at
+    )
+    slowest, slowest_tag = waits[-1] if waits else (0.0, 0)
     figures = (
         f"seed {SEED}: {len(alerts)} alerts, {len(sender.accepted)} answered 200, "
         f"{len(sender.refused)} answered 503, in {duration:.1f}s; kills: "
@@ -203,7 +218,9 @@ def check_history(
         f"placements, {len(receiver.calls)} order POSTs, {receiver.duplicates()} answered 409, "
         f"{receiver.lookups} lookups; executed: already_done {len(already_done)} "
         f"({len([e for e in already_done if e.alert_id not in mid_ids])} beyond the planned "
-        f"kills), redelivered {len([e for e in executed if e.attempts > 1])}"
+        f"kills), redelivered {len([e for e in executed if e.attempts > 1])}; 200 → order "
+        f"placed: max {slowest:.2f}s (tag {slowest_tag}), "
+        f"p99 {waits[int(len(waits) * 0.99)][0] if waits else 0.0:.2f}s"
     )
     print(f"chaos: {figures}")
     refused = sender.not_accepted(alerts)
@@ -230,6 +247,7 @@ def check_history(
     not_found = [c.tag for c in chaos.mid_order if not by_id[alerts[c.tag - 1].id].already_done]
     assert not not_found, f"killed mid-order, not found as already_done: {not_found}; {figures}"
     assert len(already_done) >= len(chaos.mid_order), figures
+    assert slowest <= LATENCY_BOUND, f"an alert waited {slowest:.1f}s for its order; {figures}"
 
 
 async def test_nats_restart_mid_stream_loses_nothing_and_dedup_survives(

@@ -6,10 +6,10 @@ and it must stay in step with the app and with `just up` (ops/stack.py): every
 ALERTBRIDGE_* variable is a real setting (or one of the server's), the ports and
 defaults are the same, the image the services build exists and runs modules that
 exist, each service is its own NATS user and knows no other role's password. The
-environment compose gives nats-server, the provisioning, the worker and the ingress
-is then run for real: the nats-server binary on deploy/nats-server.conf with the
-`nats` service's variables, the `provision` service's command as a process, and a
-connection as each role with exactly its service's variables.
+environment compose gives nats-server, the provisioning, the worker, the ingress and
+the notifier is then run for real: the nats-server binary on deploy/nats-server.conf
+with the `nats` service's variables, the `provision` service's command as a process,
+and a connection as each role with exactly its service's variables, doing its work.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ import msgspec
 import pytest
 import yaml
 
-from contracts.messages import alert_encoder
-from contracts.subjects import ALERTS_STREAM
-from contracts.topology import topology
+from console.settings import ConsoleSettings
+from contracts.messages import alert_encoder, event_encoder
+from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
+from contracts.topology import NOTIFIER, PROJECTOR, topology
 from ingress.publisher import INGRESS_STREAMS
 from ingress.settings import IngressSettings
+from notifier.settings import NotifierSettings
 from ops.platform import provision
 from ops.platform.accounts import CONFIG_VAR
 from ops.platform.natsconn import connect, jetstream
@@ -46,10 +48,13 @@ from ops.platform.settings import DEFAULT_JS_API, PREFIX, ROLE_JS_API, Common, l
 from ops.tools.cli import cli
 from ops.tools.paths import NATS_ROLES, nats_config_file, nats_js_api, nats_server_password_var
 from ops.tools.stack import Stack
+from projector.rebuild import read_range
+from projector.settings import ProjectorSettings
+from tests.notifier_support import Publisher, expired
 from tests.secured import publish_alert
 from tests.support import NatsServer, eventually, free_port
 from tests.workers import make_alert
-from worker.__main__ import WORKER_STREAMS
+from worker.__main__ import WORKER_STREAMS, worker_topology
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,18 +69,36 @@ SCHEMA_PACKAGE = "check_jsonschema.builtin_schemas.vendor"
 SCHEMA_FILE = "compose-spec.json"
 SCHEMA_DISTRIBUTION = "check-jsonschema"
 
-APP_SERVICES = ("ingress", "worker")
+# The long-running processes (`python -m <service>`), and those that record traces.
+APP_SERVICES = ("ingress", "worker", "notifier", "projector", "console")
+TRACED_SERVICES = ("ingress", "worker")
 # Who each service is to NATS (deploy/nats-server.conf), and the settings it loads.
-ROLE_OF = {"ingress": "ingress", "worker": "worker", "provision": "ops"}
+ROLE_OF = {
+    "ingress": "ingress",
+    "worker": "worker",
+    "notifier": "notifier",
+    "projector": "projector",
+    "console": "console",
+    "provision": "ops",
+}
 SETTINGS_OF: dict[str, type[Common]] = {
     "ingress": IngressSettings,
     "worker": WorkerSettings,
+    "notifier": NotifierSettings,
+    "projector": ProjectorSettings,
+    "console": ConsoleSettings,
     "provision": Common,  # what `alertbridge provision` loads (ops/cli_support.py)
 }
 NATS_CLI_ROLE = {"nats-box": "ops"}  # the `nats` CLI: NATS_USER / NATS_PASSWORD
 # The names the processes connect with: the server lets each role subscribe only to
-# `_INBOX.<name>.>` (ingress/publisher.py, worker/__main__.py).
-CONNECTION_NAME = {"ingress": "alertbridge-ingress", "worker": "alertbridge-worker"}
+# `_INBOX.<name>.>` (ingress/publisher.py, worker/__main__.py, notifier/run.py).
+CONNECTION_NAME = {
+    "ingress": "alertbridge-ingress",
+    "worker": "alertbridge-worker",
+    "notifier": "alertbridge-notifier",
+    "projector": "alertbridge-projector",
+    "console": "alertbridge-console",
+}
 # What deploy/nats-server.conf reads from the server's environment: not settings.
 SERVER_PASSWORD_VARS = {role: nats_server_password_var(role) for role in NATS_ROLES}
 NATS_SYNC_VAR = PREFIX + "NATS_SYNC"
@@ -227,7 +250,8 @@ def _seconds(duration: str) -> float:
 def _setting_names() -> set[str]:
     """Every ALERTBRIDGE_* variable the processes read (ops/settings.py, ops/accounts.py)."""
     names = {PREFIX + "SECRETS", PREFIX + "SECRETS_FILE", CONFIG_VAR}
-    for cls in (IngressSettings, WorkerSettings):
+    for cls in (IngressSettings, WorkerSettings, NotifierSettings, ProjectorSettings,
+                ConsoleSettings):  # fmt: skip
         names |= {PREFIX + field.name.upper() for field in msgspec.structs.fields(cls)}
     return names
 
@@ -323,7 +347,7 @@ def test_the_schema_rejects_what_compose_rejects(compose_schema: dict[str, Any])
 
 def test_the_expected_services_are_there(compose: dict[str, Any]) -> None:
     assert set(_services(compose)) >= {
-        "nats", "jaeger", "nats-box", "provision", "ingress", "worker",
+        "nats", "jaeger", "nats-box", "provision", "ingress", "worker", "notifier", "projector",
     }  # fmt: skip
 
 
@@ -374,8 +398,8 @@ def test_the_topology_follows_the_host_environment(compose: dict[str, Any]) -> N
 
 
 def test_topology_settings_are_the_same_for_every_process(compose: dict[str, Any]) -> None:
-    """Provisioning, ingress and worker must agree on the streams: the same value for
-    every Common setting but who each is to NATS."""
+    """Provisioning, ingress, worker and notifier must agree on the streams: the same
+    value for every Common setting but who each is to NATS."""
     common = {PREFIX + field.name.upper() for field in msgspec.structs.fields(Common)}
     identity = {PREFIX + name for name in ("NATS_USER", "NATS_PASSWORD", "NATS_JS_API")}
     envs = {name: _env(compose, name) for name in SETTINGS_OF}
@@ -446,6 +470,87 @@ def test_the_worker_health_port_is_probed(compose: dict[str, Any]) -> None:
     assert str(port) in _arguments("EXPOSE", _final_stage(_instructions()))[0].split()
 
 
+def test_the_notifier_keeps_its_state_on_its_own_volume(compose: dict[str, Any]) -> None:
+    """Its store (what it took in, what it still owes each target) outlives the
+    container, as `just up` keeps it under var/; and no two services share a volume."""
+    notifier = _services(compose)["notifier"]
+    store = Path(_environment(notifier)[PREFIX + "NOTIFIER_DB"])
+    assert store.name == Path(NotifierSettings().notifier_db).name
+    mounts = _named_volumes(compose, "notifier")
+    assert str(store.parent) in mounts, "the notifier's store must be on a named volume"
+    # The image's VOLUME: a new named volume takes its owner, the app user, who writes it.
+    final = _final_stage(_instructions())
+    volumes = {
+        Path(v) for arguments in _arguments("VOLUME", final) for v in _volume_paths(arguments)
+    }
+    assert store.parent in volumes, (store, volumes)
+    used = [
+        volume
+        for name in _services(compose)
+        for volume in _named_volumes(compose, name, writable=True).values()
+    ]
+    assert len(used) == len(set(used)), f"a volume two services write: {sorted(used)}"
+
+
+def test_the_projector_keeps_its_views_on_its_own_volume(compose: dict[str, Any]) -> None:
+    """Its SQLite file (and the generations a rebuild swaps in beside it) outlives the
+    container, as `just up` keeps it under var/ (tests/test_e2e.py reads it there); the
+    image's VOLUME makes it the app user's."""
+    store = Path(_env(compose, "projector")[PREFIX + "PROJECTIONS_DB"])
+    assert store.name == Path(ProjectorSettings().projections_db).name == "projections.db"
+    assert str(store.parent) in _named_volumes(compose, "projector"), "not on a named volume"
+    final = _final_stage(_instructions())
+    volumes = {
+        Path(v) for arguments in _arguments("VOLUME", final) for v in _volume_paths(arguments)
+    }
+    assert store.parent in volumes, (store, volumes)
+
+
+def _named_volumes(
+    compose: dict[str, Any], service: str, *, writable: bool = False
+) -> dict[str, str]:
+    """Container path → named volume, of a service's mounts (short syntax); `writable`:
+    only those it may write to (not `:ro`)."""
+    found: dict[str, str] = {}
+    for volume in _services(compose)[service].get("volumes", []):
+        source, target, *options = str(volume).split(":")
+        if source in compose.get("volumes", {}) and not (writable and "ro" in options):
+            found[target] = source
+    return found
+
+
+def test_the_console_reads_the_projectors_views_read_only(compose: dict[str, Any]) -> None:
+    """The console's file is the projector's, on the projector's volume, mounted
+    read-only: its pages cannot change a view (the projector is the only writer)."""
+    console, projector = _env(compose, "console"), _env(compose, "projector")
+    views = PREFIX + "PROJECTIONS_DB"
+    assert console[views] == projector[views]
+    store = str(Path(console[views]).parent)
+    volume = _named_volumes(compose, "console")[store]
+    assert volume == _named_volumes(compose, "projector")[store]
+    assert _named_volumes(compose, "console", writable=True) == {}, "read-only, every mount"
+    assert _depends(compose, "console")["projector"] == "service_started"
+
+
+def test_the_console_port_is_on_the_hosts_loopback_only(compose: dict[str, Any]) -> None:
+    """It can halt trading and replay alerts: published on 127.0.0.1 only, its token in a
+    secret file (never in the environment)."""
+    console = _services(compose)["console"]
+    env = _env(compose, "console")
+    port = env[PREFIX + "CONSOLE_PORT"]
+    assert console["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert env[PREFIX + "CONSOLE_HOST"] == "0.0.0.0"  # noqa: S104 - in its container
+    for name, service in _services(compose).items():
+        for published in service.get("ports", []):
+            if str(published).rsplit(":", 1)[-1] == port:
+                assert name == "console" and str(published).startswith("127.0.0.1:"), name
+    (secret,) = console["secrets"]
+    token_file = f"/run/secrets/{secret['source']}"
+    assert env[PREFIX + "CONSOLE_TOKEN_FILE"] == token_file
+    assert (secret["uid"], secret["mode"]) == ("10001", 0o400)  # the image's user; 0600-safe
+    assert not [k for k in env if "TOKEN" in k and k != PREFIX + "CONSOLE_TOKEN_FILE"]
+
+
 def test_nats_is_the_server_just_up_runs(compose: dict[str, Any]) -> None:
     stack = Stack(var=Path("var"))
     nats = _services(compose)["nats"]
@@ -478,24 +583,25 @@ def test_traces_go_to_jaeger(compose: dict[str, Any]) -> None:
     assert str(jaeger["image"]).startswith("jaegertracing/")
     assert {4317, 4318, 16686} <= _container_ports(jaeger)
     names = set()
-    for service in APP_SERVICES:
+    for service in TRACED_SERVICES:
         env = _env(compose, service)
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
         assert env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") == "http/protobuf"
         assert env["OTEL_SERVICE_NAME"] == f"alertbridge-{service}"
         names.add(env["OTEL_SERVICE_NAME"])
-    assert len(names) == len(APP_SERVICES)
+    assert len(names) == len(TRACED_SERVICES)
 
 
-def test_start_order_nats_then_provision_then_worker_then_ingress(
+def test_start_order_nats_then_provision_then_worker_notifier_projector_then_ingress(
     compose: dict[str, Any],
 ) -> None:
     """What `just up` does in sequence, Compose does by depends_on conditions."""
     services = _services(compose)
     assert _depends(compose, "provision")["nats"] == "service_healthy"
-    assert _depends(compose, "worker")["nats"] == "service_healthy"
-    # Only ops may create the streams: the worker waits for the one-shot to succeed.
-    assert _depends(compose, "worker")["provision"] == "service_completed_successfully"
+    for name in ("worker", "notifier", "projector"):
+        assert _depends(compose, name)["nats"] == "service_healthy", name
+        # Only ops may create the streams and consumers: both wait for the one-shot.
+        assert _depends(compose, name)["provision"] == "service_completed_successfully", name
     assert _depends(compose, "ingress")["nats"] == "service_healthy"
     # The worker's /readyz needs the streams (so provisioning is done); workers first.
     assert _depends(compose, "ingress")["worker"] == "service_healthy"
@@ -547,7 +653,8 @@ def test_the_nats_cli_is_the_operators_user(compose: dict[str, Any], service: st
 
 
 def test_no_service_sees_another_roles_password(compose: dict[str, Any]) -> None:
-    """The server gets the three; a process (or the nats CLI) its own role's; the rest none."""
+    """The server gets every role's; a process (or the nats CLI) its own role's; the rest
+    none."""
     roles = {**ROLE_OF, **NATS_CLI_ROLE}
     passwords = {role: HOST[var] for role, var in SERVER_PASSWORD_VARS.items()}
     for name in _services(compose):
@@ -574,7 +681,7 @@ def test_the_passwords_have_no_defaults(compose: dict[str, Any]) -> None:
             _resolved(compose, "nats", {k: v for k, v in HOST.items() if k != var})
 
 
-def test_nats_gets_the_three_passwords_and_the_sync_policy(compose: dict[str, Any]) -> None:
+def test_nats_gets_every_roles_password_and_the_sync_policy(compose: dict[str, Any]) -> None:
     names = {name for name in _env(compose, "nats") if name.startswith(PREFIX)}
     assert names == {*SERVER_PASSWORD_VARS.values(), NATS_SYNC_VAR}
     env = _resolved(compose, "nats", HOST)
@@ -599,7 +706,7 @@ def test_nats_runs_the_repositorys_config(compose: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)
-def test_ingress_and_worker_find_jetstream_under_their_accounts_prefix(
+def test_the_processes_find_jetstream_under_their_accounts_prefix(
     compose: dict[str, Any], service: str
 ) -> None:
     raw = _env(compose, service)[PREFIX + "NATS_JS_API"]
@@ -631,6 +738,8 @@ def test_the_env_recipe_gives_every_required_variable(compose: dict[str, Any]) -
     env = _recipe_env()
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     required = {m["name"] for m in INTERPOLATION.finditer(text) if m["rest"].startswith(":?")}
+    # A secret made from a variable (the console's token) needs it as much.
+    required |= {s["environment"] for s in compose.get("secrets", {}).values()}
     assert set(env) == required
     for var in SERVER_PASSWORD_VARS.values():
         assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", env[var]), var
@@ -677,6 +786,27 @@ def test_services_that_build_use_the_dockerfile(compose: dict[str, Any]) -> None
         module = _python_module([str(arg) for arg in service["command"]])
         assert module == name
         assert _module_main_exists(module), f"{module}/__main__.py"
+        assert module.split(".")[0] in _wheel_packages(), f"the image has no {module}"
+
+
+def _wheel_packages() -> list[str]:
+    """The packages the project's wheel is built from (pyproject.toml, hatchling)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    assert isinstance(packages, list)
+    return [str(package) for package in packages]
+
+
+def test_the_image_is_built_with_every_package_of_the_wheel() -> None:
+    """The build stage copies each package before `uv sync` builds the wheel: hatchling
+    leaves a package the build context lacks out of the wheel without a word, and the
+    image then has no `python -m` for it."""
+    copied: set[str] = set()
+    for arguments in _arguments("COPY", _instructions()):
+        words = [word for word in arguments.split() if not word.startswith("--")]
+        copied |= {Path(source).as_posix().rstrip("/") for source in words[:-1]}
+    missing = [package for package in _wheel_packages() if package not in copied]
+    assert not missing, f"deploy/Dockerfile copies no {missing}: add `COPY <name> ./<name>`"
 
 
 def test_the_image_has_the_alertbridge_script_on_its_path() -> None:
@@ -804,17 +934,30 @@ async def test_the_stack_runs_with_exactly_the_environment_compose_gives(
 async def _roles_after_provisioning(
     envs: dict[str, dict[str, str]], provision_command: list[str], cwd: Path
 ) -> None:
+    """Each role with exactly `envs[service]`: the worker finds its topology missing until
+    the provisioning command (run twice, as every `up` does) has made it, each role then
+    sees its own view of it complete, and all do their work: the ingress stores an alert
+    the worker reads, the worker records an event the notifier takes in through its own
+    consumer and acks, and the notifier reads the DLQ's depth."""
     ingress = load(IngressSettings, envs["ingress"])
     worker = load(WorkerSettings, envs["worker"])
+    notifier = load(NotifierSettings, envs["notifier"])
+    projector = load(ProjectorSettings, envs["projector"])
     nc_ingress = await connect(ingress, name=CONNECTION_NAME["ingress"])
     nc_worker = await connect(worker, name=CONNECTION_NAME["worker"])
+    nc_notifier = await connect(notifier, name=CONNECTION_NAME["notifier"])
+    nc_projector = await connect(projector, name=CONNECTION_NAME["projector"])
     try:
         js_ingress, js_worker = jetstream(nc_ingress, ingress), jetstream(nc_worker, worker)
+        js_notifier = jetstream(nc_notifier, notifier)
+        # The worker's own view (worker/__main__.py): its account cannot look at the
+        # notifier's consumer on EVENTS.
+        own = worker_topology(worker)
         # Connected, but nothing to consume: the worker cannot make the streams itself.
-        assert await provision.missing(js_worker, worker.topology(), WORKER_STREAMS)
+        assert await provision.missing(js_worker, own, WORKER_STREAMS)
         for _ in range(2):  # every `docker compose up` provisions again
             await _run(provision_command, envs["provision"], cwd)
-        assert await provision.missing(js_worker, worker.topology(), WORKER_STREAMS) == []
+        assert await provision.missing(js_worker, own, WORKER_STREAMS) == []
         assert (
             await provision.missing_streams(js_ingress, ingress.topology(), INGRESS_STREAMS) == []
         )
@@ -822,9 +965,37 @@ async def _roles_after_provisioning(
         seq = await publish_alert(js_ingress, alert)
         stored = await js_worker.get_msg(ALERTS_STREAM, seq=seq, direct=True)
         assert stored.data == alert_encoder.encode(alert)
+        event = expired("compose-1")
+        await Publisher(js_worker)(event)
+        sub = await js_notifier.pull_subscribe_bind(durable=NOTIFIER, stream=EVENTS_STREAM)
+        (taken,) = await sub.fetch(1, timeout=10)
+        assert taken.data == event_encoder.encode(event)
+        await taken.ack_sync()
+        await sub.unsubscribe()
+        assert (await js_notifier.stream_info(DLQ_STREAM)).state.messages == 0
+        # The projector reads ALERTS by sequence and EVENTS through its own consumer.
+        js_projector = jetstream(nc_projector, projector)
+        assert (await js_projector.stream_info(ALERTS_STREAM)).state.last_seq == seq
+        (read,) = await read_range(nc_projector, projector.nats_js_api, ALERTS_STREAM, seq, seq)
+        assert read.data == alert_encoder.encode(alert)
+        sub = await js_projector.pull_subscribe_bind(durable=PROJECTOR, stream=EVENTS_STREAM)
+        (taken,) = await sub.fetch(1, timeout=10)
+        assert taken.data == event_encoder.encode(event)
+        await taken.ack_sync()
+        await sub.unsubscribe()
+        if "console" in envs:  # its queue health page: the streams' state, as its role
+            console = load(ConsoleSettings, envs["console"])
+            nc_console = await connect(console, name=CONNECTION_NAME["console"])
+            try:
+                js_console = jetstream(nc_console, console)
+                assert (await js_console.stream_info(ALERTS_STREAM)).state.last_seq == seq
+            finally:
+                await nc_console.close()
     finally:
+        await nc_projector.close()
         await nc_ingress.close()
         await nc_worker.close()
+        await nc_notifier.close()
 
 
 async def _run(command: list[str], env: dict[str, str], cwd: Path) -> None:

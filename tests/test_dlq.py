@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from ops.platform import provision
 from ops.platform.settings import load
 from ops.tools import dlq
 from ops.tools.events import read_events
+from tests.pinned import PinnedFetch
 from tests.support import NatsServer, eventually
 from tests.workers import (
     FlakyBroker,
@@ -96,9 +98,22 @@ async def all_events(js: JetStreamContext) -> list[Event]:
     return await read_events(js)
 
 
+async def events_once(js: JetStreamContext, *kinds: type[Event]) -> list[Event]:
+    """Every event, once one of `kinds` is among them. A DLQ entry is written before the
+    event that records it (worker.outcomes RULES; the router likewise), so events read
+    the moment the entry shows may not hold it yet."""
+
+    async def found() -> list[Event] | None:
+        events = await all_events(js)
+        return events if any(isinstance(e, kinds) for e in events) else None
+
+    return await eventually(found)
+
+
 async def test_max_deliveries_reach_the_dlq_through_the_advisory(
-    nc: Client, paper: PaperBroker, settings: WorkerSettings
+    nc: Client, paper: PaperBroker, settings: WorkerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="worker.dlq")
     js = nc.jetstream()
     seq = await publish(js, make_alert("md-1"))
     await run_worker(nc, FlakyBroker(paper, failures=99), settings)
@@ -120,11 +135,18 @@ async def test_max_deliveries_reach_the_dlq_through_the_advisory(
     (event,) = await eventually(dead_lettered)
     assert isinstance(event, DeadLettered) and event.dlq_seq == entry.dlq_seq
     assert paper_rows(settings.paper_db) == []
+    # Logged at INFO, as the README says (the event is recorded before the line).
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "worker.dlq"]
+    assert (
+        logging.INFO,
+        f"ALERTS seq {seq} dead-lettered (max_deliveries) as DLQ {entry.dlq_seq}",
+    ) in said
 
 
 async def test_terminal_failure_is_dead_lettered_once_with_its_reason(
-    nc: Client, paper: PaperBroker, settings: WorkerSettings
+    nc: Client, paper: PaperBroker, settings: WorkerSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="worker")
     js = nc.jetstream()
     await publish(js, make_alert("close-flat", side="close"))  # nothing to close
     await run_worker(nc, paper, settings)
@@ -133,8 +155,10 @@ async def test_terminal_failure_is_dead_lettered_once_with_its_reason(
     # The TERMINATED advisory reaches the router too: it must not add a second entry.
     await _advisories_consumed(js)
     assert len(await dlq.entries(js)) == 1
-    kinds = [type(e) for e in await all_events(js)]
+    kinds = [type(e) for e in await events_once(js, Rejected)]
     assert kinds == [Rejected]
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "worker"]
+    assert (logging.INFO, f"alert close-flat dead-lettered: {entry.reason}") in said
 
 
 async def test_a_stale_alert_is_expired_without_a_broker_call(
@@ -149,7 +173,7 @@ async def test_a_stale_alert_is_expired_without_a_broker_call(
     assert entry.reason == "expired" and entry.last_error is not None
     assert "max 60s" in entry.last_error
     assert broker.calls == 0
-    (event,) = await all_events(js)
+    (event,) = await events_once(js, Expired)
     assert isinstance(event, Expired) and event.age > 60
 
 
@@ -168,61 +192,114 @@ async def test_a_future_timenow_does_not_keep_an_old_alert_young(
     (entry,) = await eventually(lambda: dlq_entries(js, 1))
     assert entry.reason == "expired"
     assert broker.calls == 0 and paper_rows(settings.paper_db) == []
-    (event,) = await all_events(js)
+    (event,) = await events_once(js, Expired)
     assert isinstance(event, Expired) and event.alert_id == "future-1"
     assert settings.max_alert_age < event.age < settings.max_alert_age + 60
 
 
 class Swallowed(FlakyBroker):
     """Every order reaches the book (which keeps one per client order id), no answer ever
-    comes back; the time of each call is kept, at the broker's side."""
+    comes back; the time of each call is kept, at the broker's side. `lookups`: whether
+    the broker can still be asked for the order (else its lookups time out too)."""
 
-    def __init__(self, inner: PaperBroker) -> None:
+    def __init__(self, inner: PaperBroker, *, lookups: bool = False, places: bool = True) -> None:
         super().__init__(inner, failures=0)
         self.called_at: list[datetime] = []
+        self.lookups = lookups
+        self.places = places
 
     async def place(self, order: Order) -> OrderResult:
         self.called_at.append(datetime.now(UTC))
-        with contextlib.suppress(DuplicateOrderError):
-            await self.inner.place(order)
+        if self.places:
+            with contextlib.suppress(DuplicateOrderError):
+                await self.inner.place(order)
         raise RetryableError("read timeout")
 
     async def lookup(self, order: Order) -> OrderResult | None:
+        if self.lookups:
+            return await self.inner.lookup(order)
         raise RetryableError("read timeout")
 
 
-async def test_an_alert_that_ages_during_its_retries_expires_and_is_placed_once(
-    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
-) -> None:
-    """The broker takes the order but never answers: the alert is retried while it is
-    fresh, then expires. The stale guard runs on every delivery, before the broker call:
-    no call once the alert is older than its max age, and the book holds one order."""
-    js = nc.jetstream()
-    settings = load(
+def aging_settings(worker_env: dict[str, str], max_deliver: int) -> WorkerSettings:
+    return load(
         WorkerSettings,
         {
             **worker_env,
             "ALERTBRIDGE_MAX_ALERT_AGE": "2",
             "ALERTBRIDGE_RETRY_BACKOFF": "0.2",
-            "ALERTBRIDGE_MAX_DELIVER": "100",  # deliveries never run out first
+            "ALERTBRIDGE_MAX_DELIVER": str(max_deliver),
         },
     )
+
+
+async def _aging(
+    nc: Client, broker: Swallowed, settings: WorkerSettings, dead: bool
+) -> tuple[dlq.DeadLetter | None, list[Event]]:
+    """Run one alert through the aging broker until it is settled (and `dead`-lettered);
+    its DLQ entry, if any, and every event."""
+    js = nc.jetstream()
     await provision.apply(js, settings.topology())
     alert = make_alert("ages")
     await publish(js, alert)
-    broker = Swallowed(paper)
     await run_worker(nc, broker, settings)
-    (entry,) = await eventually(lambda: dlq_entries(js, 1), within=20)
-    assert (entry.alert_id, entry.reason) == ("ages", "expired")
-    events = await all_events(js)
-    (expired,) = [e for e in events if isinstance(e, Expired)]
-    retried = [e for e in events if isinstance(e, AttemptFailed)]
-    assert not [e for e in events if isinstance(e, Executed)]
-    assert len(broker.called_at) >= 2 and len(retried) == len(broker.called_at)
-    assert expired.attempts == len(broker.called_at) + 1
+    await eventually(lambda: settled(js, settings.partitions), within=30)
+    entries = (await eventually(lambda: dlq_entries(js, 1))) if dead else []
     late = [t for t in broker.called_at if (t - alert.received_at).total_seconds() > 2.5]
-    assert late == []  # (0.5 s of slack between the guard and the call)
+    assert late == []  # never placed past the max age (0.5 s of slack: guard to call)
+    assert len(broker.called_at) >= 2  # retried while fresh
+    events = await events_once(js, Executed, Rejected, Expired, DeadLettered)  # its end
+    assert len(await dlq.entries(js)) == len(entries) <= 1
+    return (entries[0] if entries else None), events
+
+
+async def test_an_alert_never_placed_is_retried_while_fresh_then_expires_with_the_last_error(
+    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
+) -> None:
+    """The broker fails every call and holds nothing: retried while fresh, then the
+    broker is asked, has no such order, and the alert ends expired with the broker's
+    last error as its reason; deliveries never ran out first."""
+    settings = aging_settings(worker_env, max_deliver=100)
+    broker = Swallowed(paper, lookups=True, places=False)
+    entry, events = await _aging(nc, broker, settings, dead=True)
+    assert entry is not None and entry.reason == "expired"
+    assert entry.last_error == "RetryableError: read timeout"
+    (expired,) = [e for e in events if isinstance(e, Expired)]
+    assert expired.last_error == "RetryableError: read timeout"
+    retried = [e for e in events if isinstance(e, AttemptFailed)]
+    assert len(retried) + 1 == len(broker.called_at) == expired.attempts
+    assert not [e for e in events if isinstance(e, Executed)]
+    assert paper_rows(settings.paper_db) == []
+
+
+async def test_an_alert_placed_by_an_attempt_that_got_no_answer_ends_executed_not_expired(
+    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
+) -> None:
+    """The broker takes the order but never answers: retried while fresh; past the max
+    age the broker is asked, has the order, and the alert ends executed (already done)
+    with no expired event: one terminal event, true to the broker."""
+    settings = aging_settings(worker_env, max_deliver=100)
+    broker = Swallowed(paper, lookups=True)
+    entry, events = await _aging(nc, broker, settings, dead=False)
+    assert entry is None
+    (executed,) = [e for e in events if isinstance(e, Executed)]
+    assert executed.already_done
+    assert not [e for e in events if isinstance(e, Expired | Rejected)]
     assert len(paper_rows(settings.paper_db)) == 1  # placed once, whatever the retries
+
+
+async def test_a_stale_alert_the_broker_cannot_look_up_is_never_called_expired(
+    nc: Client, paper: PaperBroker, worker_env: dict[str, str]
+) -> None:
+    """Placed, but neither the call nor the lookups answer: the worker cannot say it was
+    never placed, so it does not; max deliveries dead-letter it with the lookup's error."""
+    settings = aging_settings(worker_env, max_deliver=15)
+    broker = Swallowed(paper)
+    entry, events = await _aging(nc, broker, settings, dead=True)
+    assert entry is not None and entry.reason == "max_deliveries"
+    assert entry.last_error is not None and "could not ask the broker" in entry.last_error
+    assert not [e for e in events if isinstance(e, Expired | Executed)]
+    assert len(paper_rows(settings.paper_db)) == 1
 
 
 async def test_a_dlq_write_that_fails_leaves_the_alert_unacked_and_loses_nothing(
@@ -255,7 +332,7 @@ async def test_a_dlq_write_that_fails_leaves_the_alert_unacked_and_loses_nothing
     await _advisories_consumed(js)  # the TERMINATED advisory adds no second entry
     await eventually(lambda: settled(js, settings.partitions))
     assert len(await dlq.entries(js)) == 1
-    assert [type(e) for e in await all_events(js)] == [Rejected]
+    assert [type(e) for e in await events_once(js, Rejected)] == [Rejected]
 
 
 def test_age_counts_from_the_earlier_of_timenow_and_receipt() -> None:
@@ -279,13 +356,12 @@ async def test_the_router_writes_one_entry_even_if_it_crashed_half_way(
     js = nc.jetstream()
     seq = await publish(js, make_alert("crashy"))
     durable = partition_durable(await partition_of(js, seq))
-    partition = await js.pull_subscribe_bind(durable=durable, stream=ALERTS_STREAM)
+    partition = PinnedFetch(js, durable)
     for _ in range(settings.max_deliver):
-        (msg,) = await partition.fetch(1, timeout=5)
+        msg = await partition.fetch(within=5)
         await msg.nak()  # no delay: redelivered at once, until max_deliver
     with pytest.raises(TimeoutError):  # the next request makes the server give up on it
-        await partition.fetch(1, timeout=1)
-    await partition.unsubscribe()
+        await partition.fetch(within=1)
     sub = await js.pull_subscribe_bind(durable=DLQ_ROUTER, stream=ADVISORIES_STREAM)
     (advisory,) = await sub.fetch(1, timeout=20)
     assert ".MAX_DELIVERIES." in advisory.subject
@@ -311,7 +387,7 @@ async def test_the_router_writes_one_entry_even_if_it_crashed_half_way(
         stopping.set()
         await task
     assert len(await dlq.entries(js)) == 1
-    assert [type(e) for e in await all_events(js)] == [DeadLettered]
+    assert [type(e) for e in await events_once(js, DeadLettered)] == [DeadLettered]
 
 
 async def test_replay_executes_once_and_never_doubles(
@@ -399,7 +475,7 @@ async def test_dlq_cli_lists_shows_replays_and_purges(
     assert "no quantity" in shown.stdout
     missing = await asyncio.to_thread(cli, nats_server, "dlq", "show", "999")
     assert missing.returncode == 1 and "no DLQ entry 999" in missing.stderr
-    purged = await asyncio.to_thread(cli, nats_server, "dlq", "purge", str(ids["cli-2"]))
+    purged = await asyncio.to_thread(cli, nats_server, "dlq", "purge", "--yes", str(ids["cli-2"]))
     assert purged.returncode == 0 and "purged 1 entry" in purged.stdout
     again = await asyncio.to_thread(
         cli, nats_server, "dlq", "replay", "--all", "--reason", "terminated"

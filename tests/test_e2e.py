@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ROOT, SAMPLES, free_port
-
-ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
+from tests.support import free_port
+from tests.upstack import (
+    ALERTBRIDGE,
+    paper_orders,
+    post_sample,
+    start,
+    wait_for_json,
+    wait_for_orders,
+)
 
 # sample → (status, what the paper book must hold for it: symbol, side, quantity)
 EXPECTED = {
@@ -29,89 +30,6 @@ EXPECTED = {
     "broken-json.txt": (422, None),
     "plain-text.txt": (422, None),
 }
-
-
-@dataclass
-class Up:
-    """A running `alertbridge up`."""
-
-    proc: subprocess.Popen[str]
-    var: Path
-    http: int
-    nats: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http}"
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "ALERTBRIDGE_VAR": str(self.var),
-               "ALERTBRIDGE_NATS_URL": f"nats://127.0.0.1:{self.nats}"}  # fmt: skip
-        return subprocess.run(
-            [ALERTBRIDGE, *args], env=env, capture_output=True, text=True, timeout=30, check=False
-        )
-
-    def stop(self) -> int:
-        """Ctrl-C, as a user would."""
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(45)
-
-
-def start(var: Path, http: int, nats: int, monitor: int) -> Up:
-    log = var.parent / f"up-{time.monotonic_ns()}.log"
-    env = {
-        **os.environ,
-        "ALERTBRIDGE_VAR": str(var),
-        "ALERTBRIDGE_SECRETS": "7f3c9a1e,abcdefgh",  # the samples' own, plus var/secret
-        # The samples carry their 2025 `timenow`: the stale-alert guard (tested in
-        # test_worker.py) would rightly expire them.
-        "ALERTBRIDGE_MAX_ALERT_AGE": "0",
-        "XDG_CONFIG_HOME": str(var.parent / "config"),  # the nats CLI context goes here
-    }
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [ALERTBRIDGE, "up", "--port", str(http), "--nats-port", str(nats),
-             "--monitor-port", str(monitor)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-    up = Up(proc, var, http, nats, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{up.url}/readyz", timeout=1).status_code == 200:
-                return up
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(log.read_text())
-
-
-Row = tuple[str, str, float, str, float | None, float | None]
-
-
-def paper_orders(var: Path) -> list[Row]:
-    with sqlite3.connect(var / "paper.db") as db:
-        return db.execute(
-            "SELECT symbol, side, quantity, order_type, take_profit, stop_loss FROM orders"
-            " ORDER BY seq"
-        ).fetchall()
-
-
-def wait_for_orders(var: Path, n: int, timeout: float = 30) -> list[Row]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (var / "paper.db").exists() and len(rows := paper_orders(var)) >= n:
-            return rows
-        time.sleep(0.1)
-    raise TimeoutError(f"fewer than {n} paper orders after {timeout}s")
-
-
-def post_sample(url: str, name: str) -> httpx.Response:
-    raw = (SAMPLES / name).read_bytes()
-    kind = "application/json" if name.endswith(".json") else "text/plain; charset=utf-8"
-    return httpx.post(f"{url}/webhook", content=raw, headers={"Content-Type": kind}, timeout=5)
 
 
 @pytest.fixture
@@ -150,15 +68,23 @@ def test_samples_become_paper_orders_and_survive_a_restart(
         limit = next(r for r in rows if r[0] == "NASDAQ:AAPL")
         assert limit[3:] == ("limit", 195.5, 185.2)  # limit order with its TP/SL reached the broker
 
-        listed = up.cli("orders")
-        assert listed.returncode == 0 and send_id in listed.stdout
-        assert "ES1!-Short Entry-2025-01-15T14:30:01Z" in listed.stdout
-        as_json = [json.loads(line) for line in up.cli("orders", "--json").stdout.splitlines()]
-        assert len(as_json) == 5
+        # The read side: the projector (started by `up`) folds the streams in a moment
+        # later; `orders` and `alerts show` read its views, newest first.
+        as_json = wait_for_json(up, 5, "orders", "--json")
+        assert [o["seq"] for o in as_json] == sorted((o["seq"] for o in as_json), reverse=True)
+        assert sorted((o["symbol"], o["side"], o["quantity"]) for o in as_json) == held
         assert {o["alert_id"] for o in as_json} >= {
             send_id,
             "ES1!-Short Entry-2025-01-15T14:30:01Z",
         }
+        listed = up.cli("orders", "--symbol", "BRK.B")
+        assert listed.returncode == 0 and send_id in listed.stdout, listed.stderr
+        assert "ES1!-Short Entry-2025-01-15T14:30:01Z" not in listed.stdout
+        (story,) = wait_for_json(up, 1, "alerts", "show", send_id, "--json")
+        assert (story["alert"]["status"], story["alert"]["symbol"]) == ("executed", "BRK.B")
+        assert [e["kind"] for e in story["timeline"]] == ["executed"]
+        shown = up.cli("alerts", "show", send_id)
+        assert shown.returncode == 0 and "status   executed after 1 attempt(s)" in shown.stdout
     finally:
         exit_code = up.stop()
     assert exit_code == 0, up.log.read_text()

@@ -1,4 +1,4 @@
-"""`alertbridge status` and `alertbridge alerts show` against a real server."""
+"""`alertbridge status` against a real server (`alerts show`: tests/test_projector.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from ops.platform.settings import load
-from tests.support import NatsServer, eventually
-from tests.workers import FlakyBroker, make_alert, publish, run_worker, terminal_events
-from worker.brokers.paper import PaperBroker
-from worker.settings import WorkerSettings
+from tests.support import NatsServer
+from tests.workers import make_alert, publish
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
 
@@ -44,32 +41,15 @@ async def test_status_shows_streams_consumers_and_dlq_depth(
     assert streams["ALERTS"]["messages"] == 3 and streams["ALERTS"]["last"] is not None
     assert streams["DLQ"]["messages"] == 0 and streams["DLQ"]["first"] is None
     consumers = {f"{c['stream']}/{c['name']}": c for c in found["consumers"]}
-    assert sum(c["pending"] for n, c in consumers.items() if n.startswith("ALERTS/")) == 3
+    assert sum(c["pending"] for n, c in consumers.items() if n.startswith("ALERTS/worker-p")) == 3
+    assert "ALERTS/projector" not in consumers  # the views read ALERTS by sequence
+    assert consumers["EVENTS/projector"]["pending"] == 0  # the views' own reader there
     assert "ADVISORIES/dlq-router" in consumers
-    assert all(n.startswith(("ALERTS/worker-p", "ADVISORIES/")) for n in consumers)  # durables
+    assert all(
+        n.startswith(("ALERTS/worker-p", "ADVISORIES/")) or n.endswith(("/projector", "/notifier"))
+        for n in consumers
+    )  # durables only
     assert found["dlq_depth"] == 0 and found["missing"] == []
     table = await cli(nats_server, "status")
     assert table.returncode == 0
     assert "ALERTS/worker-p0" in table.stdout and "DLQ depth: 0" in table.stdout
-
-
-async def test_alerts_show_tells_the_story(
-    nc: Client, nats_server: NatsServer, worker_env: dict[str, str]
-) -> None:
-    js = nc.jetstream()
-    settings = load(WorkerSettings, worker_env)
-    paper = PaperBroker(Path(settings.paper_db))
-    try:
-        await publish(js, make_alert("story-1"))
-        await run_worker(nc, FlakyBroker(paper, failures=1), settings)
-        await eventually(lambda: terminal_events(js, 1))
-    finally:
-        await paper.close()
-    shown = json.loads((await cli(nats_server, "alerts", "show", "story-1", "--json")).stdout)
-    assert shown["outcome"] == "executed"
-    assert [s["kind"] for s in shown["steps"]] == ["attempt_failed", "executed"]
-    assert shown["alert"]["symbol"] == "NASDAQ:AAPL"
-    text = (await cli(nats_server, "alerts", "show", "story-1")).stdout
-    assert "outcome  executed" in text and "attempt_failed" in text
-    unknown = json.loads((await cli(nats_server, "alerts", "show", "nope", "--json")).stdout)
-    assert unknown["steps"] == [] and unknown["outcome"].startswith("no events")

@@ -2,9 +2,13 @@
 
 contracts     ← stdlib, msgspec, opentelemetry only
 ops.platform  ← contracts (never the operator tools, ingress or worker)
-ops.tools     ← contracts, ops.platform (never ingress or worker: it starts them as processes)
+ops.tools     ← contracts, ops.platform (never ingress, worker or notifier: it starts them as
+                processes)
 ingress       ← contracts, ops.platform (never worker, never the operator tools)
 worker        ← contracts, ops.platform (never ingress, never the operator tools)
+notifier      ← contracts, ops.platform (a process of its own: no other role, no operator tools)
+projector     ← contracts, ops.platform (the read models' only writer; readers use ops.platform)
+console       ← contracts, ops.platform (the web console: no other role, no operator tools)
 """
 
 from __future__ import annotations
@@ -16,14 +20,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("contracts", "ops", "ingress", "worker")
+PACKAGES = ("contracts", "ops", "ingress", "worker", "notifier", "projector", "console")
 CONTRACTS_THIRD_PARTY = frozenset({"msgspec", "opentelemetry"})
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "ops.platform": frozenset({"ingress", "worker", "ops.tools"}),
-    "ops.tools": frozenset({"ingress", "worker"}),
-    "ops": frozenset({"ingress", "worker"}),
-    "ingress": frozenset({"worker", "ops.tools"}),
-    "worker": frozenset({"ingress", "ops.tools"}),
+    "ops.platform": frozenset(
+        {"ingress", "worker", "notifier", "projector", "console", "ops.tools"}
+    ),
+    "ops.tools": frozenset({"ingress", "worker", "notifier", "projector", "console"}),
+    "ops": frozenset({"ingress", "worker", "notifier", "projector", "console"}),
+    "ingress": frozenset({"worker", "notifier", "projector", "console", "ops.tools"}),
+    "worker": frozenset({"ingress", "notifier", "projector", "console", "ops.tools"}),
+    "notifier": frozenset({"ingress", "worker", "projector", "console", "ops.tools"}),
+    "projector": frozenset({"ingress", "worker", "notifier", "console", "ops.tools"}),
+    "console": frozenset({"ingress", "worker", "notifier", "projector", "ops.tools"}),
 }
 
 

@@ -26,7 +26,9 @@ from worker.outcomes import (
     Placed,
     Route,
     Settle,
+    Stale,
     after_call,
+    settle_stale,
     triage,
 )
 
@@ -37,6 +39,7 @@ class Unused:
     """A broker boundary the decision must never call."""
 
     name = "unused"
+    can_lookup = True
 
     async def place(self, order: Order) -> OrderResult:
         raise AssertionError("the decision called the broker")
@@ -58,9 +61,25 @@ def delivery(data: bytes, *, attempt: int = 1, seq: int = 7) -> Delivery:
     return Delivery.of(Msg(Client(), subject=subject, reply=reply, data=data, headers=None))
 
 
-def alert_delivery(age: float, attempt: int = 1) -> Delivery:
-    alert = msgspec.structs.replace(make_alert("a-1"), received_at=NOW - timedelta(seconds=age))
+SCHEDULE = (1.0, 2.0, 5.0, 10.0, 30.0)
+RESULT = OrderResult(
+    client_order_id="ab1", broker_order_id="b1", status="filled", side="buy", quantity=1.0
+)
+
+
+def alert_delivery(age: float, attempt: int = 1, replay: int = 0) -> Delivery:
+    alert = msgspec.structs.replace(
+        make_alert("a-1"), received_at=NOW - timedelta(seconds=age), replay=replay
+    )
+    if replay:
+        alert = msgspec.structs.replace(alert, replayed_at=alert.received_at)
     return delivery(msgspec.json.encode(alert), attempt=attempt)
+
+
+def fresh_route(d: Delivery) -> Route:
+    route = triage(d, Desk.single(Unused()), 60, NOW)
+    assert isinstance(route, Route)
+    return route
 
 
 def test_every_outcome_has_one_row_and_dead_ends_are_dead_lettered_first() -> None:
@@ -96,12 +115,27 @@ def test_an_alert_no_account_takes_is_rejected() -> None:
     assert "no account 'default'" in outcome.reason
 
 
-@pytest.mark.parametrize("attempt", [1, 4])
-def test_a_stale_alert_expires_on_any_delivery(attempt: int) -> None:
-    outcome = triage(alert_delivery(age=61, attempt=attempt), Desk.single(Unused()), 60, NOW)
+def test_a_stale_alert_on_its_first_delivery_expires_without_asking_the_broker() -> None:
+    outcome = triage(alert_delivery(age=61), Desk.single(Unused()), 60, NOW)
     assert isinstance(outcome, Outcome) and outcome.kind == "expired"
-    assert isinstance(outcome.event, Expired) and outcome.event.attempts == attempt
+    assert isinstance(outcome.event, Expired) and outcome.event.attempts == 1
     assert (outcome.reason, outcome.error) == ("expired", "61.0s old, max 60s")
+
+
+@pytest.mark.parametrize(("attempt", "replay"), [(4, 0), (1, 2)])
+def test_a_stale_redelivery_or_replay_is_looked_up_first(attempt: int, replay: int) -> None:
+    """An earlier attempt (or the round before a replay) may have placed it."""
+    d = alert_delivery(age=61, attempt=attempt, replay=replay)
+    stale = triage(d, Desk.single(Unused()), 60, NOW)
+    assert isinstance(stale, Stale) and stale.last_error == ""
+    executed = settle_stale(d, stale, RESULT, NOW, SCHEDULE)
+    assert executed.kind == "executed" and isinstance(executed.event, Executed)
+    assert executed.event.already_done
+    expired = settle_stale(d, stale, None, NOW, SCHEDULE)
+    assert expired.kind == "expired" and expired.error == "61.0s old, max 60s"
+    unknown = settle_stale(d, stale, ConnectionError("refused"), NOW, SCHEDULE)
+    assert unknown.kind == "retried" and "could not ask the broker" in unknown.error
+    assert unknown.delay == SCHEDULE[min(attempt, len(SCHEDULE)) - 1]
 
 
 def test_the_accounts_max_age_wins_and_zero_means_none() -> None:
@@ -113,17 +147,50 @@ def test_the_accounts_max_age_wins_and_zero_means_none() -> None:
 
 def test_after_the_call_placed_is_executed_terminal_rejected_anything_else_retried() -> None:
     d = alert_delivery(age=2, attempt=2)
-    route = triage(d, Desk.single(Unused()), 60, NOW)
-    assert isinstance(route, Route)
-    result = OrderResult(
-        client_order_id="ab1", broker_order_id="b1", status="filled", side="buy", quantity=1.0
-    )
-    executed = after_call(d, route, Placed(result, already_done=True), NOW)
-    assert isinstance(executed.event, Executed) and executed.event.already_done
+    route = fresh_route(d)
+    executed = after_call(d, route, Placed(RESULT, already_done=True), NOW, SCHEDULE)
+    assert isinstance(executed, Outcome) and isinstance(executed.event, Executed)
+    assert executed.event.already_done
     assert executed.event.latency == 2.0 and executed.event.attempts == 2
-    rejected = after_call(d, route, OrderRejectedError("no funds"), NOW)
+    rejected = after_call(d, route, OrderRejectedError("no funds"), NOW, SCHEDULE)
+    assert isinstance(rejected, Outcome)
     assert rejected.kind == "rejected" and rejected.reason == "terminated: no funds"
     for failure in (RetryableError("503"), ValueError("a bug")):
-        retried = after_call(d, route, failure, NOW)
-        assert retried.kind == "retried" and isinstance(retried.event, AttemptFailed)
+        retried = after_call(d, route, failure, NOW, SCHEDULE)
+        assert isinstance(retried, Outcome) and retried.kind == "retried"
+        assert isinstance(retried.event, AttemptFailed)
         assert retried.event.error == f"{type(failure).__name__}: {failure}"
+        assert retried.delay == 2.0  # the backoff for attempt 2
+
+
+@pytest.mark.parametrize(
+    ("age", "attempt", "delay"),
+    [
+        (3.0, 4, 10.0),  # the schedule's delay fits before the max age
+        (18.0, 5, 30.0),
+        (48.0, 6, 60 - 48 - 0.25),  # cut: the retry comes just before the max age
+        (59.0, 7, 0.75),
+    ],
+)
+def test_a_retry_comes_before_the_max_age(age: float, attempt: int, delay: float) -> None:
+    d = alert_delivery(age=age, attempt=attempt)
+    retried = after_call(d, fresh_route(d), RetryableError("503"), NOW, SCHEDULE)
+    assert isinstance(retried, Outcome) and retried.kind == "retried"
+    assert retried.delay == pytest.approx(delay)
+
+
+def test_when_no_retry_fits_the_alert_ends_with_the_brokers_last_error() -> None:
+    d = alert_delivery(age=59.6, attempt=7)
+    stale = after_call(d, fresh_route(d), RetryableError("HTTP 503"), NOW, SCHEDULE)
+    assert isinstance(stale, Stale) and stale.last_error == "RetryableError: HTTP 503"
+    expired = settle_stale(d, stale, None, NOW, SCHEDULE)
+    assert expired.kind == "expired" and isinstance(expired.event, Expired)
+    assert expired.error == expired.event.last_error == "RetryableError: HTTP 503"
+
+
+def test_without_a_max_age_the_schedule_alone_sets_the_delay() -> None:
+    d = alert_delivery(age=10_000, attempt=9)
+    route = triage(d, Desk.single(Unused(), Account(max_alert_age=0)), 60, NOW)
+    assert isinstance(route, Route)
+    retried = after_call(d, route, RetryableError("503"), NOW, SCHEDULE)
+    assert isinstance(retried, Outcome) and retried.delay == 30.0

@@ -243,10 +243,13 @@ async def test_a_book_another_process_holds_is_waited_for_off_the_event_loop(
         started = time.monotonic()
         for _ in range(20):  # the loop keeps turning while the orders wait
             await asyncio.sleep(0.01)
-        assert time.monotonic() - started < 2.0  # not stuck in a busy timeout (30 s)
+        # A wait for the lock inside the loop would block these 0.2 s of turns for its
+        # whole busy timeout (30 s: we hold the lock in this very thread until
+        # `finally`); half of that is a bound no load on the machine comes near.
+        assert time.monotonic() - started < 15.0
         assert not any(task.done() for task in waiting)
         later = asyncio.create_task(broker.place(make_order("ab-later")))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # what is tested: time passes, and it is not written
         assert not later.done()
     finally:
         holder.execute("ROLLBACK")
@@ -309,7 +312,11 @@ async def test_a_reader_holding_the_wal_never_stalls_the_writes(db_path: Path) -
         reader.execute("COMMIT")
         reader.close()
         await book.close()
-    assert slowest < 0.5, slowest
+    # A writer held off until a checkpoint gives up on the reader waits its busy timeout:
+    # seconds for any wait worth the name (a restart waiting 30 s hangs this test). The
+    # 0.05 s CHECKPOINT_WAIT a restart tried against the reader would cost is below what
+    # a time bound can tell on a loaded machine, so this bound is for long stalls only.
+    assert slowest < 5.0, slowest
     assert len(_rows(db_path)) == 1 + 2 * WAL_RESTART_FRAMES // 3 + 2 * CHECKPOINT_EVERY
 
 

@@ -49,4 +49,5 @@ async def test_several_processes_provisioning_at_once_converge(
         for client in clients:
             await client.close()
     names = {info.config.name for info in await nc.jetstream().streams_info()}
-    assert names == {"ALERTS", "EVENTS", "DLQ", "ADVISORIES", "RESENDS"}
+    assert names == {"ALERTS", "EVENTS", "DLQ", "ADVISORIES", "RESENDS", "KV_HALTS", "KV_LIMITS",
+                     "KV_WORKERS"}  # fmt: skip

@@ -29,8 +29,8 @@ def test_worker_defaults() -> None:
     assert settings.nats_url == ("nats://127.0.0.1:4222",)
     assert settings.partitions == 16
     assert settings.replicas == 1
-    assert settings.max_deliver == 5
-    assert settings.ack_wait == 30.0
+    assert settings.max_deliver == 20
+    assert settings.ack_wait == 3.0
     assert settings.default_quantity is None
     assert settings.retry_backoff == (1.0, 2.0, 5.0, 10.0, 30.0)
     assert settings.health_port == 8081
@@ -89,7 +89,7 @@ def test_comma_separated_lists() -> None:
         (WorkerSettings, "ALERTBRIDGE_PARTITIONS", "abc", "int"),
         (WorkerSettings, "ALERTBRIDGE_PARTITIONS", "0", ">= 1"),
         (WorkerSettings, "ALERTBRIDGE_ACK_WAIT", "soon", "float"),
-        (WorkerSettings, "ALERTBRIDGE_ACK_WAIT", "-1", "> 0"),
+        (WorkerSettings, "ALERTBRIDGE_ACK_WAIT", "0.5", ">= 1"),
         (WorkerSettings, "ALERTBRIDGE_RETRY_BACKOFF", "1,-2", "> 0"),
         (WorkerSettings, "ALERTBRIDGE_RETRY_BACKOFF", "1,x", "float"),
         (WorkerSettings, "ALERTBRIDGE_HEALTH_PORT", "70000", "65535"),
@@ -210,11 +210,17 @@ def test_unicode_secret_matches_its_utf8_bytes() -> None:
 def test_topology_follows_the_settings() -> None:
     settings = load(WorkerSettings, {"ALERTBRIDGE_PARTITIONS": "3", "ALERTBRIDGE_MAX_DELIVER": "7"})
     topo = settings.topology()
-    partitions = [c for c in topo.consumers if c.stream == "ALERTS"]
+    partitions = [c for c in topo.consumers if c.stream == "ALERTS"]  # the worker's only
     assert [c.durable for c in partitions] == ["worker-p0", "worker-p1", "worker-p2"]
     assert {c.max_deliver for c in partitions} == {7}
     assert [c.durable for c in topo.consumers if c.stream == "ADVISORIES"] == ["dlq-router"]
-    assert [s.name for s in topo.streams] == ["ALERTS", "EVENTS", "DLQ", "ADVISORIES", "RESENDS"]
+    assert [c.durable for c in topo.consumers if c.stream == "EVENTS"] == ["notifier", "projector"]
+    projector = [c for c in topo.consumers if c.durable == "projector"]
+    assert [c.stream for c in projector] == ["EVENTS", "DLQ"]  # it reads ALERTS by sequence
+    assert {c.max_deliver for c in projector} == {-1}
+    assert [s.name for s in topo.streams] == [
+        "ALERTS", "EVENTS", "DLQ", "ADVISORIES", "RESENDS", "KV_HALTS", "KV_LIMITS", "KV_WORKERS",
+    ]  # fmt: skip
 
 
 def test_the_resend_window_stays_inside_the_duplicate_window() -> None:

@@ -68,6 +68,7 @@ class Sender:
     accepted: dict[str, bool] = field(default_factory=dict)  # id → the 200's `duplicate`
     refused: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds)
     answered_200: list[float] = field(default_factory=list)  # when each 200 came
+    accepted_at: dict[str, float] = field(default_factory=dict)  # id → when its 200 came
     # Alerts resent before their 200: seconds from the first sending to the 200.
     waited: dict[str, float] = field(default_factory=dict)
 
@@ -88,6 +89,7 @@ class Sender:
             if status == 200:
                 self.accepted[alert.id] = answer.json()["duplicate"]
                 self.answered_200.append(time.monotonic())
+                self.accepted_at[alert.id] = self.answered_200[-1]
                 if attempt:
                     self.waited[alert.id] = time.monotonic() - first
                 return

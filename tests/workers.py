@@ -74,6 +74,7 @@ class FlakyBroker:
     """A broker boundary that times out `failures` times, then delegates to the paper book."""
 
     name = "flaky-paper"
+    can_lookup = True
 
     def __init__(self, inner: PaperBroker, failures: int) -> None:
         self.inner = inner

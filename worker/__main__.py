@@ -15,10 +15,13 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Final
 
+import msgspec
 import uvloop
 from nats.errors import Error as NatsError
 
+from contracts.risk import HALTS_STREAM, LIMITS_STREAM
 from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
+from contracts.topology import MEMBERS_STREAM
 from ops.platform import heap, logs, provision, telemetry
 from ops.platform.accounts import worker_accounts
 from ops.platform.healthserver import health_server
@@ -27,6 +30,7 @@ from ops.platform.settings import SettingsError, load
 from worker.accounts import Desk
 from worker.consumer import Worker
 from worker.settings import WorkerSettings
+from worker.supervise import LoopWatch
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -39,7 +43,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker")
 
 # What the worker reads, writes and consumes (readiness and the start-up check).
-WORKER_STREAMS: Final = (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM, ADVISORIES_STREAM)
+WORKER_STREAMS: Final = (
+    ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM, ADVISORIES_STREAM, HALTS_STREAM, LIMITS_STREAM,
+    MEMBERS_STREAM,
+)  # fmt: skip
+# The streams whose consumers are the worker's (EVENTS has the notifier's: not its business,
+# and its account cannot even look at it).
+WORKER_CONSUMES: Final = (ALERTS_STREAM, ADVISORIES_STREAM)
 TOPOLOGY_RECHECK: Final = 2.0  # seconds between checks while something is missing
 
 
@@ -74,20 +84,23 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
     if settings.health_port:
         server = health_server(ready, settings.health_host, settings.health_port)
         tasks.append(asyncio.create_task(_serve_health(server, settings.health_port)))
-    poller = None
+    poller = watcher = None
     try:
         if await _topology_present(js, settings, stopping):
             worker = Worker(js, desk, settings, spans=spans)
             heap.freeze_startup_objects()
             poller = asyncio.create_task(worker.depth.poll(js, topology))
-            log.info("worker consuming %d partitions", settings.partitions)
+            watch = LoopWatch(lambda subject, data: js.publish(subject, data, timeout=2))
+            watcher = asyncio.create_task(watch.run(stopping))
+            log.info("worker sharing %d partitions with the others", settings.partitions)
             await worker.run()
     finally:
         if server is not None:
             server.should_exit = True
-        if poller is not None:
-            poller.cancel()
-            tasks.append(poller)
+        for task in (poller, watcher):
+            if task is not None:
+                task.cancel()
+                tasks.append(task)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks)
         await nc.drain()
@@ -115,7 +128,7 @@ async def _topology_present(
 ) -> bool:
     """True once every stream and consumer the worker uses exists (False: told to stop
     first); until then say, at ERROR, what is missing and who creates it."""
-    while problems := await provision.missing(js, settings.topology(), WORKER_STREAMS):
+    while problems := await provision.missing(js, worker_topology(settings), WORKER_STREAMS):
         log.error(
             "missing on the NATS server: %s. Provisioning is the ops role's: run "
             "`alertbridge provision` (as ops, with the same ALERTBRIDGE_PARTITIONS=%d); "
@@ -129,6 +142,13 @@ async def _topology_present(
         if stopping.is_set():
             return False
     return True
+
+
+def worker_topology(settings: WorkerSettings) -> Topology:
+    """The topology as the worker uses it: its streams, and only its own consumers."""
+    full = settings.topology()
+    own = tuple(c for c in full.consumers if c.stream in WORKER_CONSUMES)
+    return msgspec.structs.replace(full, consumers=own)
 
 
 async def _serve_health(server: Server, port: int) -> None:

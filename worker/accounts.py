@@ -89,6 +89,7 @@ def make_broker(account: Account, env: Mapping[str, str], paper_db: str) -> Brok
                     exchange=c.exchange, api_key=env[c.api_key_env], secret=env[c.secret_env],
                     password=env[c.password_env] if c.password_env else None,
                     sandbox=c.sandbox, api_url=c.api_url,
+                    close_whole_balance=c.close_whole_balance,
                 )
             )  # fmt: skip
         case HttpSettings() as h:

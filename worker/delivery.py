@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from opentelemetry.context import Context
 
+    from contracts.messages import Side
+
+
+class Asked(TypedDict):
+    """What the alert asked for, as a dead end's event tells it (the notifier's message)."""
+
+    side: Side | None
+    quantity: float | None
+
 
 class Facts(TypedDict):
     """The fields every event about one delivery carries."""
@@ -81,6 +90,12 @@ class Delivery:
             parent=tracing.extract(headers),
         )
 
+    def asked(self) -> Asked:
+        """The side and quantity the alert asked for (None: not an alert, or unsized)."""
+        if self.alert is None:
+            return Asked(side=None, quantity=None)
+        return Asked(side=self.alert.side, quantity=self.alert.quantity)
+
     def facts(self, at: datetime) -> Facts:
         """The common fields of an event about this delivery, made `at`."""
         return Facts(
@@ -101,9 +116,10 @@ async def term(msg: Msg, reason: str) -> None:
 
 
 class Working:
-    """Tell the server we are still on it (+WPI) while a slow broker call runs.
+    """Tell the server we are still on it (+WPI) while a delivery is slow to finish (a
+    slow broker, a slow write), so a short ack_wait brings back only a dead worker's.
 
-    A timer, not a task: most broker calls end long before the first beat is due, and
+    A timer, not a task: most deliveries end long before the first beat is due, and
     a task per delivery would cost every one of them.
     """
 

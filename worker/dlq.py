@@ -22,18 +22,14 @@ from nats.js.errors import NotFoundError
 from contracts import headers as h
 from contracts.messages import (
     Alert,
-    AttemptFailed,
     DeadLettered,
     advisory_decoder,
     alert_decoder,
-    event_decoder,
 )
 from contracts.subjects import (
     ADVISORIES_STREAM,
     ALERTS_STREAM,
-    EVENTS_STREAM,
     dlq_subject,
-    event_subject,
     split_alert_subject,
 )
 from contracts.topology import DLQ_ROUTER
@@ -131,7 +127,7 @@ class Router:
         reason = "max_deliveries" if max_deliveries else f"terminated: {advisory.reason}"
         data, subject = original.data or b"", original.subject or ""
         alert = _decode(data)
-        last_error = await self._last_error(alert) if alert and max_deliveries else None
+        last_error = await self._events.last_failure(alert) if alert and max_deliveries else None
         try:
             dlq_seq, duplicate = await self._dlq.write(
                 data=data,
@@ -160,29 +156,13 @@ class Router:
                 last_error=last_error,
                 stream_seq=seq,
                 dlq_seq=dlq_seq,
+                side=alert.side if alert else None,
+                quantity=alert.quantity if alert else None,
             )
             if not await self._events.record(event):
                 return False
         log.info("ALERTS seq %d dead-lettered (%s) as DLQ %d", seq, reason, dlq_seq)
         return True
-
-    async def _last_error(self, alert: Alert) -> str | None:
-        """The alert's last recorded failure (one alert per symbol is in flight at a time)."""
-        subject = event_subject("attempt_failed", alert.account, alert.symbol)
-        try:
-            last = await self._js.get_last_msg(EVENTS_STREAM, subject, direct=True)
-        except NotFoundError:
-            return None
-        try:
-            event = event_decoder.decode(last.data or b"")
-        except msgspec.DecodeError:
-            return None
-        if isinstance(event, AttemptFailed) and (event.alert_id, event.replay) == (
-            alert.id,
-            alert.replay,
-        ):
-            return event.error
-        return None
 
 
 def _decode(data: bytes) -> Alert | None:

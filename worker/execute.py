@@ -43,6 +43,12 @@ def to_order(alert: Alert, account: Account, quantity: float) -> Order:
     )
 
 
+def lookup_order(alert: Alert, account: Account) -> Order:
+    """The order a broker lookup asks about: found by its client order id (and symbol),
+    so its size does not matter and is not worked out again."""
+    return to_order(alert, account, alert.quantity or 0.0)
+
+
 async def execute(
     alert: Alert, account: Account, broker: Broker, default_quantity: float | None
 ) -> tuple[OrderResult, bool]:

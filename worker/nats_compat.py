@@ -4,7 +4,9 @@
   `api_prefix(js)`: its API prefix (`js._prefix`). `worker.pull` builds its own pull
   requests: nats-py's `fetch` sends one request (and runs a task and a timer) per
   batch, where one long-lived request per consumer is enough; 2.16 has no public way
-  to do that, nor priority groups. This goes when nats-py grows a consume API.
+  to do that, nor priority groups (the pull request's `group` and pin `id`, and
+  `CONSUMER.UNPIN`, are sent by `worker.pull` through the same two). This goes when
+  nats-py grows a consume API.
 - `client_of_msg(msg)`: the connection a message came on (`msg._client`), to publish
   `+TERM <reason>`: nats-py's `term()` takes no reason, and the reason reaches the
   MSG_TERMINATED advisory (the DLQ's "why"). This goes when `term(reason)` exists.

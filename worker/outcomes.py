@@ -10,10 +10,16 @@ wait for its event: a redelivery loses nothing.
 
 The decision takes two steps around the broker call. `triage`, before it and on every
 delivery: bytes that are not an alert, or an alert no account takes, are rejected; an
-alert older than its max age expires (so one that ages during its retries is never
-executed). `after_call`, after it: placed (or placed before) is executed, a
-`TerminalError` rejected, any other failure retried. A new outcome (a halted account,
-a risk limit) is one row here and one branch in a step.
+alert older than its max age is never sent to the broker again (so one that ages during
+its retries is never executed). On its first delivery it expires at once; on a
+redelivery (or a replay) an earlier attempt may have placed it, so it is `Stale`: the
+worker asks the broker (`settle_stale`) and it ends executed if the order exists, expired
+only if it does not. `after_call`, after the call: placed (or placed before) is executed,
+a `TerminalError` rejected, any other failure retried while the alert is fresh: the
+delay is the backoff for its attempt, cut so the retry comes before the max age; when no
+retry fits any more the alert is `Stale`, and ends with the broker's last error as its
+reason. A new outcome (a halted account, a risk limit) is one row here and one branch in
+a step.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from contracts.messages import AttemptFailed, Event, Executed, Expired, Rejected
-from worker.errors import TerminalError
+from worker.errors import TerminalError, backoff
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -37,6 +43,11 @@ if TYPE_CHECKING:
     from worker.delivery import Delivery
 
 Kind = Literal["executed", "retried", "rejected", "expired"]
+
+# A retry is scheduled to arrive this long before the alert's max age (redelivery is not
+# to the millisecond); one that cannot be at least MIN_RETRY_DELAY away is not made.
+RETRY_MARGIN: Final = 0.25
+MIN_RETRY_DELAY: Final = 0.25
 
 
 class Settle(enum.Enum):
@@ -73,6 +84,7 @@ class Outcome:
     event: Event
     reason: str = ""  # a dead end's: the DLQ entry's reason, and the term's
     error: str = ""  # the DLQ entry's last error
+    delay: float = 0.0  # a retry's: seconds before the redelivery
 
     def __post_init__(self) -> None:
         if not isinstance(self.event, RULES[self.kind].event):
@@ -80,11 +92,23 @@ class Outcome:
 
 
 class Route(NamedTuple):
-    """Where a fresh alert goes: its account, and that account's broker."""
+    """Where a fresh alert goes: its account, that account's broker, and its max age."""
 
     alert: Alert
     account: Account
     broker: Broker
+    max_age: float = 0.0  # seconds; 0: none
+
+    def age(self, now: datetime) -> float:
+        """Seconds since the alert's age counts from (`reference_time`)."""
+        return (now - reference_time(self.alert)).total_seconds()
+
+
+class Stale(NamedTuple):
+    """Past its max age after an attempt may have placed it: ask the broker first."""
+
+    route: Route
+    last_error: str = ""  # the failure that ended the retries, if one did
 
 
 class Placed(NamedTuple):
@@ -105,8 +129,8 @@ def reference_time(alert: Alert) -> datetime:
     return alert.received_at
 
 
-def triage(d: Delivery, desk: Desk, max_alert_age: float, now: datetime) -> Outcome | Route:
-    """Decide before the broker call: rejected, expired, or the route to execute on.
+def triage(d: Delivery, desk: Desk, max_alert_age: float, now: datetime) -> Outcome | Route | Stale:
+    """Decide before the broker call: rejected, expired, stale, or the route to execute on.
 
     The max age is the account's, else `max_alert_age`; 0 means none.
     """
@@ -117,19 +141,53 @@ def triage(d: Delivery, desk: Desk, max_alert_age: float, now: datetime) -> Outc
     except TerminalError as exc:
         return rejected(d, str(exc), now)
     limit = max_alert_age if account.max_alert_age is None else account.max_alert_age
-    age = (now - reference_time(d.alert)).total_seconds()
-    if limit and age > limit:
+    route = Route(d.alert, account, broker, limit)
+    age = route.age(now)
+    if not limit or age <= limit:
+        return route
+    if d.attempts == 1 and d.alert.replay == 0:  # never tried: nothing can be at the broker
         return expired(d, age, limit, now)
-    return Route(d.alert, account, broker)
+    return Stale(route)
 
 
-def after_call(d: Delivery, route: Route, call: Placed | Exception, now: datetime) -> Outcome:
-    """Decide from the broker call's answer or failure."""
+def after_call(
+    d: Delivery, route: Route, call: Placed | Exception, now: datetime, schedule: tuple[float, ...]
+) -> Outcome | Stale:
+    """Decide from the broker call's answer or failure: a failure is retried after the
+    backoff for its attempt (`schedule`), but only while a retry still comes before the
+    max age; after that it is stale, with this failure as its last error."""
     if isinstance(call, Placed):
         return executed(d, route, call, now)
     if isinstance(call, TerminalError):
         return rejected(d, str(call), now)
-    return retried(d, call, now)  # retryable, or unknown: retried all the same
+    error = f"{type(call).__name__}: {call}"  # retryable, or unknown: retried all the same
+    delay = backoff(d.attempts, schedule)
+    if route.max_age:
+        left = route.max_age - route.age(now) - RETRY_MARGIN
+        if left < MIN_RETRY_DELAY:
+            return Stale(route, error)
+        delay = min(delay, left)
+    return retried(d, error, delay, now)
+
+
+def settle_stale(
+    d: Delivery,
+    stale: Stale,
+    found: OrderResult | Exception | None,
+    now: datetime,
+    schedule: tuple[float, ...],
+) -> Outcome:
+    """Decide a stale alert from the broker's lookup of its order: there, it is executed
+    (placed by an earlier attempt); not there, expired; the lookup failed, retried after
+    the backoff for its attempt (until `max_deliver` dead-letters it: never `expired`
+    while the broker cannot say that no attempt placed it)."""
+    route = stale.route
+    if isinstance(found, Exception):
+        error = f"could not ask the broker whether an earlier attempt placed it: {found!r}"
+        return retried(d, error, backoff(d.attempts, schedule), now)
+    if found is not None:
+        return executed(d, route, Placed(found, already_done=True), now)
+    return expired(d, route.age(now), route.max_age, now, stale.last_error)
 
 
 def executed(d: Delivery, route: Route, placed: Placed, at: datetime) -> Outcome:
@@ -151,19 +209,20 @@ def executed(d: Delivery, route: Route, placed: Placed, at: datetime) -> Outcome
     return Outcome("executed", event)
 
 
-def retried(d: Delivery, exc: Exception, at: datetime) -> Outcome:
-    """The attempt failed in a way a later one may not."""
-    error = f"{type(exc).__name__}: {exc}"
-    return Outcome("retried", AttemptFailed(**d.facts(at), error=error), error=error)
+def retried(d: Delivery, error: str, delay: float, at: datetime) -> Outcome:
+    """The attempt failed in a way a later one may not: redelivered after `delay`."""
+    event = AttemptFailed(**d.facts(at), error=error)
+    return Outcome("retried", event, error=error, delay=delay)
 
 
 def rejected(d: Delivery, why: str, at: datetime) -> Outcome:
     """The alert can never succeed as sent."""
-    event = Rejected(**d.facts(at), reason=why)
+    event = Rejected(**d.facts(at), reason=why, **d.asked())
     return Outcome("rejected", event, reason=f"terminated: {why}", error=why)
 
 
-def expired(d: Delivery, age: float, max_age: float, at: datetime) -> Outcome:
-    """The alert is too old to execute."""
-    event = Expired(**d.facts(at), age=age, max_age=max_age)
-    return Outcome("expired", event, reason="expired", error=f"{age:.1f}s old, max {max_age:g}s")
+def expired(d: Delivery, age: float, max_age: float, at: datetime, last_error: str = "") -> Outcome:
+    """The alert is too old to execute, and no attempt placed it."""
+    event = Expired(**d.facts(at), age=age, max_age=max_age, last_error=last_error, **d.asked())
+    old = f"{age:.1f}s old, max {max_age:g}s"
+    return Outcome("expired", event, reason="expired", error=last_error or old)

@@ -16,6 +16,15 @@ replaced at the next tick. Messages are handled one at a time, in the order they
 To stop, the subscription is drained: the server drops the open request (no one is
 listening for it any more) and what it had sent already is handled.
 
+On a partition consumer (a priority group with the `pinned_client` policy) each request
+names the `group`; the server serves one puller at a time, the pinned one, and tells it
+so with a `Nats-Pin-Id` header on the messages it sends, an id each later request
+carries. A request with a stale id is ended with 423 (another puller was pinned in the
+meantime: this one had stopped asking for the pin timeout, or was unpinned): the pin is
+forgotten and the next request waits, unserved, until the server pins it again.
+`unpin` hands the pin on at once, to a puller that is waiting, when a worker lets a
+partition go (worker.membership).
+
 A run fails (raises) when it cannot send its first request, when an exception escapes
 `handle` (an ack, nak or term that cannot be sent), or when the connection is closed
 under it: its supervisor (worker.supervise) restarts it with a fresh `Puller`.
@@ -28,7 +37,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nats.errors import BadSubscriptionError, ConnectionClosedError
 from nats.js.api import Header
@@ -46,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.pull")
 
 OVERDUE: float = 1.0  # seconds past its expiry after which an open request counts as lost
+PIN_ID: Final = "Nats-Pin-Id"
+PIN_MISMATCH: Final = "423"  # the request's pin id is not the pinned one (any more)
+UNPIN_TIMEOUT: Final = 2.0
 
 
 class Puller:
@@ -61,6 +73,7 @@ class Puller:
         handle: Callable[[Msg], Awaitable[None]],
         stopping: asyncio.Event,
         fetch_timeout: float,
+        group: str | None = None,
     ) -> None:
         self._nc: Client = client_of(js)
         self._next = f"{api_prefix(js)}.CONSUMER.MSG.NEXT.{stream}.{durable}"
@@ -69,7 +82,9 @@ class Puller:
         self._handle = handle
         self._stopping = stopping
         self._expires = fetch_timeout
-        self._request = json.dumps({"batch": batch, "expires": int(fetch_timeout * 1e9)}).encode()
+        self._group = group
+        self._pin = ""  # the id the server pinned this puller with ("": not pinned)
+        self._request = self._body()
         self._inbox = self._nc.new_inbox()
         # Messages and statuses as they come, and a tick (None) now and then.
         self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
@@ -124,6 +139,8 @@ class Puller:
                 await self._ended(msg, status)
                 continue
             self._owed -= 1
+            if self._group is not None and (pin := (msg.headers or {}).get(PIN_ID)):
+                self._pinned(pin)
             await self._handle(msg)
             self._heard_at = time.monotonic()
             if self._owed <= 0 and self._reply and not self._stopping.is_set():
@@ -161,12 +178,30 @@ class Puller:
             return
         self._reply = ""
         self._heard_at = time.monotonic()
-        if status != "408":  # 408: expired, the usual end of an idle request
+        if status == PIN_MISMATCH:  # another puller is pinned: wait to be pinned again
+            log.info("pull request to %s: no longer pinned", self._name)
+            self._pinned("")
+        elif status != "408":  # 408: expired, the usual end of an idle request
             description = (msg.headers or {}).get(Header.DESCRIPTION, "")
             log.info("pull request to %s ended: %s %s", self._name, status, description)
             await asyncio.sleep(min(self._expires, 1.0))  # e.g. a leader change
         if not self._stopping.is_set():
             await self._ask()
+
+    def _body(self) -> bytes:
+        """The pull request: a batch, its expiry, and the group and pin id, if any."""
+        request: dict[str, object] = {"batch": self._batch, "expires": int(self._expires * 1e9)}
+        if self._group is not None:
+            request["group"] = self._group
+            if self._pin:
+                request["id"] = self._pin
+        return json.dumps(request).encode()
+
+    def _pinned(self, pin: str) -> None:
+        """Carry `pin` in the requests from now on ("": none, not pinned)."""
+        if pin != self._pin:
+            self._pin = pin
+            self._request = self._body()
 
     async def _ask(self, *, first: bool = False) -> None:
         """Open a new request (the one open before, if any, is abandoned); a run that
@@ -183,3 +218,19 @@ class Puller:
             if first:
                 raise
             log.warning("pull request to %s failed: %r", self._name, exc)
+
+
+async def unpin(js: JetStreamContext, *, stream: str, durable: str, group: str) -> None:
+    """Let the server pin another puller of `durable` now, rather than after its pin
+    timeout: the deliveries go to a request that waits, if any, once the one in flight is
+    settled. A failure is logged: the pin then lapses by itself after that timeout."""
+    subject = f"{api_prefix(js)}.CONSUMER.UNPIN.{stream}.{durable}"
+    try:
+        answer = await client_of(js).request(
+            subject, json.dumps({"group": group}).encode(), timeout=UNPIN_TIMEOUT
+        )
+        error = json.loads(answer.data).get("error")
+    except Exception as exc:  # noqa: BLE001 - the pin lapses by itself: worth a try only
+        error = repr(exc)
+    if error:
+        log.warning("could not unpin %s/%s: %s", stream, durable, error)

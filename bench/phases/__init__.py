@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from bench.phases import burst, dedup, memory, profile, scaling, throughput, worker
+from bench.phases import (
+    burst,
+    dedup,
+    memory,
+    profile,
+    projections,
+    scaling,
+    throughput,
+    worker,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -15,6 +24,7 @@ REGISTRY: Final[dict[str, Callable[[Harness], None]]] = {
     "throughput": throughput.run,
     "burst": burst.run,
     "worker": worker.run,
+    "projections": projections.run_phase,
     "scaling": scaling.run,
     "memory": memory.run,
     "dedup": dedup.run,

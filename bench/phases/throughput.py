@@ -1,5 +1,11 @@
 """Phase `throughput`: wrk + load/alerts.lua against the reference (through its own
-run-seed-ref.sh) and alertbridge, alternating, one fresh server lifetime per round."""
+run-seed-ref.sh) and alertbridge, alternating, one fresh server lifetime per round.
+
+Each comparison is at equal durability (issue 19): Redis `appendfsync everysec`
+against nats-server `sync_interval: 1s`, and `always` against `always`. Each round
+also serves the stripped webhook (bench.stripped: the floor under the ingress) and
+measures nats-server's own ceiling of fsynced publishes (`natsq.py fill`, 64 in
+flight), so that every ratio is one of figures taken in the same minutes."""
 
 from __future__ import annotations
 
@@ -15,27 +21,47 @@ import msgspec
 from bench import tools
 from bench.common import AB_SECRET, HERE, BenchError, log
 from bench.procs import spawn
-from bench.results import AbRound, RefRound, Throughput
+from bench.results import AbRound, Ceiling, RefRound, Throughput
 from bench.streams import settle
 from bench.system import HZ, CpuDelta, calib_ms, cpu_delta, cpu_snap, loadavg, ticks
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from bench.harness import Harness, Running
     from bench.natsq import IdCheck
     from bench.tools import WrkResult
 
 
+# nats-server's fsync policy -> the reference's Redis mode at the same durability.
+REF_MODE = {"1s": "durable", "always": "fsync"}
+
+
 def run(h: Harness) -> None:
-    """`--reps` rounds: the reference, alertbridge, then each `--variant` of it."""
+    """`--reps` rounds; in each, per durability level the reference then alertbridge,
+    then the stripped webhook, nats-server's fsync ceiling, and each `--variant`."""
     res = Throughput(variants={label: [] for label in h.opts.variants})
     h.results.throughput = res
-    reps = h.opts.reps
+    reps, levels = h.opts.reps, h.opts.levels()
     for i in range(1, reps + 1):
-        log(f"throughput round {i}/{reps}: reference (run-seed-ref.sh --reps 1)")
-        res.reference.append(ref_round(h, i))
+        for level in levels:
+            refs, abs_ = (
+                (res.reference, res.alertbridge)
+                if level == "1s"
+                else (res.reference_fsync, res.alertbridge_fsync)
+            )
+            mode = REF_MODE[level] if h.opts.ref_mode == "durable" else h.opts.ref_mode
+            log(f"throughput round {i}/{reps}: reference, Redis {mode} (run-seed-ref.sh)")
+            refs.append(ref_round(h, i, mode))
+            h.save()
+            log(f"throughput round {i}/{reps}: alertbridge, nats-server sync {level}")
+            abs_.append(ab_round(h, i, f"sync-{level}", sync=level))
+            h.save()
+        log(f"throughput round {i}/{reps}: the stripped webhook (bench.stripped), sync 1s")
+        res.stripped.append(ab_round(h, i, "stripped", sync="1s", module="bench.stripped"))
         h.save()
-        log(f"throughput round {i}/{reps}: alertbridge")
-        res.alertbridge.append(ab_round(h, i))
+        log(f"throughput round {i}/{reps}: nats-server alone, fsync always, 64 in flight")
+        res.ceiling.append(ceiling(h, i))
         h.save()
         for label, extra in h.opts.variants.items():
             log(f"throughput round {i}/{reps}: alertbridge[{label}] {extra}")
@@ -44,15 +70,65 @@ def run(h: Harness) -> None:
     res.finish()
 
 
-def ref_round(h: Harness, i: int) -> RefRound:
-    """One round of the reference, by run-seed-ref.sh itself."""
-    o, out = h.opts, h.out / f"ref-round{i}"
-    argv = [str(o.ref_dir / "run-seed-ref.sh"), f"--{o.ref_mode}", "--reps", "1",
+def ceiling(h: Harness, i: int, k: int = 30_000) -> Ceiling:
+    """nats-server's fsynced publishes per second from 64 in flight (the client on CPU 1)."""
+    with h.running(f"ceiling-round{i}", ingress=False, sync="always") as started:
+        url = f"nats://127.0.0.1:{h.nats_port}"
+        t0 = ticks(started.nats.pid)
+        got = tools.natsq_cli(url, 1, 300, ["fill", str(k), "--window", str(h.opts.conns)],
+                              _Fill)  # fmt: skip
+        cpu = 100 * (ticks(started.nats.pid) - t0) / HZ / max(got.seconds, 1e-3)
+    per_s = round(got.published / got.seconds) if got.seconds else 0
+    log(f"  nats-server alone: {per_s} fsynced publishes/s ({got.published} in {got.seconds} s)")
+    return Ceiling(published=got.published, seconds=got.seconds, per_s=per_s,
+                   store_cpu_pct=round(cpu))  # fmt: skip
+
+
+class _Fill(msgspec.Struct):
+    published: int
+    seconds: float
+
+
+# A reference run that dies without a row is retried this many times. Seen here:
+# run-seed-ref.sh's `tree_ticks` reads `cat /proc/[0-9]*/stat 2>/dev/null | awk`
+# under `set -euo pipefail`, so when any process on the machine exits between the
+# glob and the read, `cat` fails and the script exits 1 with no message, its
+# results.tsv holding only the header. Likelier the busier the machine.
+REF_ATTEMPTS = 3
+
+
+def ref_round(h: Harness, i: int, mode: str) -> RefRound:
+    """One round of the reference with Redis in `mode`, by run-seed-ref.sh itself;
+    a run that leaves no result row is run again (`REF_ATTEMPTS` in all)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        name = f"ref-{mode}-round{i}" + (f"-attempt{attempt}" if attempt > 1 else "")
+        rc = _run_reference(h, i, mode, name)
+        try:
+            ref = ref_row(h.out / name, h.out / f"{name}.log", rc)
+        except NoRowError as exc:
+            if attempt == REF_ATTEMPTS:
+                raise BenchError(f"reference round {i} (Redis {mode}): {exc}") from None
+            log(f"  reference round {i} (Redis {mode}) left no result: {exc}; running it again")
+            continue
+        log(
+            f"  reference: {ref.rps} req/s p50 {ref.p50_ms} ms p99 {ref.p99_ms} ms "
+            f"stored {ref.stored} fresh {ref.fresh_acks} -> {ref.check} "
+            f"(noise: {ref.noise}, other cpu {ref.other_cpu_pct}%)"
+        )
+        return ref
+
+
+def _run_reference(h: Harness, i: int, mode: str, name: str) -> int | None:
+    """Run run-seed-ref.sh once into `h.out / name` (its log beside it); its exit code."""
+    o, out = h.opts, h.out / name
+    argv = [str(o.ref_dir / "run-seed-ref.sh"), "--redis-mode", mode, "--reps", "1",
             "--duration", f"{o.duration}s", "--warmup", f"{o.warmup}s", "--conns", str(o.conns),
             "--port", str(o.ref_port), "--redis-port", str(o.redis_port),
             "--quiet-wait", str(o.quiet_wait), "--quiet-pct", str(o.quiet_pct),
             "--out", str(out)]  # fmt: skip
-    with (h.out / f"ref-round{i}.log").open("wb") as fh:
+    with (h.out / f"{name}.log").open("wb") as fh:
         fh.write(("# " + " ".join(shlex.quote(x) for x in argv) + "\n").encode())
         fh.flush()
         proc = spawn(argv, stdout=fh)
@@ -61,29 +137,39 @@ def ref_round(h: Harness, i: int) -> RefRound:
         except subprocess.TimeoutExpired:
             proc.terminate()  # its trap stops redis, node and wrk by PID
             proc.wait(30)
-            raise BenchError(f"run-seed-ref.sh did not finish; see ref-round{i}.log") from None
+            raise BenchError(f"run-seed-ref.sh did not finish; see {name}.log") from None
         finally:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
+    return proc.returncode
+
+
+class NoRowError(BenchError):
+    """A reference run ended without its result row (worth running again)."""
+
+
+def ref_row(out: Path, log_path: Path, rc: int | None) -> RefRound:
+    """The result row run-seed-ref.sh left under `out` (exit code `rc`, output in
+    `log_path`); NoRowError when there is none, BenchError when it is not its layout."""
     tsvs = sorted(out.glob("*/results.tsv"))
     if not tsvs:
-        raise BenchError(f"run-seed-ref.sh left no results.tsv; see ref-round{i}.log")
+        raise NoRowError(f"run-seed-ref.sh (exit {rc}) left no results.tsv; see {log_path}")
     with tsvs[-1].open() as fh:
-        row: dict[str, object] = dict(next(csv.DictReader(fh, delimiter="\t")))
+        row: dict[str, object] | None = next(csv.DictReader(fh, delimiter="\t"), None)
+    if row is None:
+        raise NoRowError(
+            f"run-seed-ref.sh (exit {rc}) stopped before its first result row "
+            f"({tsvs[-1]} holds only the header); see {log_path}"
+        )
+    row = dict(row)
     row["store_cpu_pct"] = row.pop("redis_cpu_pct", None)
     row["stored"] = row.pop("llen_alerts", None)
-    row.update(rc=proc.returncode, run_dir=str(tsvs[-1].parent))
+    row.update(rc=rc, run_dir=str(tsvs[-1].parent))
     try:
-        ref = msgspec.convert(row, RefRound)
+        return msgspec.convert(row, RefRound)
     except msgspec.ValidationError as exc:
         raise BenchError(f"{tsvs[-1]}: not the columns expected: {exc}") from None
-    log(
-        f"  reference: {ref.rps} req/s p50 {ref.p50_ms} ms p99 {ref.p99_ms} ms "
-        f"stored {ref.stored} fresh {ref.fresh_acks} -> {ref.check} "
-        f"(noise: {ref.noise}, other cpu {ref.other_cpu_pct}%)"
-    )
-    return ref
 
 
 @dataclass(frozen=True)
@@ -102,13 +188,27 @@ class _Measured:
     calib: int
 
 
-def ab_round(h: Harness, i: int, variant: str = "", extra: dict[str, str] | None = None) -> AbRound:
-    """One round of alertbridge (with `extra` environment for a variant)."""
+def ab_round(
+    h: Harness,
+    i: int,
+    variant: str = "",
+    extra: dict[str, str] | None = None,
+    *,
+    sync: str | None = None,
+    module: str = "ingress",
+) -> AbRound:
+    """One round of alertbridge (with `extra` environment for a variant, nats-server's
+    fsync policy `sync`; `module` serves the webhook: bench.stripped is the floor, which
+    checks nothing and so is not smoke-tested, and whose stored count is not judged)."""
     tag = f"ab{'-' + variant if variant else ''}-round{i}"
-    with h.running(tag, lambda: h.ab_env(**(extra or {}))) as started:
-        h.smoke()
+    env = lambda: h.ab_env(**(extra or {}))  # noqa: E731
+    with h.running(tag, env, sync=sync, module=module) as started:
+        if module == "ingress":
+            h.smoke()
         m = _measure(h, started, tag)
     row = _row(h, i, m)
+    if module != "ingress":
+        row = msgspec.structs.replace(row, check="n/a")
     log(
         f"  alertbridge: {row.rps:.0f} req/s p50 {row.p50_ms} ms p99 {row.p99_ms} ms "
         f"stored {row.stored} fresh {row.fresh_acks} sent {row.sent_unique} doubled "

@@ -49,11 +49,12 @@ def run(h: Harness) -> None:
 
 
 def paper_drain(h: Harness, started: Running, label: str, symbols: str, n: int) -> DrainResult:
-    """The running workers stopped, then the drain rate of one on CPU 1."""
+    """The running workers stopped, then the drain rate of one on CPU 1 (and nats-server's
+    CPU per executed alert meanwhile)."""
     for w in started.workers:
         PROCS.stop(w)
     started.workers.clear()
-    return drain(h, label, started.env, symbols, n, 1, cpu=1)
+    return drain(h, label, started.env, symbols, n, 1, cpu=1, server_pid=started.nats.pid)
 
 
 def e2e_via_ingress(h: Harness, worker: Popen) -> E2E:

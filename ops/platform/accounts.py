@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 
+from ops.platform.limits import Limits
 from ops.platform.settings import MIN_HMAC_KEY_LENGTH, MIN_SECRET_LENGTH, Secret, SettingsError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 CONFIG_VAR: Final = "ALERTBRIDGE_CONFIG"
+NOTIFY_TABLE: Final = "notify"  # besides [accounts.<name>]: where notifications go
 DEFAULT_FILE: Final = "alertbridge.toml"
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -111,6 +113,8 @@ class CcxtSettings(_BrokerSettings, frozen=True, tag="ccxt"):
     password_env: EnvName | None = None
     sandbox: bool = False
     api_url: str | None = None  # override the exchange's REST base URL (tests, proxies)
+    # A close sells the whole free base balance, coins bought outside alertbridge too.
+    close_whole_balance: bool = False
 
 
 class HttpSettings(_BrokerSettings, frozen=True, tag="http"):
@@ -142,6 +146,11 @@ class Account(_Strict, frozen=True):
     allowed_symbols: tuple[str, ...] | None = None
     max_alert_age: Annotated[float, msgspec.Meta(ge=0)] | None = None
     max_order_size: Positive | None = None
+    # Where this account's notifications go besides the global targets ([notify]): each
+    # variable holds one Apprise URL (ops.platform.notify_settings).
+    notify_urls_env: tuple[EnvName, ...] = ()
+    # Risk limits and the circuit breaker (ops.platform.limits, docs/risk.md).
+    limits: Limits | None = None
 
     def broker_symbol(self, symbol: str) -> str:
         """The broker's name for a TradingView symbol (the map, else unchanged)."""
@@ -194,29 +203,90 @@ def read_accounts(env: Mapping[str, str] = os.environ) -> AccountsFile:
     path = config_path(env)
     if path is None:
         return AccountsFile(accounts={"default": Account()}, path=None)
+    tables = _tables(path)
+    if problems := _account_problems(path, tables, env, variables=False):
+        raise SettingsError(problems[0])
+    accounts = {n: _account(f"{path}: account {n!r}", t) for n, t in tables.items()}
+    return AccountsFile(accounts=accounts, path=path)
+
+
+def every_problem(env: Mapping[str, str] = os.environ) -> list[str]:
+    """Every error in the accounts file and in the variables it names, not only the first
+    (`alertbridge config check`); empty when the ingress and the worker would start."""
+    path = config_path(env)
+    if path is None:
+        return []
+    try:
+        tables = _tables(path)
+    except SettingsError as exc:  # the file itself: nothing further can be read
+        return [str(exc)]
+    return _account_problems(path, tables, env, variables=True)
+
+
+def _tables(path: Path) -> dict[str, dict[str, Any]]:
+    """The `[accounts.<name>]` tables of the file, by name."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SettingsError(f"{CONFIG_VAR}={str(path)!r} cannot be read: {exc}") from None
     try:
-        tables = msgspec.toml.decode(raw, type=dict[str, dict[str, dict[str, Any]]])
+        top = msgspec.toml.decode(raw, type=dict[str, dict[str, Any]])
+        top.pop(NOTIFY_TABLE, None)  # ops.platform.notify_settings reads it
+        tables = msgspec.convert(top, dict[str, dict[str, dict[str, Any]]])
     except msgspec.ValidationError:
         raise SettingsError(f"{path}: the file holds only [accounts.<name>] tables") from None
     except msgspec.DecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
     if set(tables) != {"accounts"} or not tables["accounts"]:
         raise SettingsError(f"{path}: the file holds only [accounts.<name>] tables (one at least)")
-    accounts = {}
-    for name, table in tables["accounts"].items():
+    return tables["accounts"]
+
+
+def _account(where: str, table: dict[str, Any]) -> Account:
+    table = _with_broker(where, table)
+    try:
+        return msgspec.convert(table, Account)
+    except msgspec.ValidationError as exc:
+        # The file's `[ccxt]` table is the struct's `broker`: name it as written.
+        at = _where(str(exc)).replace("(key 'broker", f"(key '{table['broker']['kind']}")
+        raise SettingsError(f"{where}: {at}") from None
+
+
+def _account_problems(
+    path: Path, tables: dict[str, dict[str, Any]], env: Mapping[str, str], *, variables: bool
+) -> list[str]:
+    """What is wrong with each account, in the file's order (`variables`: with the
+    variables it names, as the ingress and the worker check them)."""
+    found = []
+    for name, table in tables.items():
         where = f"{path}: account {name!r}"
-        table = _with_broker(where, table)
         try:
-            accounts[name] = msgspec.convert(table, Account)
-        except msgspec.ValidationError as exc:
-            # The file's `[ccxt]` table is the struct's `broker`: name it as written.
-            at = _where(str(exc)).replace("(key 'broker", f"(key '{table['broker']['kind']}")
-            raise SettingsError(f"{where}: {at}") from None
-    return AccountsFile(accounts=accounts, path=path)
+            account = _account(where, table)
+        except SettingsError as exc:
+            found.append(str(exc))
+            continue
+        if variables:
+            found += _variable_problems(where, account, env)
+    return found
+
+
+def _variable_problems(where: str, account: Account, env: Mapping[str, str]) -> list[str]:
+    found = []
+    for key, names, minimum, kind in (
+        ("webhook_secrets_env", account.webhook_secrets_env, MIN_SECRET_LENGTH, "secret"),
+        ("hmac_secrets_env", account.hmac_secrets_env, MIN_HMAC_KEY_LENGTH, "HMAC key"),
+    ):
+        for var in names:
+            try:
+                _secrets(where, key, (var,), minimum, kind, env)
+            except SettingsError as exc:
+                found.append(str(exc))
+    found += [
+        f"{where}: {key} names {var}, which is not set"
+        for key, var in account.broker.env_vars()
+        if not env.get(var)
+    ]
+    return found
 
 
 def _with_broker(where: str, table: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,10 @@ retrying would not fix it. Anything else, then and later, is retried forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 class NatsAuthError(SettingsError):
     """The server refused who we are, or we refused its certificate, at first contact."""
+
+
+class NatsUnreachableError(ConnectionError):
+    """No server answered a command that does not wait for one (`connect(fail_fast=True)`)."""
 
 
 def inbox_prefix(name: str) -> str:
@@ -102,8 +107,18 @@ def jetstream(client: Client, settings: Common, **options: int) -> JetStreamCont
     return client.jetstream(prefix=settings.nats_js_api, **options)
 
 
-async def connect(settings: Common, *, name: str) -> Client:
-    """Connect, and keep reconnecting forever (the default gives up after two minutes)."""
+# A command a person waits for tries each server twice, a second at most each time.
+_FAIL_FAST: Final = {"max_reconnect_attempts": 1, "reconnect_time_wait": 0.2, "connect_timeout": 1}
+_UNATTENDED: Final = {"max_reconnect_attempts": -1, "reconnect_time_wait": 1, "connect_timeout": 2}
+
+
+async def connect(settings: Common, *, name: str, fail_fast: bool = False) -> Client:
+    """Connect, and keep reconnecting forever (the default gives up after two minutes).
+
+    `fail_fast` is for the operators' commands: no server answering within about two
+    seconds is `NatsUnreachableError`, said once, and a dropped connection is tried once
+    more, not forever. The long-running processes never pass it: they wait for NATS.
+    """
     client = Client()
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -111,6 +126,8 @@ async def connect(settings: Common, *, name: str) -> Client:
         if not client.is_connected and not refused.done() and (why := _refusal(exc, settings)):
             refused.set_result(why)  # raised as NatsAuthError below
             return
+        if fail_fast and not client.is_connected:
+            return  # said once, by the caller, as NatsUnreachableError
         log.warning("nats error: %s", exc)
 
     async def on_disconnected() -> None:
@@ -130,15 +147,21 @@ async def connect(settings: Common, *, name: str) -> Client:
             user_credentials=settings.nats_creds,
             nkeys_seed=settings.nats_nkey,
             tls=tls_context(settings),
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            connect_timeout=2,
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
+            **(_FAIL_FAST if fail_fast else _UNATTENDED),
         )
     )
-    await _first_contact(client, connecting, refused)
+    try:
+        await _first_contact(client, connecting, refused)
+    except (OSError, NatsError, TimeoutError) as exc:
+        if fail_fast and not isinstance(exc, SettingsError):
+            servers = ", ".join(settings.nats_url)
+            raise NatsUnreachableError(
+                f"cannot reach NATS at {servers} — is the stack running? `just up`"
+            ) from None
+        raise
     return client
 
 
@@ -155,4 +178,7 @@ async def _first_contact(
             await client.close()
     if refused.done() and not client.is_connected:
         raise NatsAuthError(refused.result())
+    if not connecting.cancelled() and connecting.exception() is not None:
+        with contextlib.suppress(Exception):  # its sockets, not left to the collector
+            await client.close()
     connecting.result()  # any other failure of the first connect

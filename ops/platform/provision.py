@@ -6,6 +6,7 @@ Idempotent: running it twice, or from several processes at once, converges.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Final
 
 from nats.js.api import (
@@ -54,9 +55,31 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
     )
 
 
+@dataclass
+class PinnedConsumerConfig(ConsumerConfig):
+    """A consumer config with a `pinned_client` priority group (nats-server >= 2.11).
+
+    nats-py 2.16's `ConsumerConfig` has no such fields; `as_dict` (what `add_consumer`
+    sends) serializes every field of the instance, these too. It matters on every
+    update, not only at creation: an update that leaves them out turns pinning off
+    (checked on nats-server 2.15.1). This goes when nats-py has the fields.
+    """
+
+    priority_groups: list[str] | None = None
+    priority_policy: str | None = None
+    priority_timeout: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The API's JSON fields; the pin timeout in nanoseconds."""
+        result = super().as_dict()
+        if self.priority_timeout is not None:
+            result["priority_timeout"] = round(self.priority_timeout * 1e9)
+        return result
+
+
 def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
     """The nats-py config of a consumer spec."""
-    return ConsumerConfig(
+    config = ConsumerConfig(
         durable_name=spec.durable,
         filter_subject=spec.filter_subject,
         ack_policy=AckPolicy.EXPLICIT,
@@ -65,6 +88,14 @@ def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
         max_deliver=spec.max_deliver,
         max_ack_pending=spec.max_ack_pending,
         num_replicas=spec.replicas,
+    )
+    if spec.pinned_group is None:
+        return config
+    return PinnedConsumerConfig(
+        **{f.name: getattr(config, f.name) for f in fields(config)},
+        priority_groups=[spec.pinned_group],
+        priority_policy="pinned_client",
+        priority_timeout=spec.pin_timeout,
     )
 
 

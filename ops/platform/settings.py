@@ -80,8 +80,12 @@ class Common(msgspec.Struct, frozen=True, kw_only=True):
     nats_js_api: Annotated[str, msgspec.Meta(pattern=r"\A\$JS(\.[A-Za-z0-9_-]+)?\.API\Z")] = (
         DEFAULT_JS_API
     )
-    max_deliver: Annotated[int, msgspec.Meta(ge=1)] = 5
-    ack_wait: Positive = 30.0
+    # A hard cap on deliveries: retries otherwise last while the alert is fresh
+    # (worker.outcomes), so this bounds only alerts with no max age, and stale lookups.
+    max_deliver: Annotated[int, msgspec.Meta(ge=1)] = 20
+    # How long a delivery may go without an ack or an in-progress beat (the worker beats
+    # every third of it while it works): a dead worker's alert comes back after this.
+    ack_wait: Annotated[float, msgspec.Meta(ge=1)] = 3.0
     # Who this process is to NATS (ops/natsconn.py): a user and password (the password
     # also from ALERTBRIDGE_NATS_PASSWORD_FILE), or a .creds file, or an nkey seed file.
     nats_user: str | None = None

@@ -14,22 +14,45 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
-from contracts.messages import Executed
-from ops.platform.accounts import ingress_accounts, read_accounts, worker_accounts
+from ops.platform.accounts import (
+    every_problem,
+    ingress_accounts,
+    read_accounts,
+    worker_accounts,
+)
+from ops.platform.limits import describe_limits
 from ops.platform.settings import SettingsError
 from ops.tools.cli_dlq import dlq_group
+from ops.tools.cli_halt import halt_command, halts_command, resume_command
 from ops.tools.cli_inspect import alerts_group, status_command
-from ops.tools.cli_support import emit_json, emit_table, settings_from_env, with_js
-from ops.tools.events import read_events
-from ops.tools.paths import read_secret, secret_file, var_dir, write_nats_context
-from ops.tools.stack import Stack, run
+from ops.tools.cli_notify import notify_group
+from ops.tools.cli_support import settings_from_env, with_js
+from ops.tools.cli_views import orders_command, positions_command, projections_group
+from ops.tools.paths import (
+    local_webhook_url,
+    read_secret,
+    secret_file,
+    var_dir,
+    write_nats_context,
+)
+from ops.tools.supervisor import RestartPolicy
+from ops.tools.template import template_command
 
 EXIT_FAILED = 1
+# `up --ingress`'s default as --help shows it, without importing the stack (and nats-py)
+# for --help: ops.tools.stack.MAX_DEFAULT_INGRESSES (tests/test_cli_start.py checks it).
+UP_INGRESSES = "one per core, at most 8"
 
 
-@click.group()
+def _default_ingresses() -> int:
+    from ops.tools.stack import default_ingresses  # nats-py: imported when `up` runs
+
+    return default_ingresses()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="alertbridge")
 def cli() -> None:
     """alertbridge: TradingView alerts to broker orders over NATS JetStream."""
 
@@ -39,18 +62,73 @@ def cli() -> None:
 @click.option(
     "--ingress",
     "ingresses",
-    default=1,
-    show_default=True,
+    type=click.IntRange(min=1),
+    default=_default_ingresses,
+    show_default=UP_INGRESSES,
     help="ingress processes, sharing the port (SO_REUSEPORT)",
 )
 @click.option("--port", "http_port", default=8080, show_default=True, help="ingress HTTP port")
 @click.option("--nats-port", default=4222, show_default=True)
 @click.option("--monitor-port", default=8222, show_default=True, help="nats-server monitoring")
-def up(workers: int, ingresses: int, http_port: int, nats_port: int, monitor_port: int) -> None:
-    """Run nats-server, provisioning, worker(s) and ingress(es) in the foreground."""
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    envvar="ALERTBRIDGE_HEALTH_PORT",
+    show_envvar=True,
+    default=None,
+    help="the first worker's /healthz, /readyz, /metrics port, the next worker's is one more "
+    "(default: --port + 1; 0: none)",
+)
+@click.option(
+    "--console-port",
+    type=click.IntRange(1, 65535),
+    envvar="ALERTBRIDGE_CONSOLE_PORT",
+    show_envvar=True,
+    default=8090,
+    show_default=True,
+    help="the web console and its API (on 127.0.0.1; its token is var/console.token)",
+)
+@click.option(
+    "--restart-limit",
+    type=click.IntRange(min=0),
+    envvar="ALERTBRIDGE_RESTART_LIMIT",
+    show_envvar=True,
+    default=RestartPolicy.limit,
+    show_default=True,
+    help="restarts of one crashed process allowed within --restart-window; "
+    "one crash more stops the stack and exits 1 (0: stop at the first crash)",
+)
+@click.option(
+    "--restart-window",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="ALERTBRIDGE_RESTART_WINDOW",
+    show_envvar=True,
+    default=RestartPolicy.window,
+    show_default=True,
+    help="seconds",
+)
+def up(
+    workers: int,
+    ingresses: int,
+    http_port: int,
+    nats_port: int,
+    monitor_port: int,
+    health_port: int | None,
+    console_port: int,
+    restart_limit: int,
+    restart_window: float,
+) -> None:
+    """Run nats-server, provisioning, worker(s) and ingress(es) in the foreground.
+
+    A process that dies is restarted (after 0.5 s, doubling for each recent crash, at
+    most 30 s); Ctrl-C or SIGTERM stops them all in order and exits 0.
+    """
+    from ops.tools.stack import Stack, run
+
     stack = Stack(
         var=var_dir(), http_port=http_port, nats_port=nats_port, monitor_port=monitor_port,
-        workers=workers, ingresses=ingresses,
+        workers=workers, ingresses=ingresses, health_port=health_port, console_port=console_port,
+        policy=RestartPolicy(limit=restart_limit, window=restart_window),
     )  # fmt: skip
     sys.exit(run(stack))
 
@@ -66,7 +144,13 @@ def provision() -> None:
 
 
 @cli.command()
-@click.option("--url", default="http://127.0.0.1:8080/webhook", show_default=True)
+@click.option(
+    "--url",
+    envvar="ALERTBRIDGE_WEBHOOK_URL",
+    show_envvar=True,
+    default=None,
+    help="the webhook (default: the local stack's, on the port `up --port` chose)",
+)
 @click.option(
     "--secret-file",
     type=click.Path(path_type=Path),
@@ -86,7 +170,7 @@ def provision() -> None:
 @click.option("--id", "alert_id", default=None, help="alert id (default: a hash of the body)")
 @click.option("--account", default=None)
 def send(
-    url: str,
+    url: str | None,
     secret_file: Path | None,
     body_file: Path | None,
     symbol: str,
@@ -97,6 +181,9 @@ def send(
     account: str | None,
 ) -> None:
     """Post an alert exactly as TradingView would; print the ingress's answer."""
+    import httpx  # a lazy import, as every heavy one here (ops.tools.cli_support)
+
+    url = url or local_webhook_url(var_dir())
     secret = read_secret(secret_file or _default_secret_file())
     if body_file is not None:
         body = body_file.read_bytes()
@@ -122,28 +209,6 @@ def send(
         sys.exit(EXIT_FAILED)
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-@click.option("--alert", "alert_id", default=None, help="only this alert's order")
-def orders(as_json: bool, alert_id: str | None) -> None:
-    """List executed orders (from the EVENTS stream), oldest first."""
-    events = with_js(lambda js: read_events(js, "events.executed.>"))
-    rows = [e for e in events if isinstance(e, Executed) and alert_id in (None, e.alert_id)]
-    if as_json:
-        emit_json(rows)
-        return
-    emit_table(
-        ("at", "alert id", "account", "symbol", "side", "qty", "fill", "status", "order id"),
-        [
-            (e.at.strftime("%Y-%m-%d %H:%M:%S"), e.alert_id, e.account, e.symbol, e.side,
-             f"{e.quantity:g}", "" if e.fill_price is None else f"{e.fill_price:g}",
-             e.status, e.client_order_id)
-            for e in rows
-        ],
-        empty="no orders yet",
-    )  # fmt: skip
-
-
 @cli.command("nats-context")
 @click.option("--url", default="nats://127.0.0.1:4222", show_default=True)
 def nats_context(url: str) -> None:
@@ -159,10 +224,17 @@ def config_group() -> None:
 @config_group.command("check")
 def config_check() -> None:
     """Validate the accounts file and the variables it names; start nothing."""
+    from ops.platform.notify_settings import read_notify  # apprise: a lazy import
+
+    if problems := every_problem(os.environ):  # every one, not only the first
+        for problem in problems:
+            click.echo(f"invalid: {problem}", err=True)
+        sys.exit(2)
     try:
         found = read_accounts(os.environ)
         senders = ingress_accounts(os.environ)  # what the ingress reads
         worker_accounts(os.environ)  # what the worker reads
+        notify = read_notify(os.environ)  # what the notifier reads
     except SettingsError as exc:
         click.echo(f"invalid: {exc}", err=True)
         sys.exit(2)
@@ -170,14 +242,22 @@ def config_check() -> None:
         click.echo("no accounts file: one paper account, `default` (see README: Accounts)")
         return
     click.echo(f"{found.path}: {len(found.accounts)} account(s) OK")
+    click.echo(f"  notifications: {len(notify.everywhere)} global target(s)")
     for name, account in found.accounts.items():
         secrets = len(senders.secrets.get(name, ()))
-        click.echo(f"  {name}: {account.broker.kind}, {secrets} own webhook secret(s)")
+        limits = describe_limits(account.limits)
+        click.echo(f"  {name}: {account.broker.kind}, {secrets} own webhook secret(s){limits}")
 
 
 cli.add_command(dlq_group)
 cli.add_command(status_command)
 cli.add_command(alerts_group)
+for command in (halt_command, resume_command, halts_command):  # the kill switch
+    cli.add_command(command)
+cli.add_command(template_command)
+cli.add_command(notify_group)
+for command in (orders_command, positions_command, projections_group):  # the read models
+    cli.add_command(command)
 
 
 def _default_secret_file() -> Path:

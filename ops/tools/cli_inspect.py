@@ -1,4 +1,4 @@
-"""`alertbridge status` and `alertbridge alerts show`: looking inside without glue code."""
+"""`alertbridge status` and `alertbridge alerts`: looking inside without glue code."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import click
 import msgspec
 
-from ops.tools.cli_support import emit_json, emit_table, with_js, with_nc
-from ops.tools.history import history
+from ops.tools.cli_support import emit_table, with_nc
+from ops.tools.cli_views import alerts_ls, alerts_show, projector_lag_line
 from ops.tools.status import Status, status
 
 
@@ -46,6 +46,7 @@ def _show(found: Status) -> None:
         empty="no consumers",
     )  # fmt: skip
     click.echo(f"\nDLQ depth: {found.dlq_depth}")
+    click.echo(projector_lag_line())
     if found.missing:
         click.echo(f"missing streams: {', '.join(found.missing)}", err=True)
 
@@ -70,36 +71,8 @@ def status_command(as_json: bool, every: float | None) -> None:
 
 @click.group("alerts")
 def alerts_group() -> None:
-    """One alert's story."""
+    """Alerts: list them, or one alert's story (from the projections)."""
 
 
-@alerts_group.command("show")
-@click.argument("alert_id")
-@click.option(
-    "--account",
-    default="default",
-    show_default=True,
-    help="the alert's account: an id is unique only within its account",
-)
-@click.option("--json", "as_json", is_flag=True)
-def show(alert_id: str, account: str, as_json: bool) -> None:
-    """The alert's history from EVENTS (attempts, outcome, replays) and its trace id."""
-    found = with_js(lambda js: history(js, account, alert_id))
-    if as_json:
-        emit_json([found])
-        return
-    click.echo(f"alert    {found.alert_id} (account {found.account})")
-    if found.alert is not None:
-        a = found.alert
-        click.echo(f"order    {a.side} {a.quantity if a.quantity is not None else 'default'} "
-                   f"{a.symbol} ({a.order_type}) account {a.account}")  # fmt: skip
-        click.echo(f"received {a.received_at.isoformat()}")
-    click.echo(f"trace    {found.trace_id or '-'}")
-    click.echo(f"outcome  {found.outcome}")
-    for step in found.steps:
-        event = step.event
-        detail = {k: v for k, v in msgspec.structs.asdict(event).items()
-                  if k not in ("alert_id", "account", "symbol", "at")}  # fmt: skip
-        click.echo(
-            f"  {event.at.isoformat()}  {step.kind:<15} {msgspec.json.encode(detail).decode()}"
-        )
+alerts_group.add_command(alerts_ls)
+alerts_group.add_command(alerts_show)

@@ -1,4 +1,10 @@
-"""What every `alertbridge` subcommand shares: a NATS connection, tables, JSON lines."""
+"""What every `alertbridge` subcommand shares: a NATS connection, tables, JSON lines.
+
+The CLI starts lazily: a module of `ops.tools.cli*` imports nats-py, httpx, apprise and
+the like inside the commands that use them, never at its top, so that `--help` and the
+commands that only read the projections (`orders`, `alerts ls`, ...) start in a fraction
+of a second (tests/test_cli_start.py keeps it so).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,6 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 import msgspec
 
-from ops.platform.natsconn import connect
 from ops.platform.settings import Common, SettingsError, load
 from ops.tools.paths import var_dir, with_local_nats_identity
 
@@ -41,14 +46,14 @@ def with_js(work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
 
 def with_nc(work: Callable[[Client], Awaitable[T]]) -> T:
     """Run `work` with a connection to the configured server."""
+    from ops.platform.natsconn import NatsUnreachableError, connect  # nats-py: a lazy import
+
     settings = settings_from_env()
 
     async def run_it() -> T:
         try:
-            nc = await asyncio.wait_for(connect(settings, name="alertbridge-cli"), 10)
-        except TimeoutError:
-            raise click.ClickException(f"cannot reach NATS at {settings.nats_url}") from None
-        except SettingsError as exc:  # refused credentials or certificate
+            nc = await connect(settings, name="alertbridge-cli", fail_fast=True)
+        except (NatsUnreachableError, SettingsError) as exc:  # or refused credentials
             raise click.ClickException(str(exc)) from None
         try:
             return await work(nc)

@@ -1,153 +1,44 @@
 """The operators' side of the dead-letter stream: list, show, replay, purge.
 
-A replay re-publishes the original alert with `replay` + 1 and a new
-`Nats-Msg-Id` (`replay.<n>.alert.<account>.<id>`, a form no webhook can produce:
-contracts.messages.replay_msg_id), so the same command run twice stores it once;
-the alert id, and so the broker's client order id, stay the same: an alert whose
-order did go through is found by the broker, never doubled. Its age counts from
-the replay. Every replay is a `replayed` event; the DLQ entry is removed only once
-the replay's own message is stored (a duplicate PubAck must point at this very alert
-and round, else the entry stays and the command fails).
+Reading one entry and replaying it is ops.platform.deadletters, shared with the console;
+what a replay does is said there.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import msgspec
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
-from contracts import headers as h
-from contracts.messages import (
-    Alert,
-    Replayed,
-    alert_decoder,
-    alert_encoder,
-    event_encoder,
-    event_msg_id,
-    replay_msg_id,
-)
-from contracts.subjects import (
-    ALERTS_STREAM,
-    DLQ_PREFIX,
-    DLQ_STREAM,
-    alert_subject,
-    event_subject,
+from contracts.subjects import DLQ_PREFIX, DLQ_STREAM
+from ops.platform.deadletters import (
+    DeadLetter,
+    DlqError,
+    NoEntryError,
+    decode_entry,
+    entry,
+    replay,
 )
 from ops.tools.streams import read_all
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
-
-class DlqError(Exception):
-    """An operator's request on the DLQ cannot be done (the message says why)."""
-
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """One DLQ entry as operators see it."""
-
-    dlq_seq: int
-    alert_id: str
-    account: str
-    symbol: str
-    reason: str
-    deliveries: int
-    last_error: str | None
-    stream_seq: int
-    subject: str
-    at: str
-    alert: Alert | None
-
-
-def _entry(seq: int, data: bytes, headers: dict[str, str] | None) -> DeadLetter:
-    why = h.DeadLetterHeaders.from_headers(headers)
-    try:
-        alert: Alert | None = alert_decoder.decode(data)
-    except msgspec.DecodeError:
-        alert = None
-    return DeadLetter(
-        dlq_seq=seq,
-        alert_id=alert.id if alert else "",
-        account=alert.account if alert else "",
-        symbol=alert.symbol if alert else "",
-        reason=why.reason,
-        deliveries=why.deliveries,
-        last_error=why.last_error,
-        stream_seq=why.stream_seq,
-        subject=why.subject,
-        at=why.at,
-        alert=alert,
-    )
+__all__ = ["DeadLetter", "DlqError", "NoEntryError", "entries", "entry", "purge", "replay"]
 
 
 async def entries(js: JetStreamContext, reason: str | None = None) -> list[DeadLetter]:
     """Every DLQ entry, oldest first; `reason` keeps those whose reason starts with it."""
     found = [
-        _entry(msg.metadata.sequence.stream, msg.data, msg.headers)
+        decode_entry(msg.metadata.sequence.stream, msg.data, msg.headers)
         for msg in await read_all(js, DLQ_STREAM, f"{DLQ_PREFIX}.>")
     ]
     return [e for e in found if reason is None or e.reason.startswith(reason)]
 
 
-async def _get(js: JetStreamContext, dlq_seq: int) -> tuple[DeadLetter, dict[str, str]]:
-    try:
-        raw = await js.get_msg(DLQ_STREAM, seq=dlq_seq, direct=True)
-    except NotFoundError:
-        raise DlqError(f"no DLQ entry {dlq_seq}") from None
-    return _entry(dlq_seq, raw.data or b"", raw.headers), raw.headers or {}
-
-
-async def entry(js: JetStreamContext, dlq_seq: int) -> DeadLetter:
-    """One entry by its DLQ sequence."""
-    return (await _get(js, dlq_seq))[0]
-
-
-async def replay(js: JetStreamContext, dlq_seq: int) -> Replayed:
-    """Re-queue one entry's alert; record the replay; remove the entry."""
-    dead, stored_headers = await _get(js, dlq_seq)
-    if dead.alert is None:
-        raise DlqError(f"DLQ entry {dlq_seq} holds no decodable alert; it cannot be replayed")
-    now = datetime.now(UTC)
-    again = msgspec.structs.replace(dead.alert, replay=dead.alert.replay + 1, replayed_at=now)
-    headers = {h.MSG_ID: replay_msg_id(again)}
-    headers.update({k: v for k, v in stored_headers.items() if k in h.TRACE_HEADERS})
-    ack = await js.publish(
-        alert_subject(again.account, again.symbol), alert_encoder.encode(again), headers=headers
-    )
-    if ack.duplicate:
-        await _check_is_ours(js, ack.seq, again, dlq_seq)
-    event = Replayed(
-        alert_id=again.id, account=again.account, symbol=again.symbol, at=now,
-        replay=again.replay, dlq_seq=dlq_seq, stream_seq=ack.seq,
-    )  # fmt: skip
-    await js.publish(
-        event_subject("replayed", again.account, again.symbol),
-        event_encoder.encode(event),
-        headers={h.MSG_ID: event_msg_id(event)},
-    )
-    await js.delete_msg(DLQ_STREAM, dlq_seq)
-    return event
-
-
-async def _check_is_ours(js: JetStreamContext, seq: int, again: Alert, dlq_seq: int) -> None:
-    """A duplicate PubAck: the replay is stored only if ALERTS `seq` is this alert in this
-    round (the same command run before); else the entry must stay."""
-    try:
-        raw = await js.get_msg(ALERTS_STREAM, seq=seq, direct=True)
-        stored = alert_decoder.decode(raw.data or b"")
-    except (NotFoundError, msgspec.DecodeError):
-        stored = None
-    if stored is None or (stored.account, stored.id, stored.replay) != (
-        again.account,
-        again.id,
-        again.replay,
-    ):
-        raise DlqError(
-            f"DLQ entry {dlq_seq} not replayed: its message id is taken by ALERTS message "
-            f"{seq}, which is not this alert's replay {again.replay}; the entry is kept"
-        )
+# nats-server's error codes for deleting a sequence the stream does not hold: one
+# deleted already (10043), one past its last (10057, "stream store EOF").
+NO_MESSAGE = frozenset({10043, 10057})
 
 
 async def purge(js: JetStreamContext, dlq_seq: int) -> None:
@@ -155,4 +46,8 @@ async def purge(js: JetStreamContext, dlq_seq: int) -> None:
     try:
         await js.delete_msg(DLQ_STREAM, dlq_seq)
     except NotFoundError:
-        raise DlqError(f"no DLQ entry {dlq_seq}") from None
+        raise NoEntryError(f"no DLQ entry {dlq_seq}") from None
+    except APIError as exc:  # a purged entry, or one past the end, is not "not found"
+        if exc.err_code not in NO_MESSAGE:
+            raise
+        raise NoEntryError(f"no DLQ entry {dlq_seq}") from None

@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+import bcrypt
+
 from ops.platform.files import private_dir
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
 
+DEFAULT_WEBHOOK_URL: Final = "http://127.0.0.1:8080/webhook"
 # The users of deploy/nats-server.conf. `just up` generates a password for each.
-NATS_ROLES: Final = ("ingress", "worker", "ops")
+NATS_ROLES: Final = ("ingress", "worker", "ops", "notifier", "console", "projector")
 # What in the environment already says who a process is to NATS (ops/settings.py).
 NATS_IDENTITY_VARS: Final = (
     "ALERTBRIDGE_NATS_USER",
@@ -62,6 +65,23 @@ def ensure_secret(var: Path) -> tuple[Path, bool]:
     return path, True
 
 
+def console_token_file(var: Path) -> Path:
+    """The generated token of the local console (`Authorization: Bearer`, the login form)."""
+    return var / "console.token"
+
+
+def ensure_console_token(var: Path) -> tuple[Path, bool]:
+    """Create a random console token (mode 0600, 256 bits) on first run; (path, created)."""
+    path = console_token_file(var)
+    private_var(var)
+    if path.exists():
+        return path, False
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+    return path, True
+
+
 def nats_password_file(var: Path, role: str) -> Path:
     """The local stack's generated NATS password of one role (mode 0600)."""
     return var / f"nats-{role}.password"
@@ -86,6 +106,39 @@ def _nats_reads_as_string(value: str) -> bool:
 def new_nats_password() -> str:
     """A random password nats-server reads as a string (192 bits)."""
     return "n" + secrets.token_hex(24)
+
+
+# The generated passwords are 192 random bits: no cost factor makes them easier to
+# guess, so the lowest bcrypt allows keeps every client's connect cheap for the server.
+_BCRYPT_ROUNDS: Final = 4
+
+
+def nats_server_password(password: str) -> str:
+    """What nats-server is given for a user: a bcrypt hash of the password (`$2a$`, the
+    prefix nats-server recognises), so the server holds no plaintext password and says
+    nothing of one at start; the clients keep sending the password itself."""
+    salt = bcrypt.gensalt(_BCRYPT_ROUNDS, prefix=b"2a")
+    return bcrypt.hashpw(password.encode(), salt).decode()
+
+
+def ingress_url_file(var: Path) -> Path:
+    """Where `alertbridge up` notes its webhook URL, for `alertbridge send`."""
+    return var / "ingress.url"
+
+
+def write_ingress_url(var: Path, http_port: int) -> None:
+    """Note the local stack's webhook URL (it follows `up --port`)."""
+    private_var(var)
+    ingress_url_file(var).write_text(f"http://127.0.0.1:{http_port}/webhook\n", encoding="utf-8")
+
+
+def local_webhook_url(var: Path) -> str:
+    """The webhook URL of the last `alertbridge up` here, else the default port's."""
+    with contextlib.suppress(OSError):
+        noted = ingress_url_file(var).read_text(encoding="utf-8").strip()
+        if noted:
+            return noted
+    return DEFAULT_WEBHOOK_URL
 
 
 def ensure_nats_passwords(var: Path) -> dict[str, Path]:

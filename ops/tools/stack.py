@@ -1,8 +1,12 @@
-"""`alertbridge up`: the whole local stack as child processes, stopped in order.
+"""`alertbridge up`: the whole local stack as child processes, kept running, stopped in order.
 
 nats-server (JetStream, storage under var/nats) → provisioning → worker(s) →
-ingress. Ctrl-C (or SIGTERM) stops the ingress first (no new alerts), then
-the workers (finish in-flight orders), then nats-server. Data stays in var/.
+notifier → projector → console → ingress. A child that dies is started again after a
+backoff, and the others reconnect to it (ops.tools.supervisor); one that keeps dying (more than
+`--restart-limit` times within `--restart-window`) stops the stack, and `up` exits
+1 naming it, with its last lines. Ctrl-C (or SIGTERM) stops the ingress first (no
+new alerts), then the console, the projector, the notifier and the workers (finish
+in-flight orders), then nats-server, and `up` exits 0. Data stays in var/.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,18 +28,35 @@ from ops.platform.natsconn import connect, jetstream
 from ops.platform.settings import Common, SettingsError, load
 from ops.tools.paths import (
     NATS_ROLES,
+    console_token_file,
+    ensure_console_token,
     ensure_nats_passwords,
     ensure_secret,
     nats_config_file,
     nats_identity,
     nats_server_binary,
+    nats_server_password,
     nats_server_password_var,
     read_secret,
+    write_ingress_url,
     write_nats_context,
 )
+from ops.tools.supervisor import Child, CrashLoop, RestartPolicy, tend
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+EXIT_CRASH_LOOP = 1  # a child kept dying: the stack is stopped (a service manager restarts it)
+# Ingress processes by default: one per core, at most this many. Each holds a NATS
+# connection and its own memory; past a few cores nats-server's fsyncs, not the
+# ingress's Python, bound the rate (docs/performance.md).
+MAX_DEFAULT_INGRESSES = 8
+
+
+def default_ingresses() -> int:
+    """One ingress process per core this process may run on, capped."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_DEFAULT_INGRESSES))
 
 
 @dataclass
@@ -50,7 +70,10 @@ class Stack:
     workers: int = 1
     ingresses: int = 1
     otel_endpoint: str | None = None
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    health_port: int | None = None  # the first worker's; None: http_port + 1
+    console_port: int = 8090
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    children: list[Child] = field(default_factory=list)
 
     @property
     def nats_url(self) -> str:
@@ -61,8 +84,9 @@ class Stack:
         """The children's environment: the caller's, plus the stack's settings."""
         env = dict(os.environ)
         env["ALERTBRIDGE_NATS_URL"] = self.nats_url  # the stack's own server, always
-        if self.otel_endpoint:
+        if self.otel_endpoint:  # our own Jaeger: it takes traces, not metrics
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otel_endpoint
+            env["OTEL_METRICS_EXPORTER"] = "none"
         env.setdefault("ALERTBRIDGE_PAPER_DB", str(self.var / "paper.db"))
         env.setdefault("ALERTBRIDGE_DEFAULT_QUANTITY", "1")
         for role in NATS_ROLES:  # the server's passwords reach the server only
@@ -74,27 +98,25 @@ class Stack:
         """`env`, as the NATS user `role` (its password file under var/, nothing else)."""
         return self.env(**nats_identity(self.var, role), **extra)
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        """Start a child in its own process group, so Ctrl-C reaches only us."""
-        proc = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
-        self.children.append((name, proc))
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], *, essential: bool = True
+    ) -> None:
+        """Start a supervised child (restarted if it dies) in its own process group;
+        one not `essential` that keeps dying is given up on, the others run on."""
+        if sys.stderr.isatty():  # it writes to our terminal through a pipe: logs for people
+            env = {"ALERTBRIDGE_LOG_FORMAT": "text", **env}
+        self.children.append(Child(name, argv, env, essential=essential))
 
     def stop(self, grace: float = 15.0) -> None:
         """Stop the children in reverse start order: ingress, worker, then nats-server."""
-        for name, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    click.echo(f"{name} did not stop in {grace}s; killing it", err=True)
-                    proc.kill()
-                    proc.wait()
+        for child in reversed(self.children):
+            child.stop(grace)
 
 
 def run(stack: Stack) -> int:
-    """Run the stack in the foreground until Ctrl-C or a child dies."""
+    """Run the stack in the foreground until Ctrl-C or SIGTERM (0) or a crash loop (1)."""
     secret, created = ensure_secret(stack.var)
+    token, token_created = ensure_console_token(stack.var)
     click.echo(
         f"webhook secret: {'generated in' if created else 'read from'} {secret} "
         "(alertbridge send uses it)",
@@ -115,15 +137,20 @@ def run(stack: Stack) -> int:
             f"nats {stack.nats_url}, data in {stack.var}. Ctrl-C stops.",
             err=True,
         )
+        click.echo(
+            f"console: http://127.0.0.1:{stack.console_port}/ (its token: "
+            f"{'generated in' if token_created else 'read from'} {token})",
+            err=True,
+        )
         while not stop_requested:
-            for name, proc in stack.children:
-                if proc.poll() is not None:
-                    click.echo(f"{name} exited with {proc.returncode}; stopping", err=True)
-                    stop_requested = True
-            time.sleep(0.2)
+            tend(stack.children, stack.policy, time.monotonic())
+            time.sleep(0.1)
+    except CrashLoop as exc:
+        click.echo(f"{exc}\nstopping the stack", err=True)
+        return EXIT_CRASH_LOOP
     finally:
         stack.stop()
-    click.echo("alertbridge stopped; data kept in " + str(stack.var), err=True)
+        click.echo("alertbridge stopped; data kept in " + str(stack.var), err=True)
     return 0
 
 
@@ -139,7 +166,11 @@ def _jaeger(stack: Stack) -> None:
     """Start Jaeger (all-in-one, OTLP on 4317/4318, UI on 16686) when one is at hand."""
     binary = os.environ.get("JAEGER_BIN") or shutil.which("jaeger")
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        click.echo("traces: exported to $OTEL_EXPORTER_OTLP_ENDPOINT", err=True)
+        click.echo(
+            "traces: Jaeger not started, since OTEL_EXPORTER_OTLP_ENDPOINT is set: traces "
+            "(and metrics, unless OTEL_METRICS_EXPORTER=none) go to that endpoint",
+            err=True,
+        )
         return
     if binary is None:
         click.echo(
@@ -148,7 +179,7 @@ def _jaeger(stack: Stack) -> None:
             err=True,
         )
         return
-    stack.spawn("jaeger", [binary], stack.env())
+    stack.spawn("jaeger", [binary], stack.env(), essential=False)  # traces are a nicety
     stack.otel_endpoint = "http://127.0.0.1:4318"
     click.echo("traces: Jaeger UI on http://127.0.0.1:16686", err=True)
 
@@ -162,6 +193,7 @@ def _start(stack: Stack, secret: Path) -> None:
         raise click.ClickException(str(exc)) from None
     _jaeger(stack)
     write_nats_context(stack.nats_url, stack.var)
+    write_ingress_url(stack.var, stack.http_port)  # where `alertbridge send` posts
     store = stack.var / "nats"
     store.mkdir(parents=True, exist_ok=True)
     # The flags override the file: the store, the loopback address and the ports.
@@ -174,16 +206,37 @@ def _start(stack: Stack, secret: Path) -> None:
             "--http_port", str(stack.monitor_port), "--server_name", "alertbridge-local",
         ],
         stack.env(
-            **{nats_server_password_var(r): read_secret(p) for r, p in passwords.items()},
+            **{nats_server_password_var(r): nats_server_password(read_secret(p))
+               for r, p in passwords.items()},  # hashed: the server never holds them
             ALERTBRIDGE_NATS_SYNC=settings.nats_sync,
         ),
     )  # fmt: skip
     asyncio.run(_provision(settings, stack.nats_port))
+    first = stack.http_port + 1 if stack.health_port is None else stack.health_port
     for i in range(stack.workers):
-        env = stack.env_as("worker", ALERTBRIDGE_HEALTH_PORT=str(stack.http_port + 1 + i))
+        port = first + i if first else 0  # 0: off, for each of them
+        env = stack.env_as("worker", ALERTBRIDGE_HEALTH_PORT=str(port))
         stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], env)
+    # The notifier: [notify] targets of the accounts file; its state under var/.
+    env = stack.env_as("notifier", ALERTBRIDGE_NOTIFIER_DB=str(stack.var / "notifier.db"))
+    stack.spawn("notifier", [sys.executable, "-m", "notifier"], env)
+    # The projector: the read models (`alertbridge orders`, the console) under var/.
+    env = stack.env_as("projector", ALERTBRIDGE_PROJECTIONS_DB=str(stack.var / "projections.db"))
+    stack.spawn("projector", [sys.executable, "-m", "projector"], env)
+    # The console: its own port and token; not on the order path, so not essential.
     env = stack.env_as(
-        "ingress", ALERTBRIDGE_SECRETS_FILE=str(secret), ALERTBRIDGE_HTTP_PORT=str(stack.http_port)
+        "console", ALERTBRIDGE_CONSOLE_PORT=str(stack.console_port),
+        ALERTBRIDGE_CONSOLE_TOKEN_FILE=str(console_token_file(stack.var)),
+        ALERTBRIDGE_PROJECTIONS_DB=str(stack.var / "projections.db"),
+    )  # fmt: skip
+    if stack.otel_endpoint:  # our own Jaeger (above): an alert's page links to its trace
+        env.setdefault("ALERTBRIDGE_JAEGER_URL", "http://127.0.0.1:16686")
+    stack.spawn("console", [sys.executable, "-m", "console"], env, essential=False)
+    env = stack.env_as(
+        "ingress",
+        ALERTBRIDGE_SECRETS_FILE=str(secret),
+        ALERTBRIDGE_HTTP_PORT=str(stack.http_port),
+        ALERTBRIDGE_INGRESS_PROCESSES="1",  # `up` runs and supervises each one itself
     )
     if stack.ingresses > 1:  # one port, the kernel spreads the connections
         env["ALERTBRIDGE_HTTP_REUSE_PORT"] = "true"

@@ -240,6 +240,7 @@ class AlpacaBroker:
     """An Alpaca account over REST; one HTTP connection pool per instance."""
 
     name = "alpaca"
+    can_lookup = True
 
     def __init__(self, config: AlpacaConfig) -> None:
         self._config = config

@@ -46,6 +46,8 @@ class Broker(Protocol):
     """
 
     name: str
+    # Whether `lookup` asks the broker (False: it cannot tell whether an order exists).
+    can_lookup: bool
 
     async def place(self, order: Order) -> OrderResult:
         """Place the order; raise DuplicateOrderError, RetryableError or TerminalError."""

@@ -6,9 +6,12 @@ params)` (symbols are ccxt's unified ones, e.g. `BTC/USDT`; amounts in the base 
     alertbridge                ccxt
     -------------------------  ---------------------------------------------------------
     side buy / sell            side buy / sell, amount = quantity
-    side close (spot only)     sell the whole free balance of the base asset
-                               (fetch_balance), at market; quantity is ignored. Spot has
-                               no position: BTC bought outside alertbridge is sold too
+    side close (spot only)     sell, at market, what alertbridge bought of the base
+                               asset and still holds (worker/brokers/ccxt_ledger.py: the
+                               fills of its own orders, net of base-asset fees), capped by
+                               the free balance; quantity is ignored. Coins bought outside
+                               alertbridge stay. With close_whole_balance: the whole free
+                               balance of the base asset (fetch_balance)
     market                     type market, no price
     limit                      type limit, price = limit_price
     stop                       type market, params triggerPrice = stop_price
@@ -27,7 +30,8 @@ filled order's id may be used again, so a redelivered market order would fill tw
 Before placing, the adapter therefore looks the order up (`lookup`) and reports a
 DuplicateOrderError when the exchange has it (`check_before_place`, on by default). A
 duplicate answer from the exchange itself (ccxt DuplicateOrderId, Binance -2010
-"Duplicate order sent.") is a DuplicateOrderError too.
+"Duplicate order sent.") is a DuplicateOrderError too, and so is a close whose client
+order id is already among the orders its ledger reads.
 
 `lookup(order)` is fetch_order by client order id (`clientOrderId`, Binance
 `origClientOrderId`) *and* the order's symbol, which most exchanges need: it finds
@@ -59,6 +63,7 @@ import ccxt.async_support as ccxt_async
 import msgspec
 from ccxt.base import errors as ccxt_errors
 
+from worker.brokers import ccxt_ledger
 from worker.brokers._text import clip, redact
 from worker.brokers.base import Order, OrderResult
 from worker.errors import (
@@ -109,13 +114,16 @@ class CcxtConfig(msgspec.Struct, frozen=True, kw_only=True):
     api_url: str | None = None
     timeout: float = 10.0
     check_before_place: bool = True
+    # A close sells the whole free base balance, not only what alertbridge bought.
+    close_whole_balance: bool = False
 
     def __repr__(self) -> str:
         # The secrets never reach a log line, whoever logs the config.
         return (
             f"CcxtConfig(exchange={self.exchange!r}, api_key='***', secret='***',"
             f" sandbox={self.sandbox!r}, api_url={self.api_url!r}, timeout={self.timeout!r},"
-            f" check_before_place={self.check_before_place!r})"
+            f" check_before_place={self.check_before_place!r},"
+            f" close_whole_balance={self.close_whole_balance!r})"
         )
 
 
@@ -232,19 +240,20 @@ class CcxtBroker:
 
     def __init__(self, config: CcxtConfig) -> None:
         self.name = f"ccxt:{config.exchange}"
+        self.can_lookup = True
         self._config = config
         self._secrets = tuple(s for s in (config.api_key, config.secret, config.password) if s)
         self._exchange = _exchange(config)
 
     async def place(self, order: Order) -> OrderResult:
-        """Create the order, or sell the base balance for a close (spot)."""
+        """Create the order, or sell what alertbridge holds for a close (spot)."""
         if self._config.check_before_place and await self.lookup(order) is not None:
             raise DuplicateOrderError(
                 f"{self.name} already has client order id {order.client_order_id}"
             )
         try:
             if order.side == "close":
-                raw = await self._sell_balance(order)
+                raw = await self._sell_held(order)
             else:
                 kind, price, params = _order_call(order, self._exchange.has)
                 raw = await self._exchange.create_order(
@@ -286,20 +295,46 @@ class CcxtBroker:
             return None
         return raw
 
-    async def _sell_balance(self, order: Order) -> dict[str, Any]:
-        """A close on spot: sell the free balance of the base asset at market."""
+    async def _sell_held(self, order: Order) -> dict[str, Any]:
+        """A close on spot: sell at market what alertbridge holds, capped by the free balance."""
         await self._exchange.load_markets()
         market = self._exchange.market(order.symbol)
         if not market.get("spot"):
             raise OrderRejectedError(f"{self.name}: close is supported on spot markets only")
-        balance = await self._exchange.fetch_balance()
-        free = float((balance.get(market["base"]) or {}).get("free") or 0.0)
-        if free <= 0:
-            raise OrderRejectedError(
-                f"{self.name}: no free {market['base']} to sell to close {order.symbol}"
-            )
-        amount = float(self._exchange.amount_to_precision(order.symbol, free))
+        amount = await self._sellable(order, market["base"])
         raw: dict[str, Any] = await self._exchange.create_order(
-            order.symbol, "market", "sell", amount, None, {"clientOrderId": order.client_order_id}
+            order.symbol,
+            "market",
+            "sell",
+            float(self._exchange.amount_to_precision(order.symbol, amount)),
+            None,
+            {"clientOrderId": order.client_order_id},
         )
         return raw
+
+    async def _sellable(self, order: Order, base: str) -> float:
+        """How much of `base` a close sells: alertbridge's holding (or, with
+        close_whole_balance, everything) up to the free balance."""
+        held = None
+        if not self._config.close_whole_balance:
+            ledger = await ccxt_ledger.read(self._exchange, order.symbol, base)
+            if order.client_order_id in ledger.client_order_ids:
+                # An earlier delivery placed this close (found even where lookup cannot).
+                raise DuplicateOrderError(
+                    f"{self.name} already has client order id {order.client_order_id}"
+                )
+            if ledger.held <= 0:
+                raise TerminalError(
+                    f"{self.name}: nothing bought through alertbridge to close for {order.symbol}"
+                )
+            held = float(ledger.held)
+        balance = await self._exchange.fetch_balance()
+        free = float((balance.get(base) or {}).get("free") or 0.0)
+        if free <= 0:
+            raise OrderRejectedError(f"{self.name}: no free {base} to sell to close {order.symbol}")
+        amount = free if held is None else min(held, free)
+        log.info(
+            "%s close %s: alertbridge holds %s %s, %s free, selling %s",
+            self.name, order.symbol, "all" if held is None else held, base, free, amount,
+        )  # fmt: skip
+        return amount

@@ -129,6 +129,8 @@ class HttpForwardBroker:
     def __init__(self, config: HttpForwardConfig) -> None:
         self._config = config
         self._client = HttpClient("forward", config.timeout, private_urls=True)
+        # Without the receiver's lookups, a duplicate answer is all it says about an order.
+        self.can_lookup = config.lookup
 
     async def place(self, order: Order) -> OrderResult:
         """POST the order; a 2xx answer means the receiver has it."""

@@ -28,7 +28,7 @@ import contextlib
 import contextvars
 import logging
 import os
-import secrets
+import random
 import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -78,6 +78,7 @@ class PaperBroker:
     """A SQLite-backed paper book."""
 
     name = "paper"
+    can_lookup = True
 
     def __init__(self, path: Path, equity: float = 100_000.0) -> None:
         self._equity = equity
@@ -240,7 +241,8 @@ class PaperBroker:
             side, quantity = self._closing(db, order.account, order.symbol)
         fill = order.limit_price if order.order_type == "limit" else order.reference_price
         status = "filled" if fill is not None or order.order_type == "market" else "accepted"
-        broker_order_id = secrets.token_hex(16)
+        # Unique, not secret: no `os.urandom` call per order (secrets.token_hex's cost).
+        broker_order_id = f"{random.getrandbits(128):032x}"
         try:
             self._insert(db, order, broker_order_id, side, quantity, fill, status)
         except sqlite3.IntegrityError as exc:  # the UNIQUE client order id

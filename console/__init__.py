@@ -1,0 +1,1 @@
+"""The web console and its API: the read models, the live feed, replays and halts."""

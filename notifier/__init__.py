@@ -1,0 +1,1 @@
+"""The notifier: tells people what needs them (dead letters, outages, halts) via Apprise."""
