@@ -38,9 +38,10 @@ def drain(
     stored = settle(streams.stored) - stored0
     pre = h.quiet()
     t0 = time.monotonic()
+    # Before the workers start: start_workers waits 1.5 s, in which a short drain is done.
+    server0 = ticks(server_pid) if server_pid else 0
     workers = h.start_workers(f"drain-{label}", nworkers, env, cpu=cpu)
     tk0 = sum(ticks(w.pid) for w in workers)
-    server0 = ticks(server_pid) if server_pid else 0
     ours0, s0, m0 = ours_ticks(), cpu_snap(), time.monotonic()
     done = streams.wait_executed(before + stored, h.opts.drain_max_seconds)
     ours1, s1, m1 = ours_ticks(), cpu_snap(), time.monotonic()
@@ -70,10 +71,15 @@ def drain(
             round(1e6 * (server1 - server0) / HZ / max(ev.executed or 0, 1)) if server_pid else None
         ),
     )
+    # From the workers' start (their start-up included): the 1.5 s start_workers waits
+    # is part of the drain.
+    worker_us = round(1e6 * tk1 / HZ / max(ev.executed or 0, 1))
     log(
         f"  drain {label} x{nworkers}: {out.executed} executed, {out.rate_mid80_per_s}/s "
-        f"(middle 80 %), all executed: {done}; worker cpu {out.worker_cpu_pct_sum}%, "
-        f"other load {out.other_cpu_pct}% of a core"
+        f"(middle 80 %), all executed: {done}; worker cpu {out.worker_cpu_pct_sum}% "
+        f"({worker_us} µs per executed alert, start-up included), nats-server "
+        f"{out.server_cpu_us_per_alert or '-'} µs per alert, other load {out.other_cpu_pct}% "
+        "of a core"
     )
     return out
 

@@ -13,7 +13,8 @@ Secrets stay where the ingress already looks for them, and are checked the same 
 3Commas's `secret` is one of `parse.SECRET_KEYS`; TradersPost's password is in its URL,
 as ours is (`/webhook/{secret}`); a PineConnector line's `secret=`, or without one its
 license id, becomes the body's secret candidate (keys `secret` and `key`, which
-`parse.pop_secret` takes out before anything is stored or logged).
+`parse.pop_secret` takes out before anything is stored or logged), and its `account=`
+the body's `account`: the account the secret is checked for is the one the alert is for.
 
 Two steps, on either side of authentication (ingress.app): `text_line` only splits a
 PineConnector line into a JSON-like object (before the secret is checked: it never
@@ -54,7 +55,8 @@ class FormatError(Exception):
 
 def text_line(body: bytes) -> dict[str, Any] | None:
     """A PineConnector line (`LicenseID,command,symbol,name=value,...`) as an object whose
-    secret keys hold its `secret=` and license id; None when `body` is not such a line."""
+    secret keys hold its `secret=` and license id, and whose `account` its first
+    `account=` (the account the secret is checked for); None when `body` is not such a line."""
     if len(body) > MAX_LINE_BYTES:
         return None
     try:
@@ -72,6 +74,8 @@ def text_line(body: bytes) -> dict[str, Any] | None:
         name, sep, value = field.partition("=")
         if sep and name.strip().lower() == "secret":
             line.setdefault("secret", value.strip())
+        elif sep and name.strip().lower() == "account" and "account" not in line:
+            line["account"] = value.strip()  # read before the secret: whose secret it needs
         else:
             rest.append(field)
     line[LINE] = rest
@@ -132,7 +136,6 @@ _PARAMETERS: Final = {
     "tp": "take_profit",
     "tp_price": "take_profit",
     "comment": "comment",
-    "account": "account",
 }
 # Relative to the fill, the balance or the market: nothing here knows those.
 _RELATIVE: Final = re.compile(r"(vol|sl|tp)_[a-z]+|risk_[a-z]+|trail[a-z_]*|be[a-z_]*|atr[a-z_]*")
@@ -166,6 +169,8 @@ def _parameter(out: dict[str, Any], field: str, price_field: str | None) -> None
     name = name.lower()
     if not sep or not name:
         raise FormatError(LINE, "after the symbol, every field is name=value")
+    if name == "account":  # `text_line` took the first: the one the secret was checked for
+        raise FormatError("account", "given twice: only the line's first account= names it")
     if name == "price":
         if price_field is None:
             raise FormatError("price", "only with buylimit, selllimit, buystop, sellstop")
@@ -180,7 +185,7 @@ def _parameter(out: dict[str, Any], field: str, price_field: str | None) -> None
             " here: send risk= or vol_lots= (lots), sl= / tp= (prices)",
         )
     else:
-        raise FormatError(LINE, f"a parameter other than {', '.join(_PARAMETERS)}, price")
+        raise FormatError(LINE, f"a parameter other than {', '.join(_PARAMETERS)}, account, price")
 
 
 # --- 3Commas signal bot: help.3commas.io articles 9374557 (strategy), 8894481 (custom) --

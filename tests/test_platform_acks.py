@@ -35,9 +35,7 @@ async def test_each_publish_gets_its_own_pub_ack_with_its_own_duplicate(nc: Clie
 async def test_a_refused_publish_raises_the_servers_error(nc: Client) -> None:
     acks = Acks(nc, timeout=5.0, sweep_every=0.05)
     with pytest.raises(APIError) as refused:
-        await acks.publish(
-            SUBJECT, b"{}", {MSG_ID: "e-x", "Nats-Expected-Last-Sequence": "99"}
-        )
+        await acks.publish(SUBJECT, b"{}", {MSG_ID: "e-x", "Nats-Expected-Last-Sequence": "99"})
     assert "wrong last sequence" in (refused.value.description or "")
 
 
