@@ -138,6 +138,50 @@ def test_a_stale_redelivery_or_replay_is_looked_up_first(attempt: int, replay: i
     assert unknown.delay == SCHEDULE[min(attempt, len(SCHEDULE)) - 1]
 
 
+def test_an_alert_exactly_its_max_age_old_still_goes_ahead() -> None:
+    """The max age is inclusive: an alert expires only once it is older."""
+    assert isinstance(triage(alert_delivery(age=60), Desk.single(Unused()), 60, NOW), Route)
+    assert isinstance(triage(alert_delivery(age=60.001), Desk.single(Unused()), 60, NOW), Outcome)
+
+
+def test_a_dead_end_is_dated_and_names_the_side_and_quantity_asked() -> None:
+    """What the people told about a rejected or expired alert see (the notifier)."""
+    nobody = Desk({"other": (Account(), Unused())}, any_name=False)
+    d = alert_delivery(age=1)
+    dead_ends = [
+        triage(delivery(b"not json"), Desk.single(Unused()), 60, NOW),
+        triage(d, nobody, 60, NOW),
+        triage(alert_delivery(age=61), Desk.single(Unused()), 60, NOW),
+        after_call(d, fresh_route(d), OrderRejectedError("no funds"), NOW, SCHEDULE),
+    ]
+    asked = []
+    for outcome in dead_ends:
+        assert isinstance(outcome, Outcome)
+        assert isinstance(outcome.event, Rejected | Expired) and outcome.event.at == NOW
+        asked.append((outcome.event.side, outcome.event.quantity))
+    assert asked == [(None, None), ("buy", 1.0), ("buy", 1.0), ("buy", 1.0)]
+
+
+def test_the_executed_event_records_the_brokers_answer() -> None:
+    d = alert_delivery(age=2)
+    filled = msgspec.structs.replace(RESULT, fill_price=190.25)
+    outcome = after_call(d, fresh_route(d), Placed(filled, already_done=False), NOW, SCHEDULE)
+    assert isinstance(outcome, Outcome) and isinstance(outcome.event, Executed)
+    event = outcome.event
+    assert (event.client_order_id, event.broker_order_id, event.broker, event.status) == (
+        "ab1",
+        "b1",
+        "unused",
+        "filled",
+    )
+    assert (event.side, event.quantity, event.fill_price, event.already_done) == (
+        "buy",
+        1.0,
+        190.25,
+        False,
+    )
+
+
 def test_the_accounts_max_age_wins_and_zero_means_none() -> None:
     strict = Desk.single(Unused(), Account(max_alert_age=5))
     assert isinstance(triage(alert_delivery(age=10), strict, 60, NOW), Outcome)
@@ -170,6 +214,7 @@ def test_after_the_call_placed_is_executed_terminal_rejected_anything_else_retri
         (18.0, 5, 30.0),
         (48.0, 6, 60 - 48 - 0.25),  # cut: the retry comes just before the max age
         (59.0, 7, 0.75),
+        (59.5, 8, 0.25),  # the shortest retry still made: MIN_RETRY_DELAY before the margin
     ],
 )
 def test_a_retry_comes_before_the_max_age(age: float, attempt: int, delay: float) -> None:
