@@ -24,8 +24,8 @@ from contracts import tracing
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder, alert_msg_id
 from contracts.subjects import ALERTS_STREAM, RESENDS_STREAM, alert_subject, resend_subject
-from ingress.acks import Acks
 from ops.platform import provision
+from ops.platform.acks import Acks
 from ops.platform.natsconn import NatsAuthError, connect, jetstream
 
 if TYPE_CHECKING:
@@ -79,9 +79,7 @@ class Publisher:
         self._js = jetstream(self._nc, self._settings)
         # A deadline is kept to within a tenth of the publish timeout (50 ms at most).
         sweep_every = min(0.05, self._settings.publish_timeout / 10)
-        acks = Acks(self._nc, sweep_every=sweep_every)
-        await acks.start()
-        self._acks = acks
+        self._acks = Acks(self._nc, timeout=self._settings.publish_timeout, sweep_every=sweep_every)
 
     async def stop(self) -> None:
         """Flush what is in flight and close."""
@@ -91,8 +89,6 @@ class Publisher:
                 await self._connecting
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()  # the PubAcks of what is in flight come in first
-        if self._acks is not None:
-            await self._acks.stop()
 
     async def publish(
         self, alert: Alert, *, digest: str | None = None, trace: dict[str, str] | None = None

@@ -181,7 +181,7 @@ async def test_no_other_role_can_put_a_pub_ack_in_the_ingresss_reply_inbox(
     as_ops: JetStreamContext,
 ) -> None:  # fmt: skip
     """A forged PubAck there would make the ingress answer 200 for an alert never stored
-    (ingress.acks). Its inbox is in the INGRESS account, which exports nothing: no other
+    (ops.platform.acks). Its inbox is in the INGRESS account, which exports nothing: no other
     role, and not even the operators' STREAMS account, can reach it. (Another connection
     as `ingress` can: the same role, holding the same password.)"""
     inbox = as_ingress.new_inbox()

@@ -5,9 +5,9 @@ PubAck does not need: a semaphore slot, a random token (an `os.urandom` call), a
 done-callback, the PubAck decoded by `json.loads` into a dict and then a dataclass, and
 the caller's `asyncio.timeout` on top. Here each publish is a core publish whose reply
 subject is the process's inbox plus a counter, the PubAck is decoded by msgspec into a
-struct, and one timer fails every publish past its timeout, a few times a second, and
-only while some publish waits (docs/performance.md has the figures). One timeout for
-all publishes keeps their deadlines in order, so a queue holds them, not a heap.
+struct, and one timer fails every publish past its deadline (its own, or the timeout
+from now), a few times a second, and only while some publish waits
+(docs/performance.md has the figures). The ingress and the worker's events share it.
 
 Each publish still gets its own PubAck (its own `duplicate`), and the caller still waits
 for it or its deadline. Only public nats-py API is used: `new_inbox`, `subscribe` with a
@@ -19,8 +19,8 @@ connection (nats-py subscribes it again after a reconnect).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -64,12 +64,15 @@ class Acks:
         self._subscribing: asyncio.Future[None] | None = None
         self._tokens = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[PubAck]] = {}
-        self._deadlines: deque[tuple[float, int]] = deque()  # in deadline order
+        self._deadlines: list[tuple[float, int]] = []  # a heap
         self._sweep: asyncio.TimerHandle | None = None
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> PubAck:
-        """Publish and return the PubAck. Raise TimeoutError when it has not come within
-        the timeout (give or take a sweep), APIError when JetStream refused the message,
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], deadline: float | None = None
+    ) -> PubAck:
+        """Publish and return the PubAck. Raise TimeoutError when it has not come by
+        `deadline` (event loop time; default: the timeout from now), give or take a sweep,
+        APIError when JetStream refused the message,
         NoStreamResponseError when no stream takes the subject, and whatever nats-py's
         publish or subscribe raises."""
         if not self._prefix:
@@ -78,7 +81,8 @@ class Acks:
         token = next(self._tokens)
         future: asyncio.Future[PubAck] = loop.create_future()
         self._waiting[token] = future
-        self._deadlines.append((loop.time() + self._timeout, token))
+        due = loop.time() + self._timeout if deadline is None else deadline
+        heapq.heappush(self._deadlines, (due, token))
         if self._sweep is None:
             self._sweep = loop.call_later(self._sweep_every, self._swept)
         try:
@@ -129,7 +133,7 @@ class Acks:
     def _expire(self, now: float) -> None:
         deadlines, waiting = self._deadlines, self._waiting
         while deadlines and deadlines[0][0] <= now:
-            _, token = deadlines.popleft()
+            _, token = heapq.heappop(deadlines)
             future = waiting.get(token)
             if future is not None and not future.done():
                 future.set_exception(TimeoutError())
