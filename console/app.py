@@ -20,11 +20,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
-from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from console.api import AlertsController, ControlController, ReadController
 from console.auth import Access, LoginNeededError
+from console.files import static_files
 from console.pages import LoginController, PagesController
 from console.runtime import Runtime
 from ops.platform.natsconn import connect
@@ -69,7 +69,12 @@ def _page_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 def create_app(settings: ConsoleSettings, token: Secret, *, connect_nats: bool = True) -> Litestar:
     """The console app. `connect_nats=False`: no NATS (tests of what needs none)."""
-    rt = Runtime(settings=settings, access=Access(token))
+    access = Access(
+        token,
+        lifetime=settings.console_session_hours * 3_600,
+        idle=settings.console_session_idle_minutes * 60,
+    )
+    rt = Runtime(settings=settings, access=access)
 
     @contextlib.asynccontextmanager
     async def nats(app: Litestar) -> AsyncIterator[None]:
@@ -90,7 +95,7 @@ def create_app(settings: ConsoleSettings, token: Secret, *, connect_nats: bool =
             ControlController,
             LoginController,
             PagesController,
-            create_static_files_router("/static", [HERE / "static"]),
+            static_files(HERE / "static"),
         ],
         state=State({"runtime": rt}),
         lifespan=[nats],

@@ -1,9 +1,11 @@
 """Who may use the console: whoever holds its token.
 
 Scripts send `Authorization: Bearer <token>`. People type the token once into the login
-form, which sets a cookie holding not the token but a value derived from it (HMAC), so
-the cookie never reveals the token, and rotating the token logs everyone out. Every
-comparison is constant-time (`hmac.compare_digest`).
+form, which opens a session (console/sessions.py): the cookie holds a random session id,
+never the token nor anything derived from it, and the session ends at logout, after its
+lifetime or idle time, or when the console restarts (so rotating the token, which needs
+a restart, logs everyone out). The token is compared in constant time
+(`hmac.compare_digest`); a session id is looked up by its HMAC.
 
 What each kind of request needs:
 
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from litestar.exceptions import NotAuthorizedException
 
+from console.sessions import Sessions
+
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     from ops.platform.settings import Secret
 
 COOKIE: Final = "alertbridge_console"
-_SESSION: Final = b"alertbridge console session v1"
+_SESSION: Final = b"alertbridge console session v2"
 _CSRF: Final = b"alertbridge console csrf v1"
 _BEARER: Final = "bearer "
 
@@ -39,11 +43,14 @@ _BEARER: Final = "bearer "
 class Access:
     """The token, and what is derived from it."""
 
-    def __init__(self, token: Secret) -> None:
+    def __init__(self, token: Secret, *, lifetime: float, idle: float) -> None:
+        """`lifetime`, `idle`: seconds a session lives at most, and without a request."""
         self._token = token
         key = token.reveal().encode()
-        self.session = hmac.new(key, _SESSION, hashlib.sha256).hexdigest()
         self.csrf_secret = hmac.new(key, _CSRF, hashlib.sha256).hexdigest()
+        # Keyed by the token: a session id opened under another token is no session here.
+        session_key = hmac.new(key, _SESSION, hashlib.sha256).digest()
+        self.sessions = Sessions(session_key, lifetime=lifetime, idle=idle)
 
     def token_matches(self, candidate: str) -> bool:
         """The token itself (the login form, the bearer header), in constant time."""
@@ -56,8 +63,8 @@ class Access:
         return self.token_matches(header[len(_BEARER) :])
 
     def cookie(self, value: str | None) -> bool:
-        """The session cookie the login form set."""
-        return value is not None and hmac.compare_digest(value.encode(), self.session.encode())
+        """The cookie of a live session (one the login form opened, not ended since)."""
+        return self.sessions.check(value)
 
 
 def access_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Access:

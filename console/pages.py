@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, NotFoundException
@@ -73,21 +73,22 @@ class LoginController(Controller):
     async def login(
         self, state: State, data: Annotated[LoginForm, Body(media_type=Form)]
     ) -> Response[Any]:
-        """Check the token; set the session cookie (Secure, HttpOnly, SameSite=Strict)."""
+        """Check the token; open a session, its id in the cookie (Secure, HttpOnly,
+        SameSite=Strict)."""
         rt = runtime(state)
         if not rt.access.token_matches(data.token):
             return Template(
                 template_name="login.html", context={"error": "wrong token"}, status_code=401
             )
+        sid = rt.access.sessions.open()
         answer = _see("/")
-        answer.set_cookie(
-            COOKIE, rt.access.session, path="/", secure=True, httponly=True, samesite="strict"
-        )
+        answer.set_cookie(COOKIE, sid, path="/", secure=True, httponly=True, samesite="strict")
         return answer
 
     @post("/logout", include_in_schema=False, guards=[page_guard])
-    async def logout(self) -> Redirect:
-        """Forget the session cookie."""
+    async def logout(self, request: Request[Any, Any, Any], state: State) -> Redirect:
+        """End the session here (a copy of its cookie is refused from now on); drop the cookie."""
+        runtime(state).access.sessions.close(request.cookies.get(COOKIE))
         answer = _see("/login")
         answer.delete_cookie(COOKIE, path="/")
         return answer

@@ -13,7 +13,7 @@ from typing import Annotated, Final
 import msgspec
 
 from ops.platform.projections import DEFAULT_DB
-from ops.platform.settings import PREFIX, Common, Port, Secret, SettingsError
+from ops.platform.settings import PREFIX, Common, Port, Positive, Secret, SettingsError
 
 MIN_TOKEN_LENGTH: Final = 24
 DEFAULT_PORT: Final = 8090
@@ -30,6 +30,10 @@ class ConsoleSettings(Common, frozen=True, kw_only=True):
     projections_db: str = DEFAULT_DB
     # The Jaeger UI, for a link from an alert to its trace (None: no link).
     jaeger_url: Annotated[str, msgspec.Meta(pattern=r"\Ahttps?://")] | None = None
+    # A login lasts this long at most, and ends sooner after this long without a request
+    # (console/sessions.py).
+    console_session_hours: Positive = 12.0
+    console_session_idle_minutes: Positive = 60.0
 
     def check(self) -> None:
         """Port 0 would bind a port nobody is told about."""

@@ -6,14 +6,28 @@ have is tried: forging an execution event or a dead letter, tripping a breaker, 
 an event, pulling from a consumer, creating, deleting or purging anything, listening to
 alerts, events, dead letters or another role's replies.
 Each attempt must fail and leave the streams as they were.
+
+Its HTTP side, as an attacker sees the running `python -m console`: a session cookie
+copied before logout is refused after it, and so is one past its lifetime or idle time,
+one from before a restart (with the same token or a rotated one) and any forged one (a
+random value, the HMAC of the token that cookies once held, a real one with its case
+changed); logging one session out leaves another alone. Odd paths under /static (a NUL
+byte, an encoded `..`) are a 404, never a 500 or a traceback, and never a file from
+elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 from nats.aio.client import Client
@@ -22,6 +36,9 @@ from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from console.auth import COOKIE
+from console.sessions import Sessions
+from console.settings import ConsoleSettings
 from contracts.headers import MSG_ID, DeadLetterHeaders
 from contracts.messages import Expired, Replayed, alert_decoder, event_decoder, event_encoder
 from contracts.risk import HALTS_STREAM, Halt, breaker_subject
@@ -35,7 +52,8 @@ from contracts.subjects import (
 )
 from contracts.topology import NOTIFIER, partition_durable
 from ops.platform import deadletters, halting, queues
-from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
+from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API, SettingsError, load
+from tests.console_support import ConsoleProcess, Visitor, api_status, page_status, raw_get
 from tests.secured import DENIED_WITHIN, Secured, publish_alert
 from tests.workers import make_alert
 
@@ -179,3 +197,173 @@ async def test_the_console_cannot_listen_in(
     await secured.refused("console", "Subscription", subject)
     with pytest.raises(TimeoutError):
         await sub.next_msg(timeout=DENIED_WITHIN)
+
+
+# --- its HTTP side: sessions and static files ------------------------------------------
+
+TOKEN = "console-token-for-the-security-tests-0123"
+
+
+@pytest.fixture(scope="module")
+def console(secured: Secured, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleProcess]:
+    process = ConsoleProcess(secured, tmp_path_factory.mktemp("console"), TOKEN).start()
+    yield process
+    assert process.stop(), process.output()
+
+
+@pytest.fixture
+async def http(console: ConsoleProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=console.url, timeout=10) as client:
+        yield client
+
+
+async def test_a_cookie_copied_before_logout_is_refused_after_it(http: httpx.AsyncClient) -> None:
+    victim = Visitor(http)
+    copied = await victim.log_in(TOKEN)
+    assert await page_status(http, copied) == "page" and await api_status(http, copied) == 200
+    answer = await victim.log_out()
+    assert answer.status_code == 303 and answer.headers["location"] == "/login"
+    assert COOKIE not in victim.cookies  # the browser was told to drop it
+    assert await page_status(http, copied) == "login"
+    assert await api_status(http, copied) == 401
+    assert await victim.log_in(TOKEN) != copied  # a new login is a new session
+
+
+async def test_logging_one_session_out_leaves_the_other(http: httpx.AsyncClient) -> None:
+    one, other = Visitor(http), Visitor(http)
+    first, second = await one.log_in(TOKEN), await other.log_in(TOKEN)
+    assert first != second
+    assert (await one.log_out()).status_code == 303
+    assert await page_status(http, first) == "login" and await api_status(http, first) == 401
+    assert await page_status(http, second) == "page" and await api_status(http, second) == 200
+
+
+def _forgeries(real: str) -> dict[str, str]:
+    old = hmac.new(TOKEN.encode(), b"alertbridge console session v1", hashlib.sha256)
+    return {
+        "random": secrets.token_urlsafe(32),
+        "the token's HMAC, as cookies once held": old.hexdigest(),
+        "the token itself": TOKEN,
+        "a real one, its case changed": real.swapcase(),
+        "a real one, one character more": real + "A",
+        "a real one, one character less": real[:-1],
+        "a real one, twice": real * 2,
+        "empty": "",
+    }
+
+
+@pytest.mark.parametrize("forgery", list(_forgeries("x")))
+async def test_a_forged_session_cookie_is_refused(http: httpx.AsyncClient, forgery: str) -> None:
+    real = await Visitor(http).log_in(TOKEN)
+    forged = _forgeries(real)[forgery]
+    assert forged != real
+    assert await page_status(http, forged) == "login"
+    assert await api_status(http, forged) == 401
+    assert await page_status(http, real) == "page"  # the real one still is one
+
+
+@pytest.mark.parametrize(
+    ("setting", "used"),
+    [
+        ("ALERTBRIDGE_CONSOLE_SESSION_HOURS", True),
+        ("ALERTBRIDGE_CONSOLE_SESSION_IDLE_MINUTES", False),
+    ],
+)
+async def test_a_session_ends_after_its_lifetime_or_idle_time(
+    secured: Secured, tmp_path: Path, setting: str, used: bool
+) -> None:
+    """The lifetime ends a session however busy; the idle time ends one left alone."""
+    limit = 2.0  # seconds
+    value = limit / 3_600 if setting.endswith("HOURS") else limit / 60
+    process = ConsoleProcess(secured, tmp_path, TOKEN, **{setting: str(value)}).start()
+    try:
+        async with httpx.AsyncClient(base_url=process.url, timeout=10) as client:
+            cookie = await Visitor(client).log_in(TOKEN)
+            born = time.monotonic()
+            if used:  # in use all along, a request every 0.2 s, until refused
+                while await page_status(client, cookie) == "page":
+                    assert time.monotonic() - born < limit + 5, "the session outlived its lifetime"
+                    await asyncio.sleep(0.2)
+                assert time.monotonic() - born >= limit
+            else:  # in use for longer than the idle time, then left alone
+                while time.monotonic() - born < 1.5 * limit:
+                    assert await page_status(client, cookie) == "page"
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(limit + 0.5)  # the idle time passing is what is tested
+                assert await page_status(client, cookie) == "login"
+            assert await api_status(client, cookie) == 401
+    finally:
+        assert process.stop(), process.output()
+
+
+async def test_a_restart_logs_everyone_out_and_a_rotated_token_too(
+    secured: Secured, tmp_path: Path
+) -> None:
+    process = ConsoleProcess(secured, tmp_path, TOKEN).start()
+    try:
+        async with httpx.AsyncClient(base_url=process.url, timeout=10) as client:
+            before = await Visitor(client).log_in(TOKEN)
+            assert process.stop()
+            process.start()
+            assert await page_status(client, before) == "login"
+            kept = await Visitor(client).log_in(TOKEN)
+            assert process.stop()
+            rotated = TOKEN[::-1]
+            process.start(rotated)
+            assert await page_status(client, kept) == "login"
+            assert await api_status(client, kept) == 401
+            assert (await Visitor(client).try_log_in(TOKEN)).status_code == 401
+            assert await page_status(client, await Visitor(client).log_in(rotated)) == "page"
+    finally:
+        process.stop()
+    assert TOKEN not in process.output() and rotated not in process.output()
+
+
+def test_the_sessions_kept_are_bounded_the_oldest_evicted() -> None:
+    """A flood of logins cannot grow the console's memory: past the limit, the oldest go."""
+    sessions = Sessions(b"k" * 32, lifetime=3_600, idle=3_600, limit=3)
+    opened = [sessions.open() for _ in range(5)]
+    assert len(sessions) == 3
+    assert [sessions.check(sid) for sid in opened] == [False, False, True, True, True]
+    sessions.close(opened[3])
+    assert len(sessions) == 2 and not sessions.check(opened[3])
+    assert not Sessions(b"j" * 32, lifetime=3_600, idle=3_600).check(opened[4])  # another key
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+@pytest.mark.parametrize(
+    "var", ["ALERTBRIDGE_CONSOLE_SESSION_HOURS", "ALERTBRIDGE_CONSOLE_SESSION_IDLE_MINUTES"]
+)
+def test_a_session_limit_that_is_no_time_stops_the_console(var: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"{var}='{value}' is invalid"):
+        load(ConsoleSettings, {var: value})
+    assert load(ConsoleSettings, {}).console_session_hours == 12
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/static/x%00.css",
+        "/static/%00",
+        "/static/console.css%00",
+        "/static/console.css%00.js",
+        "/static/..%2f..%2fetc/passwd",
+        "/static/..%2F..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/static/%2e%2e/app.py",
+        "/static/%2e%2e%2fapp.py",
+        "/static/../app.py",
+        "/static/../../../../../../../etc/passwd",
+        "/static/%2fetc%2fpasswd",
+        "/static/console.css/x",
+        "/static/" + "a" * 300,
+    ],
+)
+async def test_odd_static_paths_are_404_and_serve_nothing_from_elsewhere(
+    console: ConsoleProcess, target: str
+) -> None:
+    status, body = await raw_get(console.port, target)
+    assert status in (400, 404), (status, body[-300:])
+    assert b"root:" not in body and b"def create_app" not in body  # /etc/passwd, console/app.py
+    assert (await raw_get(console.port, "/static/console.css"))[0] == 200
+    output = console.output()
+    assert "Traceback" not in output and '"ERROR"' not in output, output[-2_000:]
