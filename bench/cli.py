@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--e2e-rate", type=int, default=1000)
     add("--e2e-seconds", type=int, default=30)
     add(
+        "--e2e-runs",
+        type=int,
+        default=5,
+        help="consecutive end-to-end runs through the ingress at the one-second level "
+        "(the tail target holds in each); one at the fsync level",
+    )
+    add(
         "--e2e-sweep",
         default="100,300,500",
         help="worker alone: also these rates (alerts/s, comma-separated) straight into ALERTS",

@@ -27,9 +27,11 @@ def drain(
     nworkers: int,
     cpu: int | None,
     server_pid: int | None = None,
+    module: str = "worker",
 ) -> DrainResult:
-    """Fill n alerts through the ingress (no worker running), then time `nworkers`;
-    with `server_pid`, also nats-server's CPU per executed alert while they drain."""
+    """Fill n alerts through the ingress (no worker running), then time `nworkers`
+    (`python -m <module>`); with `server_pid`, also nats-server's CPU per executed alert
+    while they drain."""
     streams = h.streams
     before = streams.executed_count()
     stored0 = streams.stored()
@@ -40,7 +42,7 @@ def drain(
     t0 = time.monotonic()
     # Before the workers start: start_workers waits 1.5 s, in which a short drain is done.
     server0 = ticks(server_pid) if server_pid else 0
-    workers = h.start_workers(f"drain-{label}", nworkers, env, cpu=cpu)
+    workers = h.start_workers(f"drain-{label}", nworkers, env, cpu=cpu, module=module)
     tk0 = sum(ticks(w.pid) for w in workers)
     ours0, s0, m0 = ours_ticks(), cpu_snap(), time.monotonic()
     done = streams.wait_executed(before + stored, h.opts.drain_max_seconds)
@@ -53,6 +55,9 @@ def drain(
     for w in workers:
         PROCS.stop(w)
     ev = streams.executed(since, 0.0)
+    # From the workers' start (their start-up included): the 1.5 s start_workers waits
+    # is part of the drain.
+    worker_us = round(1e6 * tk1 / HZ / max(ev.executed or 0, 1))
     out = DrainResult(
         label=label,
         workers=nworkers,
@@ -70,10 +75,8 @@ def drain(
         server_cpu_us_per_alert=(
             round(1e6 * (server1 - server0) / HZ / max(ev.executed or 0, 1)) if server_pid else None
         ),
+        worker_cpu_us_per_alert=worker_us,
     )
-    # From the workers' start (their start-up included): the 1.5 s start_workers waits
-    # is part of the drain.
-    worker_us = round(1e6 * tk1 / HZ / max(ev.executed or 0, 1))
     log(
         f"  drain {label} x{nworkers}: {out.executed} executed, {out.rate_mid80_per_s}/s "
         f"(middle 80 %), all executed: {done}; worker cpu {out.worker_cpu_pct_sum}% "

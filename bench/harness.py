@@ -191,12 +191,15 @@ class Harness:
             time.sleep(0.1)
         raise BenchError("ingress not ready within 40 s")
 
-    def start_workers(self, tag: str, n: int, env: dict[str, str], cpu: int | None) -> list[Popen]:
-        """`n` times `python -m worker`, checked to be still running 1.5 s later."""
+    def start_workers(
+        self, tag: str, n: int, env: dict[str, str], cpu: int | None, module: str = "worker"
+    ) -> list[Popen]:
+        """`n` times `python -m worker` (or `module`), checked to be still running 1.5 s
+        later."""
         procs = []
         for i in range(n):
             log_to = self.out / f"{tag}.worker{i}.log"
-            argv = [PY, "-m", "worker"]
+            argv = [PY, "-m", module]
             procs.append(
                 PROCS.start(f"worker-{i}", argv, env=env, cwd=self.tmp, log_to=log_to, cpu=cpu)
             )

@@ -35,6 +35,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     durability: Literal["both", "1s", "always"]
     e2e_rate: int
     e2e_seconds: int
+    e2e_runs: int
     e2e_sweep: list[int]
     e2e_sweep_seconds: int
     drain_n: int

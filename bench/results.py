@@ -288,14 +288,35 @@ class DrainResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     symbols: int | None = None
     # nats-server's CPU per executed alert while the workers drained (scaling phase).
     server_cpu_us_per_alert: int | None = None
+    # the workers' CPU per executed alert, their start-up included
+    worker_cpu_us_per_alert: int | None = None
+
+
+class WorkerLevel(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The worker phase at one nats-server fsync policy (`sync`): consecutive end-to-end
+    runs through the ingress, the drain rates with the paper broker, and the floor's."""
+
+    sync: str
+    e2e_runs: list[E2E] = []
+    paper_64_symbols: DrainResult | None = None
+    paper_1_symbol: DrainResult | None = None
+    # the same backlog drained by bench.stripped_worker: the floor under the worker
+    stripped_64_symbols: DrainResult | None = None
 
 
 class WorkerPhase(msgspec.Struct, kw_only=True, omit_defaults=True):
-    e2e: E2E | None = None
+    """`levels` by fsync policy, one-second first; the worker alone (`e2e_sweep`,
+    `e2e_direct`) at the first level only."""
+
+    levels: dict[str, WorkerLevel] = {}
     e2e_sweep: list[E2E] | None = None
     e2e_direct: E2E | None = None
-    paper_64_symbols: DrainResult | None = None
-    paper_1_symbol: DrainResult | None = None
+
+    @property
+    def paper_64_symbols(self) -> DrainResult | None:
+        """The drain over 64 symbols at the first level (what the projector must keep up with)."""
+        first = next(iter(self.levels.values()), None)
+        return first.paper_64_symbols if first else None
 
 
 # ----------------------------------------------------------------- memory, dedup, profile

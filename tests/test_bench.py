@@ -20,10 +20,22 @@ import pytest
 import bench
 from bench.cli import parse_options
 from bench.common import BenchError
+from bench.natsq import Pending
 from bench.options import PHASES
 from bench.phases import REGISTRY
 from bench.phases.throughput import REF_ATTEMPTS, NoRowError, ref_round, ref_row
-from bench.results import AbRound, Ceiling, Machine, RefRound, Results, Throughput
+from bench.results import (
+    E2E,
+    AbRound,
+    Ceiling,
+    DrainResult,
+    Machine,
+    RefRound,
+    Results,
+    Throughput,
+    WorkerLevel,
+    WorkerPhase,
+)
 from bench.table import text_table
 from tests.support import ROOT
 
@@ -133,6 +145,51 @@ def test_the_table_judges_the_fsync_level_and_the_stripped_floor() -> None:
     assert "yes (0.95\N{MULTIPLICATION SIGN})" in ceiling  # 1,900 of 2,000
     floor = next(v for v in lines if "shipped vs stripped" in v)
     assert "1,000 vs 500" in floor and "NO (2.00\N{MULTIPLICATION SIGN})" in floor
+
+
+def _e2e(p99: float, mx: float) -> E2E:
+    backlog = Pending(consumers=16, num_pending=0, num_ack_pending=0)
+    return E2E(executed=30_000, already_done=0, latency_p50_ms=2.0, latency_p99_ms=p99,
+               latency_max_ms=mx, rate=1000, seconds=30, backlog_at_end_of_load=backlog,
+               all_executed=True, worker_cpu_pct=40, pre_busy_pct=1)  # fmt: skip
+
+
+def _drain(rate: float) -> DrainResult:
+    return DrainResult(label="d", workers=1, alerts=30_000, fill_rps=None, all_executed=True,
+                       wall_s=10.0, pre_busy_pct=1, other_cpu_pct=1, noise="ok",
+                       worker_cpu_pct_sum=90, executed=30_000, rate_per_s=rate,
+                       rate_mid80_per_s=rate, server_cpu_us_per_alert=100,
+                       worker_cpu_us_per_alert=200)  # fmt: skip
+
+
+def test_the_table_judges_the_worker_against_the_ingress_at_the_same_level() -> None:
+    """Issue 19's worker rows: the drain against the ingress's rate at the same fsync level
+    of the same run, and the tail in each of the consecutive runs (one over: not met)."""
+    opts = parse_options(["--ref-dir", "r", "--out", "o"])
+    machine = Machine(git_head="0", git_dirty_product_files=[], nproc=2, cpu="cpu", ram_gib=1.0,
+                      kernel="k", python="3", loadavg_at_start="0", date_utc="d")  # fmt: skip
+    throughput = Throughput(
+        reference=[_ref("1000")], alertbridge=[_ab(4000.0)],
+        reference_fsync=[_ref("1000")], alertbridge_fsync=[_ab(1000.0)],
+    )  # fmt: skip
+    throughput.finish()
+    worker = WorkerPhase(levels={
+        "1s": WorkerLevel(sync="1s", e2e_runs=[_e2e(8.0, 40.0), _e2e(9.0, 51.0)],
+                          paper_64_symbols=_drain(3000.0), paper_1_symbol=_drain(800.0)),
+        "always": WorkerLevel(sync="always", e2e_runs=[_e2e(900.0, 2000.0)],
+                              paper_64_symbols=_drain(1200.0), stripped_64_symbols=_drain(1300.0)),
+    })  # fmt: skip
+    results = Results(machine=machine, settings=opts, throughput=throughput, worker=worker)
+    lines = text_table(results).splitlines()
+    drains = [v for v in lines if "drain rate, paper broker, 64 symbols" in v]
+    assert "sync 1s" in drains[0] and "NO (0.75\N{MULTIPLICATION SIGN})" in drains[0]
+    assert "sync always" in drains[1] and "yes (1.20\N{MULTIPLICATION SIGN})" in drains[1]
+    p99 = [v for v in lines if v.strip().startswith("p99 ms")]
+    assert "8.0 / 9.0" in p99[0] and p99[0].rstrip().endswith("NO")  # the 51 ms maximum
+    assert "reported" in p99[1]  # one run at the fsync level: reported, not judged
+    assert worker.paper_64_symbols is worker.levels["1s"].paper_64_symbols
+    floor = next(v for v in lines if "shipped vs floor" in v)
+    assert "200 vs 200 (1.00\N{MULTIPLICATION SIGN}); 100" in floor
 
 
 # --- the reference's result row (bench.phases.throughput.ref_row, ref_round) -------------

@@ -3,6 +3,7 @@ published straight into ALERTS), and the drain rate with the paper broker."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ from bench.common import AB_SECRET, SYMBOLS_64, log
 from bench.drain import drain
 from bench.natsq import PublishResult
 from bench.procs import PROCS
-from bench.results import E2E, DrainResult, WorkerPhase
+from bench.results import E2E, DrainResult, WorkerLevel, WorkerPhase
 from bench.system import HZ, ticks
 
 if TYPE_CHECKING:
@@ -22,30 +23,44 @@ if TYPE_CHECKING:
 
 
 def run(h: Harness) -> None:
-    """Latency (a), latency of the worker alone (a2), drain rates (b), one server."""
+    """At each fsync level (`--durability`, one-second first): end-to-end latency through
+    the ingress (`--e2e-runs` consecutive runs at the first level, one at the other), the
+    worker alone (first level only), the drain rates with the paper broker, and the
+    same backlog drained by the floor under the worker (bench.stripped_worker)."""
     res = WorkerPhase()
     h.results.worker = res
     o = h.opts
-    with h.running("worker", lambda: h.ab_env(ALERTBRIDGE_MAX_ALERT_AGE="0")) as started:
-        workers = started.workers
-        workers += h.start_workers("worker", 1, started.env, cpu=1)
-        # warm up the path (and the paper book) before measuring
-        tools.loadgen("paced", o.ab_port, AB_SECRET, "--rate", "500", "--duration", "3",
-                      "--conns", "32", "--symbols", SYMBOLS_64)  # fmt: skip
-        h.streams.wait_executed(h.streams.stored(), 60)
-        res.e2e = e2e_via_ingress(h, workers[0])
-        h.save()
-        # (a2) the same rate offered to the worker alone: alerts published straight
-        # into ALERTS (the ingress cannot take 1,000/s on one core), publisher on CPU 0
-        res.e2e_sweep = [e2e_direct(h, workers[0], r, o.e2e_sweep_seconds) for r in o.e2e_sweep]
-        h.save()
-        res.e2e_direct = e2e_direct(h, workers[0], o.e2e_rate, o.e2e_seconds)
-        h.save()
-        # (b) drain rate, paper broker: fill a backlog with the worker stopped
-        res.paper_64_symbols = paper_drain(h, started, "paper_64_symbols", SYMBOLS_64, o.drain_n)
-        h.save()
-        res.paper_1_symbol = paper_drain(h, started, "paper_1_symbol", "BTCUSDT", o.drain_n_single)
-        h.save()
+    for n, sync in enumerate(o.levels()):
+        level = res.levels[sync] = WorkerLevel(sync=sync)
+        env = functools.partial(h.ab_env, ALERTBRIDGE_MAX_ALERT_AGE="0")
+        with h.running(f"worker-{sync}", env, sync=sync) as started:
+            worker = h.start_workers(f"worker-{sync}", 1, started.env, cpu=1)[0]
+            started.workers.append(worker)
+            # warm up the path (and the paper book) before measuring
+            tools.loadgen("paced", o.ab_port, AB_SECRET, "--rate", "500", "--duration", "3",
+                          "--conns", "32", "--symbols", SYMBOLS_64)  # fmt: skip
+            h.streams.wait_executed(h.streams.stored(), 60)
+            for _ in range(o.e2e_runs if n == 0 else 1):
+                level.e2e_runs.append(e2e_via_ingress(h, worker, sync))
+                h.save()
+            if n == 0:
+                # the same rates offered to the worker alone: alerts published straight
+                # into ALERTS, publisher on CPU 0
+                res.e2e_sweep = [e2e_direct(h, worker, r, o.e2e_sweep_seconds) for r in o.e2e_sweep]
+                res.e2e_direct = e2e_direct(h, worker, o.e2e_rate, o.e2e_seconds)
+                h.save()
+            # drain rate, paper broker: fill a backlog with the worker stopped
+            level.paper_64_symbols = paper_drain(h, started, f"paper_64_symbols_{sync}",
+                                                 SYMBOLS_64, o.drain_n)  # fmt: skip
+            h.save()
+            level.paper_1_symbol = paper_drain(h, started, f"paper_1_symbol_{sync}", "BTCUSDT",
+                                               o.drain_n_single)  # fmt: skip
+            h.save()
+            level.stripped_64_symbols = drain(h, f"stripped_64_symbols_{sync}", started.env,
+                                              SYMBOLS_64, o.drain_n, 1, cpu=1,
+                                              server_pid=started.nats.pid,
+                                              module="bench.stripped_worker")  # fmt: skip
+            h.save()
 
 
 def paper_drain(h: Harness, started: Running, label: str, symbols: str, n: int) -> DrainResult:
@@ -57,7 +72,7 @@ def paper_drain(h: Harness, started: Running, label: str, symbols: str, n: int) 
     return drain(h, label, started.env, symbols, n, 1, cpu=1, server_pid=started.nats.pid)
 
 
-def e2e_via_ingress(h: Harness, worker: Popen) -> E2E:
+def e2e_via_ingress(h: Harness, worker: Popen, sync: str) -> E2E:
     """(a) end-to-end latency at a steady `--e2e-rate`, 64 symbols, through the ingress.
 
     The load generator runs on CPU 0 beside the ingress and nats-server (together
@@ -86,8 +101,9 @@ def e2e_via_ingress(h: Harness, worker: Popen) -> E2E:
         pre_busy_pct=pre,
     )
     log(
-        f"  e2e @ {o.e2e_rate}/s: p50 {out.latency_p50_ms} ms p99 "
-        f"{out.latency_p99_ms} ms, worker cpu {out.worker_cpu_pct}%"
+        f"  e2e @ {o.e2e_rate}/s, sync {sync}: p50 {out.latency_p50_ms} ms p99 "
+        f"{out.latency_p99_ms} ms max {out.latency_max_ms} ms, backlog {backlog.num_pending}, "
+        f"worker cpu {out.worker_cpu_pct}%"
     )
     return out
 
