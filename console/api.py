@@ -9,16 +9,17 @@ a secret: the read models hold none, and the settings are never served.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from console.auth import api_guard
+from console.auth import COOKIE, api_guard
 from console.feed import encode
 from console.runtime import Runtime, runtime
 from contracts.risk import EVERY_ACCOUNT, Halt
@@ -281,12 +282,20 @@ class ControlController(Controller):
         return await halt(runtime(state), data.account, None)
 
     @get("/events", summary="Live feed (Server-Sent Events)")
-    async def events(self, state: State) -> ServerSentEvent:
-        """`ready` once listening, then one `item` event (a FeedItem) per alert or event."""
-        feed = runtime(state).feed
+    async def events(self, request: Request[Any, Any, Any], state: State) -> ServerSentEvent:
+        """`ready` once listening, then one `item` event (a FeedItem) per alert or event.
+        A feed opened with the session cookie ends when that session does (logout, its
+        lifetime), and keeps it from going idle meanwhile; one opened with the bearer
+        token goes on."""
+        rt = runtime(state)
+        feed, access = rt.feed, rt.access
+        alive = None
+        if not access.bearer(request.headers.get("authorization")):  # the cookie let it in
+            sid = request.cookies.get(COOKIE)
+            alive = partial(access.cookie, sid)  # each check counts as use of the session
 
         async def stream() -> AsyncIterator[ServerSentEventMessage]:
-            async with feed.listening() as queue:
+            async with feed.listening(alive) as queue:
                 yield ServerSentEventMessage(event="ready", data="{}")
                 while (found := await queue.get()) is not None:
                     yield ServerSentEventMessage(event="item", data=encode(found))

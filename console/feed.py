@@ -11,7 +11,8 @@ stopped.
 
 A feed is live only: a browser that was away reloads the page. Each listener has a
 bounded queue; one that does not keep up is dropped (its EventSource reconnects), so a
-slow browser never holds the others back.
+slow browser never holds the others back. A listener may also say how long it may go on
+(`alive`, asked once a poll): the API ends a feed whose login session has ended.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ class Feed:
 
     def __init__(self, views: Callable[[], AbstractContextManager[sqlite3.Connection]]) -> None:
         self._views = views
-        self._listeners: set[asyncio.Queue[FeedItem | None]] = set()
+        # Each listener's queue, and what it asks before each poll (None: it lives on).
+        self._listeners: dict[asyncio.Queue[FeedItem | None], Callable[[], bool] | None] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -184,31 +186,41 @@ class Feed:
             except (sqlite3.Error, OSError) as exc:  # none yet (FileNotFoundError), or swapped
                 log.debug("live feed: read models not readable (%s); polling on", exc)
                 found = []
+            self.sweep()
             for shown in found:
                 self.publish(shown)
             await asyncio.sleep(POLL)
 
+    def sweep(self) -> None:
+        """End the listeners that may no longer go on (the poller, once a poll)."""
+        for queue, alive in list(self._listeners.items()):
+            if alive is not None and not alive():
+                self._drop(queue)
+
     def publish(self, found: FeedItem) -> None:
         """Hand an item to every listener; drop those that fell behind."""
         for queue in list(self._listeners):
-            try:
-                queue.put_nowait(found)
-            except asyncio.QueueFull:
+            if queue.qsize() >= QUEUE:
                 log.info("a live feed listener fell behind: dropped (its browser reconnects)")
                 self._drop(queue)
+            else:
+                queue.put_nowait(found)
 
     def _drop(self, queue: asyncio.Queue[FeedItem | None]) -> None:
-        self._listeners.discard(queue)
-        with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(None)  # the end of its stream, if it has room
+        if queue in self._listeners:  # once only
+            del self._listeners[queue]
+            queue.put_nowait(None)  # the end of its stream: the slot kept for it is free
 
     @contextlib.asynccontextmanager
-    async def listening(self) -> AsyncIterator[asyncio.Queue[FeedItem | None]]:
-        """A queue that gets every item from now on (None: the feed stopped, or this
-        listener fell behind and was dropped)."""
-        queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(QUEUE)
-        self._listeners.add(queue)
+    async def listening(
+        self, alive: Callable[[], bool] | None = None
+    ) -> AsyncIterator[asyncio.Queue[FeedItem | None]]:
+        """A queue that gets every item from now on (None: the feed stopped, this listener
+        fell behind, or `alive` said no; it is asked once a poll, before the poll's items)."""
+        # One slot more than an item may take: the end always fits, even behind a full queue.
+        queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(QUEUE + 1)
+        self._listeners[queue] = alive
         try:
             yield queue
         finally:
-            self._listeners.discard(queue)
+            self._listeners.pop(queue, None)

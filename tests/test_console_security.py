@@ -11,7 +11,9 @@ Its HTTP side, as an attacker sees the running `python -m console`: a session co
 copied before logout is refused after it, and so is one past its lifetime or idle time,
 one from before a restart (with the same token or a rotated one) and any forged one (a
 random value, the HMAC of the token that cookies once held, a real one with its case
-changed); logging one session out leaves another alone. Odd paths under /static (a NUL
+changed); logging one session out leaves another alone. A live feed opened with a
+session's cookie ends when that session does (logout, lifetime) and keeps it from going
+idle meanwhile; one opened with the token goes on. Odd paths under /static (a NUL
 byte, an encoded `..`) are a 404, never a 500 or a traceback, and never a file from
 elsewhere.
 """
@@ -19,9 +21,11 @@ elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -37,10 +41,18 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from console.auth import COOKIE
+from console.feed import QUEUE, Feed, FeedItem
 from console.sessions import Sessions
 from console.settings import ConsoleSettings
 from contracts.headers import MSG_ID, DeadLetterHeaders
-from contracts.messages import Expired, Replayed, alert_decoder, event_decoder, event_encoder
+from contracts.messages import (
+    EVENT_KINDS,
+    Expired,
+    Replayed,
+    alert_decoder,
+    event_decoder,
+    event_encoder,
+)
 from contracts.risk import HALTS_STREAM, Halt, breaker_subject
 from contracts.subjects import (
     ALERTS_STREAM,
@@ -52,6 +64,7 @@ from contracts.subjects import (
 )
 from contracts.topology import NOTIFIER, partition_durable
 from ops.platform import deadletters, halting, queues
+from ops.platform.projections import micros
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API, SettingsError, load
 from tests.console_support import ConsoleProcess, Visitor, api_status, page_status, raw_get
 from tests.secured import DENIED_WITHIN, Secured, publish_alert
@@ -367,3 +380,128 @@ async def test_odd_static_paths_are_404_and_serve_nothing_from_elsewhere(
     assert (await raw_get(console.port, "/static/console.css"))[0] == 200
     output = console.output()
     assert "Traceback" not in output and '"ERROR"' not in output, output[-2_000:]
+
+
+# --- the live feed ends with the session that opened it ---------------------------------
+
+ENDS_WITHIN = 5.0  # seconds: one poll (console.feed.POLL) and the slack of a busy machine
+Lines = AsyncIterator[str]
+
+
+@contextlib.asynccontextmanager
+async def _feed(http: httpx.AsyncClient, headers: dict[str, str]) -> AsyncIterator[Lines]:
+    """GET /api/events; its lines after `ready`."""
+    async with http.stream("GET", "/api/events", headers=headers) as answer:
+        assert answer.status_code == 200, await answer.aread()
+        lines = answer.aiter_lines()
+        async for line in lines:
+            if line == "event: ready":
+                break
+        yield lines
+
+
+async def _drain(lines: Lines) -> None:
+    """Until the stream ends: cleanly, or httpx raises (a connection cut mid-stream)."""
+    async for _ in lines:
+        pass
+
+
+async def _next_item(lines: Lines) -> FeedItem:
+    """The next `item` event's FeedItem (an AssertionError: the feed ended first)."""
+    event = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: ") and event == "item":
+            return msgspec.json.decode(line.removeprefix("data: "), type=FeedItem)
+    raise AssertionError("the feed ended")
+
+
+def _project(console: ConsoleProcess, alert_id: str) -> None:
+    """An event in the console's read models, as the projector records it."""
+    event = _expired(alert_id)
+    row = (event.account, event.alert_id, event.replay, EVENT_KINDS[Expired], micros(event.at),
+           event_encoder.encode(event))  # fmt: skip
+    with contextlib.closing(sqlite3.connect(console.root / "projections.db")) as db, db:
+        db.execute(
+            "INSERT INTO events (account, alert_id, replay, kind, at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+
+async def test_a_live_feed_ends_when_its_session_logs_out(
+    console: ConsoleProcess, http: httpx.AsyncClient
+) -> None:
+    """Another browser logs the session out: its open feed ends; another session's goes on."""
+    victim, other = Visitor(http), Visitor(http)
+    cookie, kept = await victim.log_in(TOKEN), await other.log_in(TOKEN)
+    async with (
+        _feed(http, {"Cookie": f"{COOKIE}={cookie}"}) as lines,
+        _feed(http, {"Cookie": f"{COOKIE}={kept}"}) as others,
+    ):
+        assert (await victim.log_out()).status_code == 303  # the form, in another request
+        left = time.monotonic()
+        await asyncio.wait_for(_drain(lines), ENDS_WITHIN)
+        assert time.monotonic() - left < ENDS_WITHIN
+        _project(console, "after-the-logout")
+        item = await asyncio.wait_for(_next_item(others), ENDS_WITHIN)
+        assert (item.kind, item.alert_id) == ("expired", "after-the-logout")
+    assert await api_status(http, cookie) == 401 and await api_status(http, kept) == 200
+
+
+async def test_a_live_feed_keeps_its_session_from_idling_and_ends_at_its_lifetime(
+    secured: Secured, tmp_path: Path
+) -> None:
+    """A person watching the live page is not idle; the lifetime ends the feed anyway."""
+    lifetime, idle = 8.0, 2.0  # seconds
+    process = ConsoleProcess(
+        secured, tmp_path, TOKEN,
+        ALERTBRIDGE_CONSOLE_SESSION_HOURS=str(lifetime / 3_600),
+        ALERTBRIDGE_CONSOLE_SESSION_IDLE_MINUTES=str(idle / 60),
+    ).start()  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=process.url, timeout=10) as client:
+            cookie = await Visitor(client).log_in(TOKEN)
+            born = time.monotonic()
+            async with _feed(client, {"Cookie": f"{COOKIE}={cookie}"}) as lines:
+                ended = asyncio.create_task(_drain(lines))
+                # No request but the open feed for longer than the idle time: what is tested.
+                await asyncio.sleep(2.5 * idle)
+                assert not ended.done(), "the feed ended while it was watched"
+                assert await page_status(client, cookie) == "page"  # its first request since
+                await asyncio.wait_for(ended, born + lifetime + ENDS_WITHIN - time.monotonic())
+                assert time.monotonic() - born >= lifetime
+            assert await page_status(client, cookie) == "login"
+            assert await api_status(client, cookie) == 401
+    finally:
+        assert process.stop(), process.output()
+
+
+async def test_a_live_feed_opened_with_the_token_goes_on(
+    console: ConsoleProcess, http: httpx.AsyncClient
+) -> None:
+    """The token does not end, so neither does its feed: sessions ending around it, and
+    several polls, leave it streaming."""
+    async with _feed(http, {"Authorization": f"Bearer {TOKEN}"}) as lines:
+        for _ in range(3):
+            visitor = Visitor(http)
+            await visitor.log_in(TOKEN)
+            assert (await visitor.log_out()).status_code == 303
+        _project(console, "for-the-token")
+        item = await asyncio.wait_for(_next_item(lines), ENDS_WITHIN)
+        assert (item.kind, item.alert_id) == ("expired", "for-the-token")
+
+
+async def test_a_listener_that_fell_behind_gets_the_end_of_its_stream() -> None:
+    """Dropped with its queue full, it still ends (its browser reconnects): no hang."""
+    feed = Feed(lambda: contextlib.closing(sqlite3.connect(":memory:")))  # never polled here
+    item = FeedItem(kind="x", account="a", alert_id=None, symbol=None, at=datetime.now(UTC),
+                    detail="")  # fmt: skip
+    async with feed.listening() as queue:
+        for _ in range(QUEUE + 1):
+            feed.publish(item)
+        got = 0
+        while await asyncio.wait_for(queue.get(), 1) is not None:
+            got += 1
+    assert got == QUEUE
