@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--e2e-runs",
         type=int,
         default=5,
-        help="consecutive end-to-end runs through the ingress at the one-second level "
-        "(the tail target holds in each); one at the fsync level",
+        help="consecutive end-to-end runs through the ingress at the one-second level, "
+        "where the tail is judged in each (with --durability always: one run, reported)",
     )
     add(
         "--e2e-sweep",

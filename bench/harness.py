@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from bench import tools
 from bench.common import AB_SECRET, PY, ROOT, BenchError
 from bench.procs import PROCS, free_port, http, listening, nats_sync_config, run, wait_listening
-from bench.results import LoadSummary, Results
+from bench.results import Results
 from bench.streams import Streams
 from bench.system import machine, wait_quiet
 from ops.tools.paths import nats_server_binary
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from bench.options import Options
     from bench.procs import Popen
+    from bench.results_worker import LoadSummary
 
 
 @dataclass
@@ -196,6 +197,14 @@ class Harness:
     ) -> list[Popen]:
         """`n` times `python -m worker` (or `module`), checked to be still running 1.5 s
         later."""
+        procs = self.spawn_workers(tag, n, env, cpu, module)
+        self.check_workers(tag, procs)
+        return procs
+
+    def spawn_workers(
+        self, tag: str, n: int, env: dict[str, str], cpu: int | None, module: str = "worker"
+    ) -> list[Popen]:
+        """`n` times `python -m worker` (or `module`), not waited for."""
         procs = []
         for i in range(n):
             log_to = self.out / f"{tag}.worker{i}.log"
@@ -203,11 +212,14 @@ class Harness:
             procs.append(
                 PROCS.start(f"worker-{i}", argv, env=env, cwd=self.tmp, log_to=log_to, cpu=cpu)
             )
+        return procs
+
+    def check_workers(self, tag: str, procs: list[Popen]) -> None:
+        """Wait 1.5 s; a worker that exited meanwhile is an error."""
         time.sleep(1.5)
         for p in procs:
             if p.poll() is not None:
                 raise BenchError(f"worker exited ({p.returncode}); see {tag}.worker*.log")
-        return procs
 
     # -------------------------------------------------------- through the ingress
     def fill(self, n: int, symbols: str, *extra: str) -> LoadSummary:

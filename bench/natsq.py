@@ -65,6 +65,9 @@ class ExecutedStats(msgspec.Struct, kw_only=True, omit_defaults=True):
     span_s: float | None = None
     rate_per_s: float | None = None
     rate_mid80_per_s: float | None = None
+    # the middle 80 %'s first and last completion, epoch seconds
+    mid80_from: float | None = None
+    mid80_to: float | None = None
     latency_p50_ms: float | None = None
     latency_p90_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -211,6 +214,7 @@ async def executed(nc: Client, since: int, skip_first: float, deadline: float) -
         lo, hi = ats[len(ats) // 10], ats[(len(ats) * 9) // 10]
         mid_n = (len(ats) * 9) // 10 - len(ats) // 10
         out.rate_mid80_per_s = round(mid_n / (hi - lo), 1) if hi > lo else None
+        out.mid80_from, out.mid80_to = lo, hi
     if lat:
         steady = lat[int(len(lat) * skip_first) :] if skip_first else lat
         steady.sort()

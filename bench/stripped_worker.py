@@ -15,6 +15,7 @@ Not a product: nothing here is reachable from `alertbridge up`; it lives in the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from worker.settings import WorkerSettings
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
+log = logging.getLogger("bench.stripped_worker")
+
 
 async def main() -> None:
     """Pull every partition until SIGTERM; each delivery: event, PubAck, ack."""
@@ -49,8 +52,10 @@ async def main() -> None:
     async def handle(msg: Msg) -> None:
         d = Delivery.of(msg)
         alert = d.alert
-        if alert is None:
-            raise ValueError(f"undecodable alert at ALERTS seq {d.seq}")
+        if alert is None:  # the bench stores none; the worker would dead-letter it
+            log.error("undecodable alert at ALERTS seq %d: terminated", d.seq)
+            await msg.term()
+            return
         at = datetime.now(UTC)
         event = Executed(
             **d.facts(at),
@@ -80,6 +85,8 @@ async def main() -> None:
         ).run()
         for p in range(settings.partitions)
     ]
+    # It never unpins its partitions on the way out (the worker does, worker.pull.unpin):
+    # the bench runs it last on each server, so no worker waits for a pin it holds.
     try:
         await asyncio.gather(*pullers)
     finally:

@@ -7,7 +7,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,53 @@ def ticks(pid: int) -> int:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
+
+
+class TickSampler:
+    """The CPU ticks of some processes, sampled with the wall-clock time in a thread, so
+    that the CPU they spent between two wall-clock times (a drain's middle 80 %, known
+    only from the events afterwards) can be read back: `between`."""
+
+    def __init__(self, pids: list[int], every: float = 0.05) -> None:
+        self._pids = pids
+        self._every = every
+        self._samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tick-sampler", daemon=True)
+
+    def __enter__(self) -> TickSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        total = 0
+        for pid in self._pids:
+            with contextlib.suppress(OSError):  # exited: its ticks are no longer counted
+                total += ticks(pid)
+        self._samples.append((time.time(), total))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._sample()
+
+    def between(self, t0: float, t1: float) -> float | None:
+        """CPU seconds spent between wall-clock times t0 and t1 (None: not sampled)."""
+        if not self._samples or t0 < self._samples[0][0] or t1 > self._samples[-1][0]:
+            return None
+        return (self._at(t1) - self._at(t0)) / HZ
+
+    def _at(self, t: float) -> float:
+        """Ticks at wall-clock time t, interpolated between the samples around it."""
+        times = [x[0] for x in self._samples]
+        i = max(1, bisect_left(times, t))
+        (ta, ka), (tb, kb) = self._samples[i - 1], self._samples[i]
+        return ka + (kb - ka) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
 
 
 def rss(pid: int) -> Rss:

@@ -7,49 +7,19 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Literal
 
+from bench.table_worker import scaling_rows, worker_rows
+from bench.tablefmt import HEAD, MICRO, TIMES, Row, fmt, le, yes
+
 if TYPE_CHECKING:
-    from bench.results import (
-        E2E,
-        BurstResult,
-        DrainResult,
-        Medians,
-        Results,
-        Throughput,
-        WorkerPhase,
-    )
-
-Row = tuple[str, str, str, str, str]
-HEAD: Row = ("measurement", "reference (Express+Redis)", "alertbridge", "target", "met")
-TIMES = "\N{MULTIPLICATION SIGN}"
-NONE = "\N{EN DASH}"
-MICRO = "\N{MICRO SIGN}"
-
-
-def fmt(v: object, nd: int = 0) -> str:
-    """A figure for people: thousands separated, `nd` decimals for a float, NONE for none."""
-    if v is None:
-        return NONE
-    if isinstance(v, float):
-        return f"{v:,.{nd}f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def yes(met: object) -> str:
-    return "yes" if met else "NO"
-
-
-def _le(a: float | None, b: float | None) -> bool:
-    return a is not None and b is not None and a <= b
+    from bench.results import BurstResult, Medians, Results, Throughput
 
 
 def rows(r: Results) -> list[Row]:
     """Every row, section by section; a phase that did not run has none."""
     out = _throughput_rows(r)
     out += _burst_rows(r)
-    out += _worker_rows(r)
-    out += _scaling_rows(r)
+    out += worker_rows(r)
+    out += scaling_rows(r)
     out += _memory_rows(r)
     out += _projections_rows(r)
     if any("*" in row[2] for row in out):
@@ -75,7 +45,7 @@ def _throughput_rows(r: Results) -> list[Row]:
         (f"  long-term aim: 1.5{TIMES} the reference", "", "",
          f"≥ {fmt(1.5 * (ref_m.rps or 0))}", f"{yes(ratio >= 1.5)} ({ratio:.2f}{TIMES})"),
         ("  p50 / p99 latency, ms", _p50_p99(ref_m), _p50_p99(ab_m), "p99 ≤ ref",
-         yes(_le(ab_m.p99_ms, ref_m.p99_ms))),
+         yes(le(ab_m.p99_ms, ref_m.p99_ms))),
         (f"  server CPU per request (app + store), {MICRO}s", fmt(ref_m.srv_cpu_us_per_req),
          fmt(ab_m.srv_cpu_us_per_req), "", ""),
         ("  app / store CPU, % of a core",
@@ -213,145 +183,6 @@ def _burst_rows(r: Results) -> list[Row]:
             ("    stored = accepted ids; doubled", "", _stored_line(fs), "equal; 0",
              _all_stored(fs)),
         ]  # fmt: skip
-    return out
-
-
-# ----------------------------------------------------------------- 3 worker
-# Issue 19's tail: in each of the consecutive runs at 1,000/s.
-TAIL_P99_MS, TAIL_MAX_MS = 10.0, 50.0
-
-
-def _worker_rows(r: Results) -> list[Row]:
-    w = r.worker
-    if w is None:
-        return []
-    out: list[Row] = []
-    for sync, level in w.levels.items():
-        out += _e2e_rows(sync, level.e2e_runs)
-        if sync == next(iter(w.levels)):
-            out += _alone_rows(w)
-    for sync, level in w.levels.items():
-        out += _drain_rows(r, sync, level.paper_64_symbols, level.paper_1_symbol)
-        out += _floor_rows(level.paper_64_symbols, level.stripped_64_symbols)
-    return out
-
-
-def _e2e_rows(sync: str, runs: list[E2E]) -> list[Row]:
-    if not runs:
-        return []
-    first = runs[0]
-    took = " / ".join(fmt(e.load.achieved_rps if e.load else None) for e in runs)
-    p99s = [e.latency_p99_ms for e in runs]
-    maxes = [e.latency_max_ms for e in runs]
-    ok = all((p or 1e9) <= TAIL_P99_MS for p in p99s) and all(
-        (m or 1e9) <= TAIL_MAX_MS for m in maxes
-    )
-    judged = len(runs) > 1
-    return [
-        (f"3 e2e latency, {first.rate}/s via ingress, sync {sync}, {len(runs)} run(s) "
-         f"(took {took}/s): p50 ms", "n/a", " / ".join(fmt(e.latency_p50_ms, 1) for e in runs),
-         "", ""),
-        ("  p99 ms", "n/a", " / ".join(fmt(p, 1) for p in p99s),
-         f"≤ {TAIL_P99_MS:g} each" if judged else "reported", yes(ok) if judged else ""),
-        ("  max ms", "n/a", " / ".join(fmt(m, 1) for m in maxes),
-         f"≤ {TAIL_MAX_MS:g} each" if judged else "reported", ""),
-        ("  backlog at end of load; worker CPU %", "n/a",
-         " / ".join(f"{fmt(e.backlog_at_end_of_load.num_pending)}; {fmt(e.worker_cpu_pct)}"
-                    for e in runs), "", ""),
-    ]  # fmt: skip
-
-
-def _alone_rows(w: WorkerPhase) -> list[Row]:
-    out: list[Row] = []
-    if w.e2e_sweep:
-        rates = " / ".join(f"{x.rate}" for x in w.e2e_sweep)
-        p99s = " / ".join(fmt(x.latency_p99_ms, 1) for x in w.e2e_sweep)
-        out.append((f"  worker alone, straight to JetStream: p99 ms at {rates} alerts/s",
-                    "n/a", p99s, "", ""))  # fmt: skip
-    if e := w.e2e_direct:
-        rate = fmt(e.publish.achieved_rate if e.publish else None)
-        out.append((f"  same @ {rate}/s: p50 / p99 / max ms", "n/a",
-                    f"{fmt(e.latency_p50_ms, 1)} / {fmt(e.latency_p99_ms, 1)} / "
-                    f"{fmt(e.latency_max_ms, 1)}", "", ""))  # fmt: skip
-    return out
-
-
-def _drain_rows(
-    r: Results, sync: str, many: DrainResult | None, one: DrainResult | None
-) -> list[Row]:
-    """The drain against the ingress's rate at the same fsync level, in the same run."""
-    t = r.throughput
-    side = "alertbridge" if sync == "1s" else "alertbridge_fsync"
-    m = t.medians.get(side) if t else None
-    ingress = m.rps if m is not None else None
-    out: list[Row] = []
-    if many is not None:
-        v = many.rate_mid80_per_s
-        ratio = v / ingress if v is not None and ingress else None
-        target = f"≥ ingress {fmt(ingress)} (aim 1.5{TIMES})" if ingress else "≥ the ingress"
-        met = f"{yes(ratio >= 1.0)} ({ratio:.2f}{TIMES})" if ratio is not None else ""
-        out += [
-            (f"  drain rate, paper broker, 64 symbols, 1 worker, sync {sync}, /s", "n/a",
-             fmt(v) + _star(many), target, met),
-            (f"    CPU per executed alert, worker (start-up incl.) / nats-server, {MICRO}s",
-             "n/a", f"{fmt(many.worker_cpu_us_per_alert)} / "
-             f"{fmt(many.server_cpu_us_per_alert)}", "", ""),
-        ]  # fmt: skip
-    if one is not None:
-        out.append((f"  drain rate, paper broker, 1 symbol (one lane, in order), sync {sync}, /s",
-                    "n/a", fmt(one.rate_mid80_per_s) + _star(one), "reported", ""))  # fmt: skip
-    return out
-
-
-def _floor_rows(shipped: DrainResult | None, floor: DrainResult | None) -> list[Row]:
-    """The worker against its floor (bench.stripped_worker: pull, event, PubAck, ack)."""
-    if shipped is None or floor is None:
-        return []
-    ratio = (
-        (shipped.worker_cpu_us_per_alert or 0) / floor.worker_cpu_us_per_alert
-        if floor.worker_cpu_us_per_alert
-        else None
-    )
-    return [
-        ("    floor (pull, event, PubAck, ack; no checks, no broker): drain /s", "n/a",
-         fmt(floor.rate_mid80_per_s) + _star(floor), "reported", ""),
-        (f"    worker CPU per alert, shipped vs floor, {MICRO}s; nats-server's for the floor",
-         "n/a", f"{fmt(shipped.worker_cpu_us_per_alert)} vs {fmt(floor.worker_cpu_us_per_alert)}"
-         f" ({fmt(ratio, 2)}{TIMES}); {fmt(floor.server_cpu_us_per_alert)}", "reported", ""),
-    ]  # fmt: skip
-
-
-def _star(d: DrainResult) -> str:
-    return "*" if d.noise == "noisy" else ""
-
-
-# ----------------------------------------------------------------- 4 scaling
-def _scaling_rows(r: Results) -> list[Row]:
-    sc = r.scaling or []
-    parts = sorted({x.partitions for x in sc if x.partitions is not None})
-    out: list[Row] = []
-    for n, partitions in enumerate(parts):
-        row = [x for x in sc if x.partitions == partitions]
-        grows = len(row) >= 2 and (row[-1].rate_mid80_per_s or 0) > 1.3 * (
-            row[0].rate_mid80_per_s or 1
-        )
-        delay = r.settings.broker_delay * 1000
-        label = f"4 drain /s, {delay:.0f} ms broker, " if n == 0 else "  same, "
-        nsymbols = row[0].symbols if row[0].symbols is not None else 64
-        last = partitions == parts[-1]
-        out.append((
-            label + " / ".join(str(x.workers) for x in row)
-            + f" workers ({partitions} partitions, {nsymbols} symbols)",
-            "n/a", " / ".join(fmt(x.rate_mid80_per_s) + _star(x) for x in row),
-            "grows with workers" if last else "", yes(grows) if last else "",
-        ))  # fmt: skip
-        cpu = [x.server_cpu_us_per_alert for x in row]
-        if all(c is not None for c in cpu):
-            flat = max(c or 0 for c in cpu) <= 1.3 * max(min(c or 0 for c in cpu), 1)
-            out.append((
-                "  nats-server CPU µs per alert, same workers", "n/a",
-                " / ".join(fmt(c) for c in cpu), "flat", yes(flat),
-            ))  # fmt: skip
     return out
 
 

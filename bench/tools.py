@@ -12,7 +12,7 @@ import msgspec
 
 from bench.common import HERE, PY, BenchError
 from bench.procs import run
-from bench.results import LoadSummary
+from bench.results_worker import LoadSummary
 
 if TYPE_CHECKING:
     from pathlib import Path

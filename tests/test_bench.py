@@ -24,18 +24,8 @@ from bench.natsq import Pending
 from bench.options import PHASES
 from bench.phases import REGISTRY
 from bench.phases.throughput import REF_ATTEMPTS, NoRowError, ref_round, ref_row
-from bench.results import (
-    E2E,
-    AbRound,
-    Ceiling,
-    DrainResult,
-    Machine,
-    RefRound,
-    Results,
-    Throughput,
-    WorkerLevel,
-    WorkerPhase,
-)
+from bench.results import AbRound, Ceiling, Machine, RefRound, Results, Throughput
+from bench.results_worker import E2E, DrainResult, LoadSummary, WorkerLevel, WorkerPhase
 from bench.table import text_table
 from tests.support import ROOT
 
@@ -102,8 +92,7 @@ def _ab(rps: float, check: str = "OK") -> AbRound:
 
 def test_results_keep_their_json_layout_and_make_the_table() -> None:
     opts = parse_options(["--ref-dir", "r", "--out", "o", "--variant", "quiet:X=1"])
-    machine = Machine(git_head="0", git_dirty_product_files=[], nproc=2, cpu="cpu", ram_gib=1.0,
-                      kernel="k", python="3", loadavg_at_start="0", date_utc="d")  # fmt: skip
+    machine = _machine()
     throughput = Throughput(
         reference=[_ref("1000"), _ref("na")],
         alertbridge=[_ab(2000.0), _ab(1800.0, "FAIL")],
@@ -129,8 +118,7 @@ def test_the_table_judges_the_fsync_level_and_the_stripped_floor() -> None:
     """Issue 19's rows: the fsync pair's ratio, the ingress against 0.9x nats-server's
     fsynced ceiling, and the shipped webhook's CPU per request against the floor's."""
     opts = parse_options(["--ref-dir", "r", "--out", "o"])
-    machine = Machine(git_head="0", git_dirty_product_files=[], nproc=2, cpu="cpu", ram_gib=1.0,
-                      kernel="k", python="3", loadavg_at_start="0", date_utc="d")  # fmt: skip
+    machine = _machine()
     throughput = Throughput(
         reference=[_ref("1000")], alertbridge=[_ab(900.0)],
         reference_fsync=[_ref("1000")], alertbridge_fsync=[_ab(1900.0)],
@@ -147,49 +135,112 @@ def test_the_table_judges_the_fsync_level_and_the_stripped_floor() -> None:
     assert "1,000 vs 500" in floor and "NO (2.00\N{MULTIPLICATION SIGN})" in floor
 
 
-def _e2e(p99: float, mx: float) -> E2E:
+def _machine() -> Machine:
+    return Machine(git_head="0", git_dirty_product_files=[], nproc=2, cpu="cpu", ram_gib=1.0,
+                   kernel="k", python="3", loadavg_at_start="0", date_utc="d")  # fmt: skip
+
+
+def _e2e(p99: float, mx: float, *, took: float = 1000.0, all_executed: bool = True) -> E2E:
+    """A run at 1,000/s; `p99`, `mx`: over every alert (a warm-up-trimmed figure below)."""
+    load = msgspec.convert(
+        {"mode": "paced", "sent": 30_000, "sent_dup_ids": 0, "answered": 30_000,
+         "status": {"200": 30_000}, "fresh_2xx": 30_000, "duplicate_2xx": 0,
+         "accepted_unique_ids": 30_000, "errors": {}, "p50_ms": 1.0, "p90_ms": 2.0,
+         "p99_ms": 3.0, "max_ms": 4.0, "over_3s": 0, "send_span_s": 30.0, "elapsed_s": 30.0,
+         "achieved_rps": took, "peak_concurrency": 32, "id_prefix": "x", "wall_s": 30.0},
+        LoadSummary,
+    )  # fmt: skip
     backlog = Pending(consumers=16, num_pending=0, num_ack_pending=0)
-    return E2E(executed=30_000, already_done=0, latency_p50_ms=2.0, latency_p99_ms=p99,
-               latency_max_ms=mx, rate=1000, seconds=30, backlog_at_end_of_load=backlog,
-               all_executed=True, worker_cpu_pct=40, pre_busy_pct=1)  # fmt: skip
+    return E2E(executed=30_000, already_done=0, latency_p50_ms=2.0, latency_p99_ms=1.0,
+               latency_max_ms=1.0, latency_all_p99_ms=p99, latency_all_max_ms=mx, rate=1000,
+               seconds=30, backlog_at_end_of_load=backlog, all_executed=all_executed,
+               worker_cpu_pct=40, pre_busy_pct=1, load=load)  # fmt: skip
 
 
-def _drain(rate: float) -> DrainResult:
-    return DrainResult(label="d", workers=1, alerts=30_000, fill_rps=None, all_executed=True,
-                       wall_s=10.0, pre_busy_pct=1, other_cpu_pct=1, noise="ok",
-                       worker_cpu_pct_sum=90, executed=30_000, rate_per_s=rate,
+def _drain(rate: float, worker_us: int = 200, *, all_executed: bool = True) -> DrainResult:
+    return DrainResult(label="d", workers=1, alerts=30_000, fill_rps=None,
+                       all_executed=all_executed, wall_s=10.0, pre_busy_pct=1, other_cpu_pct=1,
+                       noise="ok", worker_cpu_pct_sum=90, executed=30_000, rate_per_s=rate,
                        rate_mid80_per_s=rate, server_cpu_us_per_alert=100,
-                       worker_cpu_us_per_alert=200)  # fmt: skip
+                       worker_cpu_us_per_alert=worker_us,
+                       server_steady_cpu_us_per_alert=90)  # fmt: skip
 
 
-def test_the_table_judges_the_worker_against_the_ingress_at_the_same_level() -> None:
-    """Issue 19's worker rows: the drain against the ingress's rate at the same fsync level
-    of the same run, and the tail in each of the consecutive runs (one over: not met)."""
+def _worker_table(levels: dict[str, WorkerLevel]) -> list[str]:
     opts = parse_options(["--ref-dir", "r", "--out", "o"])
-    machine = Machine(git_head="0", git_dirty_product_files=[], nproc=2, cpu="cpu", ram_gib=1.0,
-                      kernel="k", python="3", loadavg_at_start="0", date_utc="d")  # fmt: skip
     throughput = Throughput(
         reference=[_ref("1000")], alertbridge=[_ab(4000.0)],
         reference_fsync=[_ref("1000")], alertbridge_fsync=[_ab(1000.0)],
     )  # fmt: skip
     throughput.finish()
-    worker = WorkerPhase(levels={
-        "1s": WorkerLevel(sync="1s", e2e_runs=[_e2e(8.0, 40.0), _e2e(9.0, 51.0)],
-                          paper_64_symbols=_drain(3000.0), paper_1_symbol=_drain(800.0)),
-        "always": WorkerLevel(sync="always", e2e_runs=[_e2e(900.0, 2000.0)],
-                              paper_64_symbols=_drain(1200.0), stripped_64_symbols=_drain(1300.0)),
+    worker = WorkerPhase(levels=levels)
+    results = Results(machine=_machine(), settings=opts, throughput=throughput, worker=worker)
+    return text_table(results).splitlines()
+
+
+def _row(lines: list[str], start: str, n: int = 0) -> str:
+    return [v for v in lines if v.strip().startswith(start)][n]
+
+
+def test_the_table_judges_the_worker_against_the_ingress_at_the_same_level() -> None:
+    """Issue 19's worker rows: the drain against the ingress's rate at the same fsync level
+    of the same run; the floor against the shipped worker."""
+    lines = _worker_table({
+        "1s": WorkerLevel(sync="1s", paper_64_symbols=_drain(3000.0, 300),
+                          paper_1_symbol=_drain(800.0), stripped_64_symbols=_drain(9000.0, 100)),
+        "always": WorkerLevel(sync="always", paper_64_symbols=_drain(1200.0)),
     })  # fmt: skip
-    results = Results(machine=machine, settings=opts, throughput=throughput, worker=worker)
-    lines = text_table(results).splitlines()
     drains = [v for v in lines if "drain rate, paper broker, 64 symbols" in v]
     assert "sync 1s" in drains[0] and "NO (0.75\N{MULTIPLICATION SIGN})" in drains[0]
     assert "sync always" in drains[1] and "yes (1.20\N{MULTIPLICATION SIGN})" in drains[1]
-    p99 = [v for v in lines if v.strip().startswith("p99 ms")]
-    assert "8.0 / 9.0" in p99[0] and p99[0].rstrip().endswith("NO")  # the 51 ms maximum
-    assert "reported" in p99[1]  # one run at the fsync level: reported, not judged
-    assert worker.paper_64_symbols is worker.levels["1s"].paper_64_symbols
     floor = next(v for v in lines if "shipped vs floor" in v)
-    assert "200 vs 200 (1.00\N{MULTIPLICATION SIGN}); 100" in floor
+    assert "300 vs 100 (3.00\N{MULTIPLICATION SIGN}); 90" in floor  # shipped first
+    assert WorkerPhase(levels={"1s": WorkerLevel(sync="1s", paper_64_symbols=_drain(1.0))}
+                       ).paper_64_symbols is not None  # fmt: skip
+
+
+def test_a_drain_that_did_not_finish_is_not_met() -> None:
+    lines = _worker_table({"always": WorkerLevel(
+        sync="always", paper_64_symbols=_drain(5000.0, all_executed=False))})  # fmt: skip
+    drain = next(v for v in lines if "drain rate, paper broker, 64 symbols" in v)
+    assert "NO (not all executed)" in drain
+
+
+def test_the_tail_is_judged_row_by_row_in_each_run_at_the_one_second_level() -> None:
+    """p99 and max are judged apart, on every alert; the fsync level's run is reported."""
+    lines = _worker_table({
+        "1s": WorkerLevel(sync="1s", e2e_runs=[_e2e(8.0, 40.0), _e2e(9.0, 51.0)]),
+        "always": WorkerLevel(sync="always", e2e_runs=[_e2e(900.0, 2000.0)]),
+    })  # fmt: skip
+    assert "8.0 / 9.0" in _row(lines, "p99 ms") and _row(lines, "p99 ms").endswith("yes")
+    assert "40.0 / 51.0" in _row(lines, "max ms") and _row(lines, "max ms").endswith("NO")
+    assert _row(lines, "p99 ms", 1).rstrip().endswith("reported")  # `always`: not judged
+
+
+@pytest.mark.parametrize(
+    "run", [_e2e(5.0, 20.0, took=900.0), _e2e(5.0, 20.0, all_executed=False)],
+    ids=["took-less-than-offered", "not-all-executed"],
+)  # fmt: skip
+def test_a_run_that_did_not_take_the_rate_or_finish_is_not_met(run: E2E) -> None:
+    lines = _worker_table({"1s": WorkerLevel(sync="1s", e2e_runs=[_e2e(5.0, 20.0), run])})
+    assert _row(lines, "p99 ms").endswith("NO") and _row(lines, "max ms").endswith("NO")
+
+
+@pytest.mark.parametrize(
+    ("rates", "verdict"), [((600.0, 650.0, 580.0), "yes"), ((600.0, 640.0, 500.0), "NO")]
+)
+def test_scaling_is_met_while_the_rate_does_not_fall_as_workers_are_added(
+    rates: tuple[float, float, float], verdict: str
+) -> None:
+    """Issue 19, point 4: each count of workers within 0.95x of one worker's rate."""
+    drains = [msgspec.structs.replace(_drain(v), workers=k, partitions=64, symbols=64)
+              for k, v in zip((1, 2, 4), rates, strict=True)]  # fmt: skip
+    results = Results(machine=_machine(), settings=parse_options(["--ref-dir", "r", "--out", "o"]),
+                      scaling=drains)  # fmt: skip
+    lines = text_table(results).splitlines()
+    row = next(v for v in lines if "1 / 2 / 4 workers (64 partitions" in v)
+    assert row.rstrip().endswith(verdict)
+    assert _row(lines, "nats-server CPU").rstrip().endswith("yes")  # 90 µs each: flat
 
 
 # --- the reference's result row (bench.phases.throughput.ref_row, ref_round) -------------

@@ -16,7 +16,7 @@ from bench.procs import PROCS
 
 if TYPE_CHECKING:
     from bench.harness import Harness
-    from bench.results import DrainResult
+    from bench.results_worker import DrainResult
 
 # (partitions, symbols): 256 partitions over 1,024 symbols, so that partitions no
 # longer bound one worker.
