@@ -51,14 +51,17 @@ WORKER_STREAMS: Final = (
 # and its account cannot even look at it).
 WORKER_CONSUMES: Final = (ALERTS_STREAM, ADVISORIES_STREAM)
 TOPOLOGY_RECHECK: Final = 2.0  # seconds between checks while something is missing
+EXIT_SETTINGS: Final = 2  # a bad setting, or one that does not match the server's
 
 
-async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
+async def serve(settings: WorkerSettings, *, spans: bool = True) -> int:
     """Connect, wait for the topology, consume; on a signal stop fetching, finish, drain.
 
     `spans`: whether this process records spans (else deliveries make none). /healthz
     answers from the start; /readyz says what is missing until ops has provisioned, and
-    then names any consume loop that has been down for a while (`readiness`).
+    then names any consume loop that has been down for a while (`readiness`). Returns the
+    exit status: 0, or EXIT_SETTINGS, without consuming, when the server has more
+    partitions than ALERTBRIDGE_PARTITIONS (`_partitions_match`).
     """
     desk = Desk.from_accounts(worker_accounts(os.environ), os.environ, settings.paper_db)
     nc = await connect(settings, name="alertbridge-worker")
@@ -86,14 +89,15 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
         tasks.append(asyncio.create_task(_serve_health(server, settings.health_port)))
     poller = watcher = None
     try:
-        if await _topology_present(js, settings, stopping):
-            worker = Worker(js, desk, settings, spans=spans)
-            heap.freeze_startup_objects()
-            poller = asyncio.create_task(worker.depth.poll(js, topology))
-            watch = LoopWatch(lambda subject, data: js.publish(subject, data, timeout=2))
-            watcher = asyncio.create_task(watch.run(stopping))
-            log.info("worker sharing %d partitions with the others", settings.partitions)
-            await worker.run()
+        if (refused := await _not_consuming(js, settings, stopping)) is not None:
+            return refused
+        worker = Worker(js, desk, settings, spans=spans)
+        heap.freeze_startup_objects()
+        poller = asyncio.create_task(worker.depth.poll(js, topology))
+        watch = LoopWatch(lambda subject, data: js.publish(subject, data, timeout=2))
+        watcher = asyncio.create_task(watch.run(stopping))
+        log.info("worker sharing %d partitions with the others", settings.partitions)
+        await worker.run()
     finally:
         if server is not None:
             server.should_exit = True
@@ -106,6 +110,7 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> None:
         await nc.drain()
         await desk.close()
         log.info("worker stopped")
+    return 0
 
 
 async def readiness(
@@ -144,6 +149,33 @@ async def _topology_present(
     return True
 
 
+async def _not_consuming(
+    js: JetStreamContext, settings: WorkerSettings, stopping: asyncio.Event
+) -> int | None:
+    """None once the worker may consume; else the exit status (0: told to stop while it
+    waited for provisioning; EXIT_SETTINGS: the server has more partitions)."""
+    if not await _topology_present(js, settings, stopping):
+        return 0
+    return None if await _partitions_match(js, settings) else EXIT_SETTINGS
+
+
+async def _partitions_match(js: JetStreamContext, settings: WorkerSettings) -> bool:
+    """False, said at ERROR, when the server has more partitions than this worker's count:
+    it would never pull the ones beyond it, and their alerts would wait forever. (Fewer:
+    `_topology_present` names the missing consumers and waits for provisioning.)"""
+    more = await provision.partitions_beyond(js, ALERTS_STREAM, settings.partitions)
+    if more is None:
+        return True
+    log.error(
+        "the NATS server has %d partitions (consumers %s/worker-p0..%d) and this worker's "
+        "ALERTBRIDGE_PARTITIONS is %d: partitions %d..%d would never be pulled and their "
+        "alerts would wait forever. Start it with ALERTBRIDGE_PARTITIONS=%d, the count ops "
+        "provisioned with; not consuming",
+        more, ALERTS_STREAM, more - 1, settings.partitions, settings.partitions, more - 1, more,
+    )  # fmt: skip
+    return False
+
+
 def worker_topology(settings: WorkerSettings) -> Topology:
     """The topology as the worker uses it: its streams, and only its own consumers."""
     full = settings.topology()
@@ -160,24 +192,23 @@ async def _serve_health(server: Server, port: int) -> None:
 
 
 def main() -> int:
-    """Run the worker; exit 2 on a bad setting."""
+    """Run the worker; exit 2 (EXIT_SETTINGS) on a bad setting."""
     logs.setup("alertbridge-worker")
     try:
         settings = load(WorkerSettings, os.environ)
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     providers = telemetry.setup("alertbridge-worker")
     try:
         # uvloop: the event loop's own overhead was a fifth of the worker's CPU.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(settings, spans=providers.records_spans))
+            return runner.run(serve(settings, spans=providers.records_spans))
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     finally:
         providers.shutdown()
-    return 0
 
 
 if __name__ == "__main__":

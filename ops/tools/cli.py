@@ -136,10 +136,15 @@ def up(
 @cli.command()
 def provision() -> None:
     """Create or update the streams and consumers (idempotent)."""
+    from ops.platform import logs
     from ops.platform import provision as prov
 
+    logs.setup("alertbridge-provision")  # what it changed (a partition count, say) shows
     topology = settings_from_env().topology()
-    with_js(lambda js: prov.apply(js, topology))
+    try:
+        with_js(lambda js: prov.apply(js, topology))
+    except SettingsError as exc:  # e.g. a partition count that cannot change while alerts wait
+        raise click.ClickException(str(exc)) from None
     click.echo("topology applied", err=True)
 
 

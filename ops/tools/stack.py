@@ -258,5 +258,7 @@ async def _provision(settings: Common, port: int, wait: float = 15.0) -> None:
         raise click.ClickException(str(exc)) from None
     try:
         await provision.apply(jetstream(nc, settings), settings.topology())
+    except SettingsError as exc:  # e.g. a partition count that cannot change while alerts wait
+        raise click.ClickException(str(exc)) from None
     finally:
         await nc.close()
