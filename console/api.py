@@ -19,7 +19,7 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from console.auth import COOKIE, api_guard
+from console.auth import admitted, api_guard
 from console.feed import encode
 from console.runtime import Runtime, runtime
 from contracts.risk import EVERY_ACCOUNT, Halt
@@ -288,11 +288,9 @@ class ControlController(Controller):
         lifetime), and keeps it from going idle meanwhile; one opened with the bearer
         token goes on."""
         rt = runtime(state)
-        feed, access = rt.feed, rt.access
-        alive = None
-        if not access.bearer(request.headers.get("authorization")):  # the cookie let it in
-            sid = request.cookies.get(COOKIE)
-            alive = partial(access.cookie, sid)  # each check counts as use of the session
+        feed, sid = rt.feed, admitted(request).session
+        # Let in by a session: it lives as long as that session; each check counts as use.
+        alive = None if sid is None else partial(rt.access.cookie, sid)
 
         async def stream() -> AsyncIterator[ServerSentEventMessage]:
             async with feed.listening(alive) as queue:

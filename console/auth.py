@@ -15,13 +15,16 @@ What each kind of request needs:
   pages, and their form POSTs  the session cookie; the form POSTs also carry a CSRF token
                                (Litestar's CSRF middleware, app.py)
 
-Anything else is 401 (the API) or a redirect to the login form (the pages).
+Anything else is 401 (the API) or a redirect to the login form (the pages). `api_guard`
+records how it let a request in (`admitted`): what depends on it (a live feed ends with
+its session, not with the token) reads that decision instead of making its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from litestar.exceptions import NotAuthorizedException
@@ -38,6 +41,7 @@ COOKIE: Final = "alertbridge_console"
 _SESSION: Final = b"alertbridge console session v2"
 _CSRF: Final = b"alertbridge console csrf v1"
 _BEARER: Final = "bearer "
+_ADMITTED: Final = "alertbridge_console_admitted"  # its key in the request's scope state
 
 
 class Access:
@@ -51,6 +55,11 @@ class Access:
         # Keyed by the token: a session id opened under another token is no session here.
         session_key = hmac.new(key, _SESSION, hashlib.sha256).digest()
         self.sessions = Sessions(session_key, lifetime=lifetime, idle=idle)
+
+    @property
+    def lifetime(self) -> float:
+        """Seconds a session lives at most."""
+        return self.sessions.lifetime
 
     def token_matches(self, candidate: str) -> bool:
         """The token itself (the login form, the bearer header), in constant time."""
@@ -73,14 +82,31 @@ def access_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Access:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """How `api_guard` let a request in: the bearer token, or a live session."""
+
+    session: str | None  # the session's id (its cookie); None: the bearer token
+
+
+def admitted(connection: ASGIConnection[Any, Any, Any, Any]) -> Admitted:
+    """What `api_guard` decided for this request (LookupError: it did not run)."""
+    found = connection.scope.get("state", {}).get(_ADMITTED)
+    if not isinstance(found, Admitted):
+        raise LookupError("api_guard has not admitted this request")
+    return found
+
+
 def api_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """The API: bearer always; the session cookie for reads only."""
+    """The API: bearer always; the session cookie for reads only. Records which (`admitted`)."""
     access = access_of(connection)
+    state = connection.scope.setdefault("state", {})
     if access.bearer(connection.headers.get("authorization")):
+        state[_ADMITTED] = Admitted(session=None)
         return
-    if connection.scope.get("method", "GET") == "GET" and access.cookie(
-        connection.cookies.get(COOKIE)
-    ):
+    sid = connection.cookies.get(COOKIE)
+    if connection.scope.get("method", "GET") == "GET" and access.cookie(sid):
+        state[_ADMITTED] = Admitted(session=sid)
         return
     raise NotAuthorizedException(
         "a console token is needed: Authorization: Bearer <token> (var/console.token)",

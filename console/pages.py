@@ -8,6 +8,7 @@ only adds the live feed.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
@@ -71,23 +72,33 @@ class LoginController(Controller):
 
     @post("/login", include_in_schema=False, status_code=HTTP_303_SEE_OTHER)
     async def login(
-        self, state: State, data: Annotated[LoginForm, Body(media_type=Form)]
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        data: Annotated[LoginForm, Body(media_type=Form)],
     ) -> Response[Any]:
-        """Check the token; open a session, its id in the cookie (Secure, HttpOnly,
-        SameSite=Strict)."""
+        """Check the token; end the session this browser had (if any) and open a new one,
+        its id in the cookie (Secure, HttpOnly, SameSite=Strict, gone after its lifetime)."""
         rt = runtime(state)
         if not rt.access.token_matches(data.token):
             return Template(
                 template_name="login.html", context={"error": "wrong token"}, status_code=401
             )
+        # One browser, one session: the one it had no longer lives on beside the new one.
+        rt.access.sessions.close(request.cookies.get(COOKIE))
         sid = rt.access.sessions.open()
         answer = _see("/")
-        answer.set_cookie(COOKIE, sid, path="/", secure=True, httponly=True, samesite="strict")
+        answer.set_cookie(
+            COOKIE, sid, path="/", max_age=math.ceil(rt.access.lifetime), secure=True,
+            httponly=True, samesite="strict",
+        )  # fmt: skip
         return answer
 
-    @post("/logout", include_in_schema=False, guards=[page_guard])
+    @post("/logout", include_in_schema=False)
     async def logout(self, request: Request[Any, Any, Any], state: State) -> Redirect:
-        """End the session here (a copy of its cookie is refused from now on); drop the cookie."""
+        """End the session here (a copy of its cookie is refused from now on); drop the
+        cookie. No session needed (one that already ended still gets its cookie dropped);
+        the CSRF token is, so no other site can log a browser out."""
         runtime(state).access.sessions.close(request.cookies.get(COOKIE))
         answer = _see("/login")
         answer.delete_cookie(COOKIE, path="/")

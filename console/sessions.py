@@ -9,8 +9,10 @@ takes says nothing about a live id.
 A session ends at logout (deleted here, so a copy of the cookie taken before is refused),
 `lifetime` seconds after the login whatever happens, after `idle` seconds without a
 request, and when the process stops: a restart logs everyone out. At most `limit`
-sessions live at once; a login beyond that evicts the oldest, so no number of logins
-grows the memory.
+sessions live at once; a login beyond that evicts the oldest login (in use or not), so
+no number of logins grows the memory. Sessions past their time are dropped first, at
+each login, so the dead never hold a place a live one needs. The clock is
+`time.monotonic` unless a test gives another, so the edges are tested without waiting.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ID_BYTES: Final = 32  # of randomness: 43 characters in the cookie
 LONGEST_ID: Final = 64  # characters; a longer cookie is refused before any work
@@ -29,15 +34,25 @@ LIMIT: Final = 1_000
 
 @dataclass(slots=True)
 class _Session:
-    born: float  # time.monotonic() at the login
+    born: float  # the clock at the login
     seen: float  # ... at its last request
 
 
 class Sessions:
     """The live sessions: open one at login, check one per request, close one at logout."""
 
-    def __init__(self, key: bytes, *, lifetime: float, idle: float, limit: int = LIMIT) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        lifetime: float,
+        idle: float,
+        limit: int = LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`lifetime`, `idle`: seconds (on `clock`) a session lives at most, and unused."""
         self._key = key
+        self._clock = clock
         self._lifetime = lifetime
         self._idle = idle
         self._limit = limit
@@ -46,9 +61,14 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._live)
 
+    @property
+    def lifetime(self) -> float:
+        """Seconds a session lives at most (the cookie's Max-Age)."""
+        return self._lifetime
+
     def open(self) -> str:
         """A new session; its id, for the cookie (the store keeps only its HMAC)."""
-        now = time.monotonic()
+        now = self._clock()
         for digest in [d for d, s in self._live.items() if self._over(s, now)]:
             del self._live[digest]
         while len(self._live) >= self._limit:
@@ -65,7 +85,7 @@ class Sessions:
         found = self._live.get(digest)
         if found is None:
             return False
-        now = time.monotonic()
+        now = self._clock()
         if self._over(found, now):
             del self._live[digest]
             return False

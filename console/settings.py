@@ -7,6 +7,7 @@ var/ by `alertbridge up`); what it shows comes from the projector's file
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -36,9 +37,16 @@ class ConsoleSettings(Common, frozen=True, kw_only=True):
     console_session_idle_minutes: Positive = 60.0
 
     def check(self) -> None:
-        """Port 0 would bind a port nobody is told about."""
+        """Port 0 would bind a port nobody is told about; a session that never ends is no
+        limit (and no cookie Max-Age)."""
         if self.console_port == 0:
             raise SettingsError(f"{PREFIX}CONSOLE_PORT must be a port, not 0")
+        for var, value in (
+            ("CONSOLE_SESSION_HOURS", self.console_session_hours),
+            ("CONSOLE_SESSION_IDLE_MINUTES", self.console_session_idle_minutes),
+        ):
+            if not math.isfinite(value):
+                raise SettingsError(f"{PREFIX}{var} must be a finite number, not {value}")
 
 
 def read_token(settings: ConsoleSettings) -> Secret:

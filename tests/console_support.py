@@ -4,6 +4,7 @@ attacker drives it over real HTTP, its cookies kept by hand."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sqlite3
@@ -13,12 +14,15 @@ from typing import TYPE_CHECKING
 import httpx
 
 from console.auth import COOKIE
+from contracts.messages import EVENT_KINDS, event_encoder
 from ops.platform.projection_schema import SCHEMA
+from ops.platform.projections import micros
 from tests.support import free_port, python_module, wait_for_port
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from contracts.messages import Event
     from tests.secured import Secured
 
 CSRF_COOKIE = "alertbridge_csrf"
@@ -55,6 +59,22 @@ class ConsoleProcess:
         self.proc = python_module("console", self.env, self.log)
         wait_for_port(self.port, 30, self.proc)
         return self
+
+    def exits(self, timeout: float = 30) -> int:
+        """Start it and wait for it to exit by itself (a bad setting): its exit code."""
+        self.proc = python_module("console", self.env, self.log)
+        return self.proc.wait(timeout)
+
+    def project(self, event: Event) -> None:
+        """`event` in its read models, as the projector records it."""
+        row = (event.account, event.alert_id, event.replay, EVENT_KINDS[type(event)],
+               micros(event.at), event_encoder.encode(event))  # fmt: skip
+        with contextlib.closing(sqlite3.connect(self.root / "projections.db")) as db, db:
+            db.execute(
+                "INSERT INTO events (account, alert_id, replay, kind, at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
 
     def stop(self) -> bool:
         """SIGTERM; whether it was running and stopped cleanly (uvicorn, once shut down,

@@ -9,16 +9,23 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-from litestar import Litestar
+from litestar import Litestar, Request
+from litestar.exceptions import NotAuthorizedException
 from litestar.testing import AsyncTestClient
 
 from console.app import create_app
-from console.auth import COOKIE
+from console.auth import COOKIE, Admitted, admitted, api_guard
 from console.settings import ConsoleSettings, read_token
 from ops.platform.projection_schema import SCHEMA
 from ops.platform.settings import Secret, SettingsError
+
+if TYPE_CHECKING:
+    from httpx import Response
+    from litestar.handlers.base import BaseRouteHandler
+    from litestar.types.asgi_types import HTTPScope
 
 TOKEN = "t0ken-for-the-console-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -191,3 +198,86 @@ def test_the_token_file_must_be_private_and_long_enough(tmp_path: Path) -> None:
     path.chmod(0o600)
     assert read_token(settings).matches(TOKEN.encode())
     assert TOKEN not in repr(read_token(settings))
+
+
+async def test_a_logout_without_the_csrf_token_is_refused(client: Client) -> None:
+    """Like every form: another site cannot log a browser out."""
+    await _log_in(client)
+    answer = await client.post("/logout", data={})
+    assert answer.status_code == 403, answer.text
+    assert "set-cookie" not in answer.headers or COOKIE not in answer.headers["set-cookie"]
+    assert (await client.get("/")).status_code == 200  # still logged in
+
+
+def _dropped(answer: Response) -> bool:
+    """Whether `answer` tells the browser to drop the session cookie."""
+    return any(
+        header.startswith(f"{COOKIE}=") and "max-age=0" in header.lower()
+        for header in answer.headers.get_list("set-cookie")
+    )
+
+
+async def test_a_logout_of_a_session_already_ended_drops_its_cookie(client: Client) -> None:
+    """Another tab logged it out (or it timed out): this one's logout still ends at the
+    login form with the cookie gone, not back at a redirect that keeps it."""
+    await _log_in(client)
+    ended = client.cookies[COOKIE]
+    csrf = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/")).text)
+    assert csrf is not None
+    first = await client.post("/logout", data={"_csrf_token": csrf[1]})
+    assert first.status_code == 303 and _dropped(first)
+    client.cookies.set(COOKIE, ended)  # a tab that still holds it
+    again = await client.post("/logout", data={"_csrf_token": csrf[1]})
+    assert again.status_code == 303 and again.headers["location"] == "/login"
+    assert _dropped(again), again.headers.get_list("set-cookie")
+    assert (await client.get("/")).headers["location"] == "/login"
+
+
+@pytest.mark.parametrize(("hours", "max_age"), [(12.0, 43_200), (0.0001, 1)])
+async def test_the_session_cookie_lasts_as_long_as_the_session(
+    tmp_path: Path, hours: float, max_age: int
+) -> None:
+    """Max-Age is the lifetime, rounded up: the browser forgets the cookie once it is dead."""
+    settings = ConsoleSettings(
+        projections_db=str(tmp_path / "none.db"), console_session_hours=hours
+    )
+    app = create_app(settings, Secret(TOKEN), connect_nats=False)
+    async with AsyncTestClient(app, base_url="https://console.test") as found:
+        found.follow_redirects = False
+        form = await found.get("/login")
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', form.text)
+        assert csrf is not None
+        answer = await found.post("/login", data={"token": TOKEN, "_csrf_token": csrf[1]})
+    (cookie,) = [c for c in answer.headers.get_list("set-cookie") if c.startswith(COOKIE)]
+    assert f"max-age={max_age};" in cookie.lower() + ";", cookie
+
+
+NO_HANDLER = cast("BaseRouteHandler", None)  # api_guard does not look at it
+
+
+def _request(app: Litestar, headers: dict[str, str], method: str = "GET") -> Request[Any, Any, Any]:
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    scope = {"type": "http", "method": method, "path": "/api/events", "headers": raw,
+             "query_string": b"", "litestar_app": app, "state": {}}  # fmt: skip
+    return Request(cast("HTTPScope", scope))
+
+
+async def test_the_api_guard_records_how_it_let_a_request_in(client: Client) -> None:
+    """The live feed reads this decision (how long it may go on) rather than making its own."""
+    await _log_in(client)
+    sid = client.cookies[COOKIE]
+    cookie = {"Cookie": f"{COOKIE}={sid}"}
+    for headers, found in (
+        (BEARER, Admitted(session=None)),
+        ({**BEARER, **cookie}, Admitted(session=None)),  # the token: it goes on
+        (cookie, Admitted(session=sid)),  # the session: it ends with it
+    ):
+        request = _request(client.app, headers)
+        api_guard(request, NO_HANDLER)
+        assert admitted(request) == found, headers
+    for headers, method in ((cookie, "POST"), ({}, "GET")):
+        refused = _request(client.app, headers, method)
+        with pytest.raises(NotAuthorizedException):
+            api_guard(refused, NO_HANDLER)
+        with pytest.raises(LookupError):
+            admitted(refused)

@@ -3,7 +3,8 @@ stack: `alertbridge up` (secured nats-server, worker and paper broker, ingress,
 projector, console), alerts sent with `alertbridge send`.
 
 What a person does: log in (a wrong token is refused), watch an alert arrive in the live
-feed without reloading, open its page and see it executed; halt trading, send an alert
+feed without reloading, open its page and see it executed; be told on the live page that
+the session ended when another browser logged it out; halt trading, send an alert
 that the halt rejects into the DLQ, resume, replay it from the DLQ page after reading
 what a replay does, and see it executed. The screenshots go to a temporary folder, or to
 `ALERTBRIDGE_SCREENSHOTS` when set: `ALERTBRIDGE_SCREENSHOTS=docs/console` makes the ones
@@ -132,6 +133,27 @@ async def test_an_alert_appears_live_and_its_page_shows_it_executed(
     await expect(page.locator("#alert-status")).to_have_text("executed")
     await expect(page.locator('#timeline li[data-kind="executed"]')).to_contain_text("paper")
     await page.screenshot(path=console.shots / "alert.png", full_page=True)
+
+
+async def test_the_live_page_says_when_its_session_ended(
+    browser: Browser, page: Page, console: Console
+) -> None:
+    """Logged out from another browser: the live page says so, with a way back to the
+    login form, instead of reconnecting for ever."""
+    await _log_in(page, console)
+    status = page.locator("#live-status")
+    await expect(status).to_have_attribute("data-live", "on", timeout=WITHIN)
+    # Another browser holding the same session (its cookies copied), which logs it out.
+    other = await browser.new_context(storage_state=await page.context.storage_state())
+    elsewhere = await other.new_page()
+    await elsewhere.goto(f"{console.url}/")
+    await elsewhere.get_by_role("button", name="Log out").click()
+    await expect(elsewhere).to_have_url(f"{console.url}/login")
+    await other.close()
+    await expect(status).to_have_attribute("data-live", "ended", timeout=WITHIN)
+    await expect(status).to_have_text("Session ended: log in again")
+    await status.get_by_role("link", name="log in again").click()
+    await expect(page).to_have_url(f"{console.url}/login")
 
 
 async def test_a_halted_alert_is_replayed_from_the_dlq_and_executes(

@@ -49,6 +49,33 @@
     status.textContent = text;
   }
 
+  function ended() {
+    // The session ended (logout elsewhere, its lifetime, idle, a restart): reconnecting
+    // cannot help, logging in again does.
+    status.dataset.live = "ended";
+    status.textContent = "Session ended: ";
+    const link = document.createElement("a");
+    link.href = "/login";
+    link.textContent = "log in again";
+    status.appendChild(link);
+  }
+
+  // Why the browser gave up on the feed: it does when a reconnect is answered with
+  // anything but 200, and only a 401 means the session is gone.
+  function closed() {
+    fetch("/api/alerts?limit=1", { credentials: "same-origin", cache: "no-store" })
+      .then(function (answer) {
+        if (answer.status === 401) {
+          ended();
+        } else {
+          live(false, "Live feed stopped: reload the page.");
+        }
+      })
+      .catch(function () {
+        live(false, "Live feed stopped: reload the page.");
+      });
+  }
+
   const source = new EventSource("/api/events");
   source.addEventListener("ready", function () {
     live(true, "Live: new alerts and outcomes appear below as they happen.");
@@ -57,6 +84,10 @@
     show(JSON.parse(message.data));
   });
   source.addEventListener("error", function () {
-    live(false, "Live feed interrupted: reconnecting…");
+    if (source.readyState === EventSource.CLOSED) {
+      closed();
+    } else {
+      live(false, "Live feed interrupted: reconnecting…");
+    }
   });
 })();
