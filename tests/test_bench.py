@@ -24,7 +24,16 @@ from bench.natsq import Pending
 from bench.options import PHASES
 from bench.phases import REGISTRY
 from bench.phases.throughput import REF_ATTEMPTS, NoRowError, ref_round, ref_row
-from bench.results import AbRound, Ceiling, Machine, RefRound, Results, Throughput
+from bench.results import (
+    AbRound,
+    Burst,
+    BurstResult,
+    Ceiling,
+    Machine,
+    RefRound,
+    Results,
+    Throughput,
+)
 from bench.results_worker import E2E, DrainResult, LoadSummary, WorkerLevel, WorkerPhase
 from bench.table import text_table
 from tests.support import ROOT
@@ -241,6 +250,36 @@ def test_scaling_is_met_while_the_rate_does_not_fall_as_workers_are_added(
     row = next(v for v in lines if "1 / 2 / 4 workers (64 partitions" in v)
     assert row.rstrip().endswith(verdict)
     assert _row(lines, "nats-server CPU").rstrip().endswith("yes")  # 90 µs each: flat
+
+
+def _burst(stored: int, accepted: int, doubled: int = 0) -> BurstResult:
+    return msgspec.convert(
+        {"mode": "burst", "sent": 10_000, "sent_dup_ids": 500, "answered": 10_000,
+         "status": {"200": accepted, "503": 10_000 - accepted}, "fresh_2xx": accepted,
+         "duplicate_2xx": 0, "accepted_unique_ids": accepted, "errors": {}, "p50_ms": 1.0,
+         "p90_ms": 2.0, "p99_ms": 2300.0, "max_ms": 2400.0, "over_3s": 0, "send_span_s": 1.0,
+         "elapsed_s": 3.0, "achieved_rps": None, "peak_concurrency": 8000, "id_prefix": "b",
+         "wall_s": 3.0, "stored": stored, "stored_unique_ids": stored, "doubled": doubled,
+         "pre_busy_pct": 0, "ingresses": 2},
+        BurstResult,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stored", "accepted", "doubled", "verdict"),
+    [(9_500, 72, 0, "yes"), (60, 72, 0, "NO"), (9_500, 72, 3, "NO")],
+    ids=["503s-stored-for-the-resend", "a-200-not-stored", "doubled"],
+)  # fmt: skip
+def test_the_fsync_burst_is_judged_on_every_200_stored_and_none_doubled(
+    stored: int, accepted: int, doubled: int, verdict: str
+) -> None:
+    """At `always` most of a burst may be answered 503 and still be stored (TradingView
+    resends a 503 and finds it): not a loss. A 200 not stored, or a double, is."""
+    results = Results(machine=_machine(), settings=parse_options(["--ref-dir", "r", "--out", "o"]),
+                      burst=Burst(alertbridge=_burst(9_500, 9_500),
+                                  alertbridge_fsync=_burst(stored, accepted, doubled)))  # fmt: skip
+    row = next(v for v in text_table(results).splitlines() if "answered 200 ≤ stored" in v)
+    assert row.rstrip().endswith(verdict)
 
 
 # --- the reference's result row (bench.phases.throughput.ref_row, ref_round) -------------
