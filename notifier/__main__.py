@@ -2,7 +2,8 @@
 
 Needs the `notifier` NATS role (deploy/nats-server.conf) and its durable consumer on
 EVENTS, created by provisioning (`alertbridge provision`). Where messages go is the
-accounts file's `[notify]` table and each account's `notify_urls_env`.
+accounts file's `[notify]` table and each account's `notify_urls_env`. /healthz,
+/readyz and /metrics on ALERTBRIDGE_HEALTH_PORT when set (notifier.health).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 from notifier.run import serve
 from notifier.settings import NotifierSettings
-from ops.platform import logs
+from ops.platform import logs, telemetry
 from ops.platform.notify_settings import read_notify
 from ops.platform.settings import SettingsError, load
 
@@ -35,11 +36,14 @@ def main() -> int:
             "no notification targets: set [notify] urls_env in the accounts file; "
             "events are read and folded, and nothing is sent"
         )
+    providers = telemetry.setup("alertbridge-notifier")  # /metrics (notifier.health)
     try:
         asyncio.run(serve(settings, targets))
     except SettingsError as exc:  # e.g. NATS refused the credentials
         print(f"notifier: {exc}", file=sys.stderr)
         return 2
+    finally:
+        providers.shutdown()
     return 0
 
 

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nats.errors import Error as NatsError
+from opentelemetry import metrics
 
 from contracts.subjects import DLQ_STREAM, EVENTS_STREAM
 from contracts.topology import NOTIFIER
+from notifier.health import Health
 from notifier.service import Notifier
 from notifier.store import Store
+from ops.platform.healthserver import health_server, serve_probes
 from ops.platform.natsconn import connect, jetstream
 
 if TYPE_CHECKING:
@@ -52,6 +55,10 @@ class Loops:
         self._store = store
         self._caught_up = False  # the last pull found nothing more to read
         self._started = time.monotonic()
+        # What /readyz reads (notifier.health): why the last pull failed (None: it did
+        # not), and how many messages each target is owed, as of the last tick.
+        self.pull_error: NatsError | None = None
+        self.owing: dict[str, int] = {}
 
     async def take_in(self, stopping: asyncio.Event, fetch_timeout: float) -> None:
         """Pull events, take each batch in, ack it, until `stopping`."""
@@ -71,6 +78,7 @@ class Loops:
             except TimeoutError:
                 msgs = []
             except NatsError as exc:
+                self.pull_error = exc
                 log.error(
                     "cannot pull from %s/%s (%r): is it provisioned (`alertbridge provision`)?"
                     " Trying again in %gs",
@@ -81,6 +89,7 @@ class Loops:
                 )
                 await _pause(stopping, RETRY)
                 continue
+            self.pull_error = None
             if not msgs:  # the request expired with nothing to read
                 self._caught_up = True
                 continue
@@ -102,6 +111,7 @@ class Loops:
                 if time.monotonic() - self._started > PRUNE_AFTER and now - pruned > PRUNE_AFTER:
                     self._store.prune_done(now - DONE_KEPT)
                     pruned = now
+            self.owing = self._store.owed_by_target()
             await _pause(stopping, TICK)
 
     async def watch_dlq(self, stopping: asyncio.Event, every: float) -> None:
@@ -130,11 +140,22 @@ class Loops:
 
 
 async def serve(settings: NotifierSettings, targets: NotifyTargets) -> None:
-    """Run until SIGTERM/SIGINT; then stop pulling, finish the send under way, drain."""
+    """Run until SIGTERM/SIGINT; then stop pulling, finish the send under way, drain.
+
+    /healthz, /readyz and /metrics on ALERTBRIDGE_HEALTH_PORT when set (notifier.health).
+    """
     store = Store(Path(settings.notifier_db))
     notifier = Notifier(store, targets)
     nc = await connect(settings, name="alertbridge-notifier")
-    loops = Loops(jetstream(nc, settings), notifier, store)
+    js = jetstream(nc, settings)
+    loops = Loops(js, notifier, store)
+    health = Health(nc, js, loops, store, targets, settings.target_down_after)
+    metrics.get_meter("alertbridge.notifier").create_observable_gauge(
+        "alertbridge.notifier.owed",
+        callbacks=[health.observe_owed],
+        unit="{message}",
+        description="messages a target is owed and has not taken yet",
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -145,6 +166,10 @@ async def serve(settings: NotifierSettings, targets: NotifyTargets) -> None:
         asyncio.create_task(loops.watch_dlq(stopping, settings.dlq_poll_interval)),
         asyncio.create_task(loops.send(stopping)),
     ]
+    server = None
+    if settings.health_port:  # not among `tasks`: a port it cannot bind stops nothing
+        server = health_server(health.problems, settings.health_host, settings.health_port)
+        probes = asyncio.create_task(serve_probes(server, settings.health_port, "notifier"))
     log.info(
         "notifier running: %d target(s), %d message(s) owed from before",
         len(targets.all()),
@@ -160,6 +185,9 @@ async def serve(settings: NotifierSettings, targets: NotifyTargets) -> None:
     finally:
         stopping.set()
         log.info("notifier stopping")
+        if server is not None:
+            server.should_exit = True
+            tasks.append(probes)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
         await nc.drain()

@@ -193,6 +193,7 @@ class Notifier:
             log.warning("dropped a message for %s: no longer a target", pending.target)
             with self._store.tx():
                 self._store.sent(pending.id)
+                self._store.target_took(pending.target)
             return
         try:
             delivered = await send(target, pending.title, pending.body)
@@ -202,9 +203,11 @@ class Notifier:
         with self._store.tx():
             if delivered:
                 self._store.sent(pending.id)
+                self._store.target_took(pending.target)
             else:
                 wait = backoff(pending.tries + 1)
                 self._store.failed(pending.id, now + wait)
+                self._store.target_failed(pending.target, now)
         if delivered:
             log.info("sent %r to %s", pending.title, pending.target)
         else:

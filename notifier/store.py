@@ -11,6 +11,8 @@ What it holds, and why it must survive a `kill -9`:
 - `streaks`: per account, the retryable failures since its last executed order (a
   broker down, and whether that was said, so its recovery is said too).
 - `flags`: one-off facts, e.g. that the DLQ depth over its threshold was reported.
+- `down`: per target, when a send to it first failed since it last took a message
+  (what /readyz reports as a target that is down; a restart does not reset it).
 
 `synchronous=FULL`: a commit is on disk before the event is acked.
 """
@@ -44,6 +46,7 @@ CREATE TABLE IF NOT EXISTS streaks (
     last_error TEXT NOT NULL, down_said INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS down (target TEXT PRIMARY KEY, since REAL NOT NULL);
 """
 SYSTEM: Final = ""  # the `account` of news about the whole system
 
@@ -69,6 +72,15 @@ class Fold:
     last_sent: float
     folded: int
     latest: str
+
+
+@dataclass(frozen=True)
+class Down:
+    """A target that has taken no message since `since`, and what it is owed."""
+
+    target: str
+    since: float
+    owed: int
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,31 @@ class Store:
     def owed(self) -> int:
         """How many messages are still to be sent."""
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def owed_by_target(self) -> dict[str, int]:
+        """How many messages each target is still owed (targets owed none: absent)."""
+        rows = self._db.execute("SELECT target, COUNT(*) FROM outbox GROUP BY target")
+        return {target: int(count) for target, count in rows.fetchall()}
+
+    # --- targets that are down -------------------------------------------------------
+
+    def target_failed(self, target: str, at: float) -> None:
+        """A send to `target` failed at `at` (its downtime starts at the first failure)."""
+        self._db.execute("INSERT OR IGNORE INTO down (target, since) VALUES (?, ?)", (target, at))
+
+    def target_took(self, target: str) -> None:
+        """`target` took a message (or is no longer one): it is not down."""
+        self._db.execute("DELETE FROM down WHERE target = ?", (target,))
+
+    def down(self, before: float) -> list[Down]:
+        """Targets down since before `before` that are still owed messages."""
+        rows = self._db.execute(
+            "SELECT down.target, down.since, COUNT(outbox.id) FROM down"
+            " JOIN outbox ON outbox.target = down.target"
+            " WHERE down.since <= ? GROUP BY down.target ORDER BY down.target",
+            (before,),
+        ).fetchall()
+        return [Down(*row) for row in rows]
 
     # --- folding ---------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from contracts.subjects import ALERTS_STREAM
 from contracts.topology import PROJECTOR
-from ops.platform.healthserver import health_server
+from ops.platform.healthserver import health_server, serve_probes
 from ops.platform.natsconn import connect, jetstream
 from ops.platform.projections import STREAMS
 from projector.fold import Stored, Writer
@@ -228,10 +228,10 @@ async def serve(settings: ProjectorSettings) -> None:
         for s in STREAMS
     ]
     tasks.append(asyncio.create_task(projector.watch(stopping)))
-    health = None
-    if settings.health_port:
+    health = probes = None
+    if settings.health_port:  # not among `tasks`: its end (a port taken) ends nothing else
         health = health_server(projector.problems, settings.health_host, settings.health_port)
-        tasks.append(asyncio.create_task(health.serve()))
+        probes = asyncio.create_task(serve_probes(health, settings.health_port, "projector"))
     log.info("projector running: %s, applied %s", projector.path,
              {s: projector.writer.applied(s) for s in STREAMS})  # fmt: skip
     try:
@@ -246,8 +246,9 @@ async def serve(settings: ProjectorSettings) -> None:
         if health is not None:
             health.should_exit = True
         log.info("projector stopping")
+        ending = [*tasks, probes] if probes is not None else tasks
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+            await asyncio.wait_for(asyncio.gather(*ending, return_exceptions=True), 5)
         await nc.drain()
         projector.writer.close()
         log.info("projector stopped")

@@ -44,6 +44,7 @@ from notifier.settings import NotifierSettings
 from ops.platform import provision
 from ops.platform.accounts import CONFIG_VAR
 from ops.platform.natsconn import connect, jetstream
+from ops.platform.notify_settings import read_notify
 from ops.platform.settings import DEFAULT_JS_API, PREFIX, ROLE_JS_API, Common, load
 from ops.tools.cli import cli
 from ops.tools.paths import NATS_ROLES, nats_config_file, nats_js_api, nats_server_password_var
@@ -490,6 +491,42 @@ def test_the_notifier_keeps_its_state_on_its_own_volume(compose: dict[str, Any])
         for volume in _named_volumes(compose, name, writable=True).values()
     ]
     assert len(used) == len(set(used)), f"a volume two services write: {sorted(used)}"
+
+
+# Apprise's plugins import imghdr (removed in Python 3.13; its own concern, not ours).
+@pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
+def test_the_notifier_gets_its_target_urls_from_its_own_env_file(
+    compose: dict[str, Any], compose_schema: dict[str, Any], tmp_path: Path
+) -> None:
+    """The URLs (tokens) are in no compose file: the notifier alone reads them from
+    secrets/notifier.env (optional; the file compose.prod.yaml reads), kept out of git and
+    of the image. What it holds reaches the notifier as its targets, with the accounts
+    file mounted as docs/notifications.md's compose.override.yaml does."""
+    (entry,) = _services(compose)["notifier"]["env_file"]
+    assert entry == {"path": "./secrets/notifier.env", "required": False}
+    prod = yaml.safe_load((ROOT / "compose.prod.yaml").read_text(encoding="utf-8"))
+    assert entry["path"] in [e["path"] for e in prod["services"]["notifier"]["env_file"]]
+    readers = [name for name, service in _services(compose).items() if "env_file" in service]
+    assert readers == ["notifier"], "another role would get the notifier's tokens"
+    folder = Path(entry["path"]).parts[0]
+    assert f"{folder}/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert folder in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+    docs = (ROOT / "docs" / "notifications.md").read_text(encoding="utf-8")
+    (snippet,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "notifier:" in b]
+    override = yaml.safe_load(snippet)
+    jsonschema.validators.validator_for(compose_schema)(compose_schema).validate(override)
+    notifier = override["services"]["notifier"]
+    source, target, _ = notifier["volumes"][0].split(":")
+    assert target == notifier["environment"][CONFIG_VAR]
+    accounts = tmp_path / Path(source).name  # what the override mounts at `target`
+    accounts.write_text(
+        '[notify]\nurls_env = ["ALERTBRIDGE_NOTIFY_URL"]\n[accounts.default]\n', encoding="utf-8"
+    )
+    from_file = {PREFIX + "NOTIFY_URL": "json://127.0.0.1:9/chat/tok3n"}
+    env = from_file | _resolved(compose, "notifier", HOST) | notifier["environment"]
+    targets = read_notify(env | {CONFIG_VAR: str(accounts)})  # `environment` wins, as in compose
+    assert [(t.name, t.url.reveal()) for t in targets.all()] == [*from_file.items()]
+    load(NotifierSettings, env)
 
 
 def test_the_projector_keeps_its_views_on_its_own_volume(compose: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -184,3 +185,25 @@ async def test_kill_9_mid_stream_ends_as_a_clean_rebuild(
         diff = [(a, b) for a, b in zip(before[table], after[table], strict=True) if a != b]
         changed = [[x for x in zip(*d, strict=True) if x[0] != x[1]] for d in diff[:2]]
         assert diff == [], (table, changed)
+
+
+async def test_a_health_port_in_use_leaves_the_projector_projecting(
+    secured: Secured, as_ops: JetStreamContext, worker: Path, tmp_path: Path
+) -> None:
+    """uvicorn exits the process when it cannot bind: the projector logs it and goes on
+    (under `alertbridge up` a projector that exited would be restarted in a loop)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        process = ProjectorProcess(secured, tmp_path)
+        process.env["ALERTBRIDGE_HEALTH_PORT"] = str(taken.getsockname()[1])
+        process.start()
+        try:
+            await publish_alert(as_ops, make_alert("port-taken", symbol="NYSE:IBM"))
+            await eventually(lambda: caught_up(as_ops, process.db), within=30)
+            assert process.proc is not None and process.proc.poll() is None  # still running
+            assert "unavailable; the projector goes on without it" in process.log.read_text()
+            shown = process.cli("alerts", "show", "port-taken", "--json")
+            assert json.loads(shown.stdout)["alert"]["status"] == "executed"
+        finally:
+            process.stop()

@@ -24,7 +24,7 @@ from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVE
 from contracts.topology import MEMBERS_STREAM
 from ops.platform import heap, logs, provision, telemetry
 from ops.platform.accounts import worker_accounts
-from ops.platform.healthserver import health_server
+from ops.platform.healthserver import health_server, serve_probes
 from ops.platform.natsconn import connect, jetstream
 from ops.platform.settings import SettingsError, load
 from worker.accounts import Desk
@@ -35,7 +35,6 @@ from worker.supervise import LoopWatch
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
-    from uvicorn import Server
 
     from contracts.topology import Topology
 
@@ -86,7 +85,7 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> int:
     tasks: list[asyncio.Task[None]] = []  # ended by should_exit (health) or cancel (poll)
     if settings.health_port:
         server = health_server(ready, settings.health_host, settings.health_port)
-        tasks.append(asyncio.create_task(_serve_health(server, settings.health_port)))
+        tasks.append(asyncio.create_task(serve_probes(server, settings.health_port, "worker")))
     poller = watcher = None
     try:
         if (refused := await _not_consuming(js, settings, stopping)) is not None:
@@ -181,14 +180,6 @@ def worker_topology(settings: WorkerSettings) -> Topology:
     full = settings.topology()
     own = tuple(c for c in full.consumers if c.stream in WORKER_CONSUMES)
     return msgspec.structs.replace(full, consumers=own)
-
-
-async def _serve_health(server: Server, port: int) -> None:
-    # uvicorn exits the process when it cannot bind; orders matter more than probes.
-    try:
-        await server.serve()
-    except SystemExit:
-        log.error("health/metrics port %d unavailable; the worker goes on without it", port)
 
 
 def main() -> int:

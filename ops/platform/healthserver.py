@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,9 @@ from litestar.response import Response
 from ops.platform.telemetry import PROMETHEUS_CONTENT_TYPE, metrics_text
 
 Readiness = Callable[[], Awaitable[list[str]]]
+
+
+log = logging.getLogger(__name__)
 
 
 def health_app(ready: Readiness) -> Litestar:
@@ -54,3 +58,13 @@ def health_server(ready: Readiness, host: str, port: int) -> uvicorn.Server:
         access_log=False, lifespan="off",
     )  # fmt: skip
     return _Server(config)
+
+
+async def serve_probes(server: uvicorn.Server, port: int, role: str) -> None:
+    """Run `server` until its `should_exit`. uvicorn exits the process when it cannot
+    bind: here that is logged and the process goes on without its probes (its work
+    matters more than them, and a supervisor must not restart it in a loop for a port)."""
+    try:
+        await server.serve()
+    except SystemExit:
+        log.error("health/metrics port %d unavailable; the %s goes on without it", port, role)

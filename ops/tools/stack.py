@@ -217,11 +217,19 @@ def _start(stack: Stack, secret: Path) -> None:
         port = first + i if first else 0  # 0: off, for each of them
         env = stack.env_as("worker", ALERTBRIDGE_HEALTH_PORT=str(port))
         stack.spawn(f"worker-{i}", [sys.executable, "-m", "worker"], env)
-    # The notifier: [notify] targets of the accounts file; its state under var/.
-    env = stack.env_as("notifier", ALERTBRIDGE_NOTIFIER_DB=str(stack.var / "notifier.db"))
+    # The notifier: [notify] targets of the accounts file; its state under var/. No health
+    # port: the caller's ALERTBRIDGE_HEALTH_PORT is the first worker's.
+    env = stack.env_as(
+        "notifier", ALERTBRIDGE_NOTIFIER_DB=str(stack.var / "notifier.db"),
+        ALERTBRIDGE_HEALTH_PORT="0",
+    )  # fmt: skip
     stack.spawn("notifier", [sys.executable, "-m", "notifier"], env)
-    # The projector: the read models (`alertbridge orders`, the console) under var/.
-    env = stack.env_as("projector", ALERTBRIDGE_PROJECTIONS_DB=str(stack.var / "projections.db"))
+    # The projector: the read models (`alertbridge orders`, the console) under var/; no
+    # health port either (the caller's is the first worker's).
+    env = stack.env_as(
+        "projector", ALERTBRIDGE_PROJECTIONS_DB=str(stack.var / "projections.db"),
+        ALERTBRIDGE_HEALTH_PORT="0",
+    )  # fmt: skip
     stack.spawn("projector", [sys.executable, "-m", "projector"], env)
     # The console: its own port and token; not on the order path, so not essential.
     env = stack.env_as(
