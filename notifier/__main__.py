@@ -8,14 +8,14 @@ accounts file's `[notify]` table and each account's `notify_urls_env`. /healthz,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 
 from notifier.run import serve
 from notifier.settings import NotifierSettings
-from ops.platform import logs, telemetry
+from ops.platform import logs
+from ops.platform.lifecycle import run_role
 from ops.platform.notify_settings import read_notify
 from ops.platform.settings import SettingsError, load
 
@@ -36,15 +36,7 @@ def main() -> int:
             "no notification targets: set [notify] urls_env in the accounts file; "
             "events are read and folded, and nothing is sent"
         )
-    providers = telemetry.setup("alertbridge-notifier")  # /metrics (notifier.health)
-    try:
-        asyncio.run(serve(settings, targets))
-    except SettingsError as exc:  # e.g. NATS refused the credentials
-        print(f"notifier: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        providers.shutdown()
-    return 0
+    return run_role("notifier", lambda _: serve(settings, targets))  # /metrics: notifier.health
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -26,6 +25,7 @@ from notifier.health import Health
 from notifier.service import Notifier
 from notifier.store import Store
 from ops.platform.healthserver import health_server, serve_probes
+from ops.platform.lifecycle import stopping_on_signals
 from ops.platform.natsconn import connect, jetstream
 
 if TYPE_CHECKING:
@@ -156,10 +156,7 @@ async def serve(settings: NotifierSettings, targets: NotifyTargets) -> None:
         unit="{message}",
         description="messages a target is owed and has not taken yet",
     )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    stopping = stopping_on_signals()
     tasks = [
         asyncio.create_task(loops.take_in(stopping, settings.fetch_timeout)),
         asyncio.create_task(loops.keep_time(stopping)),

@@ -8,11 +8,11 @@ in `ALERTBRIDGE_PROJECTIONS_DB` (ops.platform.projections; docs/projections.md).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
-from ops.platform import logs, telemetry
+from ops.platform import logs
+from ops.platform.lifecycle import run_role
 from ops.platform.settings import SettingsError, load
 from projector.run import serve
 from projector.settings import ProjectorSettings
@@ -26,15 +26,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return 2
-    providers = telemetry.setup("alertbridge-projector")
-    try:
-        asyncio.run(serve(settings))
-    except SettingsError as exc:  # e.g. NATS refused the credentials
-        print(f"projector: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        providers.shutdown()
-    return 0
+    return run_role("projector", lambda _: serve(settings))
 
 
 if __name__ == "__main__":

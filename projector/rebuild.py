@@ -17,7 +17,6 @@ file under open connections would hand them the other file's WAL.)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from ops.platform import directget
 from ops.platform.projections import STREAMS
 from projector.fold import Stored, Writer
 
@@ -35,7 +35,6 @@ log = logging.getLogger("projector")
 
 BATCH: Final = 1000
 READ_TIMEOUT: Final = 10.0
-_END: Final = ("204", "404")  # end of the batch; nothing at or after the sequence
 
 
 class RebuildError(Exception):
@@ -85,29 +84,21 @@ def _link(path: Path, target: Path) -> None:
 async def read_range(nc: Client, js_api: str, stream: str, first: int, last: int) -> list[Stored]:
     """The messages of `stream` from `first` up to `last` that are still stored, in order:
     at most BATCH of them (call again after the last one returned)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    found: list[Stored] = []
     body = json.dumps({"seq": first, "batch": min(BATCH, last - first + 1)}).encode()
     try:
-        await nc.publish(f"{js_api}.DIRECT.GET.{stream}", body, reply=inbox)
-        async with asyncio.timeout(READ_TIMEOUT):
-            while True:
-                msg = await sub.next_msg(timeout=READ_TIMEOUT)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status in _END:
-                    return found
-                if status is not None:
-                    raise RebuildError(f"{stream}: direct get from {first}: status {status}")
-                seq = int(headers.get("Nats-Sequence", "0"))
-                if seq > last:
-                    return found
-                found.append(Stored(seq, headers, msg.data))
-    except TimeoutError:
-        raise RebuildError(f"{stream}: no answer reading from seq {first}") from None
-    finally:
-        await sub.unsubscribe()
+        msgs = await directget.batch(nc, f"{js_api}.DIRECT.GET.{stream}", body, READ_TIMEOUT)
+    except directget.DirectGetError as exc:
+        if exc.status is None:
+            raise RebuildError(f"{stream}: no answer reading from seq {first}") from None
+        raise RebuildError(f"{stream}: direct get from {first}: status {exc.status}") from None
+    found: list[Stored] = []
+    for msg in msgs:
+        headers = msg.headers or {}
+        seq = int(headers.get("Nats-Sequence", "0"))
+        if seq > last:
+            break
+        found.append(Stored(seq, headers, msg.data))
+    return found
 
 
 async def rebuild(nc: Client, js_api: str, path: Path, up_to: dict[str, int]) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -32,6 +31,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from contracts.subjects import ALERTS_STREAM
 from contracts.topology import PROJECTOR
 from ops.platform.healthserver import health_server, serve_probes
+from ops.platform.lifecycle import stopping_on_signals
 from ops.platform.natsconn import connect, jetstream
 from ops.platform.projections import STREAMS
 from projector.fold import Stored, Writer
@@ -217,10 +217,7 @@ async def serve(settings: ProjectorSettings) -> None:
         unit="{message}",
         description="messages stored on a stream and not folded into the views yet",
     )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    stopping = stopping_on_signals()
     tasks = [
         asyncio.create_task(
             projector.follow(s, stopping) if s == ALERTS_STREAM else projector.pull(s, stopping)

@@ -4,16 +4,20 @@ security tests, and a connection as each role made by the code the processes use
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder, alert_msg_id
-from contracts.subjects import alert_subject
+from contracts.subjects import ALERTS_STREAM, alert_subject
+from contracts.topology import partition_durable
 from ops.platform import provision
 from ops.platform.natsconn import connect, jetstream
 from ops.platform.settings import Common, load
@@ -42,6 +46,49 @@ VIOLATION = re.compile(
     r' - Subject "(?P<subject>[^"]+)"'
 )
 DENIED_WITHIN = 0.5  # seconds a refused request waits for the answer that never comes
+# What an attempt outside a role's imports gets: nobody answers under the role's prefix
+# (no responders, or a PubAck that never comes); under the default `$JS.API` the role's
+# own account answers that it has no JetStream.
+DENIED = (TimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+
+
+@dataclass
+class Untouched:
+    """What a refused attempt must leave as it was: each stream's messages and config, the
+    number of consumers on some of them, and partition 0's deliveries (none)."""
+
+    streams: dict[str, StreamInfo]
+    consumers: dict[str, int]
+
+    @classmethod
+    async def of(
+        cls, js: JetStreamContext, streams: Iterable[str], consumers_of: Iterable[str]
+    ) -> Untouched:
+        """A snapshot, taken through `js` (a role that may look: ops)."""
+        return cls(
+            streams={name: await js.stream_info(name) for name in streams},
+            consumers={name: len(await js.consumers_info(name)) for name in consumers_of},
+        )
+
+    async def check(self, js: JetStreamContext) -> None:
+        """Assert that nothing of the snapshot changed."""
+        for name, before in self.streams.items():
+            after = await js.stream_info(name)
+            assert after.state.messages == before.state.messages, name  # nothing in or out
+            assert after.config == before.config, name
+        for name, count in self.consumers.items():
+            assert len(await js.consumers_info(name)) == count, name
+        partition = await js.consumer_info(ALERTS_STREAM, partition_durable(0))
+        assert partition.num_ack_pending == 0 and partition.delivered.stream_seq == 0
+
+
+async def fetch_one(js: JetStreamContext, stream: str, durable: str) -> object:
+    """Pull one message from an existing durable: what a role must not be able to do."""
+    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    try:
+        return await sub.fetch(1, timeout=DENIED_WITHIN)
+    finally:
+        await sub.unsubscribe()
 
 
 @dataclass

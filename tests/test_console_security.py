@@ -31,10 +31,8 @@ import pytest
 from litestar.file_system import BaseLocalFileSystem
 from litestar.testing import AsyncTestClient
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from console.app import create_app
 from console.feed import QUEUE, Feed, FeedItem
@@ -56,13 +54,11 @@ from ops.platform import deadletters, halting, queues
 from ops.platform.projection_schema import SCHEMA
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API, Secret
 from tests.console_support import ConsoleProcess, raw_get
-from tests.secured import DENIED_WITHIN, Secured, publish_alert
+from tests.secured import DENIED, DENIED_WITHIN, Secured, Untouched, fetch_one, publish_alert
 from tests.workers import make_alert
 
 if TYPE_CHECKING:
     from litestar.types.file_types import FileInfo
-
-DENIED = (TimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 
 
 def _expired(alert_id: str) -> Expired:
@@ -121,14 +117,6 @@ async def test_the_console_does_its_whole_job(
     assert secured.violations("console")[before:] == []
 
 
-async def _fetch(js: JetStreamContext, stream: str, durable: str) -> object:
-    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
-    try:
-        return await sub.fetch(1, timeout=DENIED_WITHIN)
-    finally:
-        await sub.unsubscribe()
-
-
 def _attempts() -> dict[str, Callable[[JetStreamContext], Awaitable[object]]]:
     """What the console must not do."""
     forged = event_encoder.encode(_expired("forged"))
@@ -144,8 +132,8 @@ def _attempts() -> dict[str, Callable[[JetStreamContext], Awaitable[object]]]:
         "read an event": lambda js: js.get_msg(EVENTS_STREAM, seq=1, direct=True),
         "read an event (get)": lambda js: js.get_msg(EVENTS_STREAM, seq=1),
         "read a dead letter (get)": lambda js: js.get_msg(DLQ_STREAM, seq=1),
-        "pull a partition": lambda js: _fetch(js, ALERTS_STREAM, partition_durable(0)),
-        "pull the notifier's events": lambda js: _fetch(js, EVENTS_STREAM, NOTIFIER),
+        "pull a partition": lambda js: fetch_one(js, ALERTS_STREAM, partition_durable(0)),
+        "pull the notifier's events": lambda js: fetch_one(js, EVENTS_STREAM, NOTIFIER),
         "create a consumer on EVENTS": lambda js: js.add_consumer(
             EVENTS_STREAM, ConsumerConfig(durable_name="spy")
         ),
@@ -174,19 +162,12 @@ async def test_the_console_cannot(
     )
     await as_ops.publish("dlq.alerts.a.X", b"dead")
     names = (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM, HALTS_STREAM)
-    streams = {name: await as_ops.stream_info(name) for name in names}
-    consumers = len(await as_ops.consumers_info(EVENTS_STREAM))
+    untouched = await Untouched.of(as_ops, names, consumers_of=(EVENTS_STREAM,))
     with pytest.raises(DENIED):
         await asyncio.wait_for(
             _attempts()[attempt](as_console.jetstream(prefix=prefix, timeout=0.5)), 1
         )
-    for name, before in streams.items():
-        after = await as_ops.stream_info(name)
-        assert after.state.messages == before.state.messages, name  # nothing in, nothing out
-        assert after.config == before.config, name
-    assert len(await as_ops.consumers_info(EVENTS_STREAM)) == consumers
-    partition = await as_ops.consumer_info(ALERTS_STREAM, partition_durable(0))
-    assert partition.num_ack_pending == 0 and partition.delivered.stream_seq == 0
+    await untouched.check(as_ops)
 
 
 @pytest.mark.parametrize("subject", ["events.>", "alerts.in.>", "dlq.alerts.>", "_INBOX.>"])

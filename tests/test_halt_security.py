@@ -27,8 +27,7 @@ from contracts.risk import (
 )
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
 from ops.tools.cli_halt import halted_now, record
-from tests.secured import DENIED_WITHIN, Secured
-from tests.test_nats_security import DENIED
+from tests.secured import DENIED, DENIED_WITHIN, Secured
 from worker import ledger
 from worker.halts import HaltView
 from worker.nats_compat import api_prefix

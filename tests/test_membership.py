@@ -17,9 +17,8 @@ from nats.js.client import JetStreamContext
 from contracts.subjects import ALERTS_STREAM
 from contracts.topology import MEMBERS_STREAM, PARTITION_GROUP, PIN_TIMEOUT, partition_durable
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
-from tests.secured import Secured
+from tests.secured import DENIED, Secured
 from tests.support import eventually
-from tests.test_nats_security import DENIED
 from worker.membership import Membership, MembershipError, assignment, member_name, share
 from worker.pull import unpin
 

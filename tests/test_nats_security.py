@@ -27,10 +27,9 @@ import msgspec
 import nkeys
 import pytest
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError
 
 from contracts.headers import MSG_ID
 from contracts.messages import Executed, Expired, alert_encoder, event_kind
@@ -56,9 +55,11 @@ from ops.tools.stack import Stack
 from tests.pinned import PinnedFetch
 from tests.pki import Pki, make_pki
 from tests.secured import (
+    DENIED,
     DENIED_WITHIN,
     TOPOLOGY,
     Secured,
+    fetch_one,
     publish_alert,
     role_passwords,
     server_env,
@@ -118,7 +119,7 @@ def _ingress_attempts() -> dict[str, tuple[Callable[[JetStreamContext], Awaitabl
             "$JS.API.CONSUMER.DURABLE.CREATE.ALERTS.spy",
         ),
         "fetch from the worker's consumer": (
-            lambda js: _fetch(js, partition_durable(0)),
+            lambda js: fetch_one(js, ALERTS_STREAM, partition_durable(0)),
             "$JS.API.CONSUMER.MSG.NEXT.ALERTS.worker-p0",
         ),
         "purge": (lambda js: js.purge_stream(ALERTS_STREAM), "$JS.API.STREAM.PURGE.ALERTS"),
@@ -141,20 +142,6 @@ def _ingress_attempts() -> dict[str, tuple[Callable[[JetStreamContext], Awaitabl
             "events.executed.default.NASDAQ:AAPL",
         ),
     }
-
-
-async def _fetch(js: JetStreamContext, durable: str) -> object:
-    sub = await js.pull_subscribe_bind(durable=durable, stream=ALERTS_STREAM)
-    try:
-        return await sub.fetch(1, timeout=DENIED_WITHIN)
-    finally:
-        await sub.unsubscribe()
-
-
-# What an attempt outside a role's imports gets: nobody answers under the role's prefix
-# (no responders, or a PubAck that never comes); under the default `$JS.API` the role's
-# own account answers that it has no JetStream.
-DENIED = (TimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 
 
 @pytest.mark.parametrize("prefix", [ROLE_JS_API, DEFAULT_JS_API])

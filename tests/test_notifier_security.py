@@ -15,20 +15,16 @@ from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from contracts.messages import Expired, event_encoder
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM, event_subject
 from contracts.topology import DLQ_ROUTER, NOTIFIER, partition_durable
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
-from tests.secured import DENIED_WITHIN, Secured, publish_alert
+from tests.secured import DENIED, DENIED_WITHIN, Secured, Untouched, fetch_one, publish_alert
 from tests.support import eventually
 from tests.workers import make_alert
-
-DENIED = (TimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 
 
 def _expired(alert_id: str) -> Expired:
@@ -63,14 +59,6 @@ async def test_the_notifier_does_its_whole_job(
     assert secured.violations("notifier")[before:] == []
 
 
-async def _fetch(js: JetStreamContext, stream: str, durable: str) -> object:
-    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
-    try:
-        return await sub.fetch(1, timeout=DENIED_WITHIN)
-    finally:
-        await sub.unsubscribe()
-
-
 def _attempts() -> dict[str, Callable[[JetStreamContext], Awaitable[object]]]:
     """What the notifier must not do."""
     now = event_encoder.encode(_expired("forged"))
@@ -83,8 +71,8 @@ def _attempts() -> dict[str, Callable[[JetStreamContext], Awaitable[object]]]:
         "read an event (direct get)": lambda js: js.get_msg(EVENTS_STREAM, seq=1, direct=True),
         "read a dead letter": lambda js: js.get_msg(DLQ_STREAM, seq=1, direct=True),
         "look at ALERTS": lambda js: js.stream_info(ALERTS_STREAM),
-        "pull a partition": lambda js: _fetch(js, ALERTS_STREAM, partition_durable(0)),
-        "pull the router's advisories": lambda js: _fetch(js, "ADVISORIES", DLQ_ROUTER),
+        "pull a partition": lambda js: fetch_one(js, ALERTS_STREAM, partition_durable(0)),
+        "pull the router's advisories": lambda js: fetch_one(js, "ADVISORIES", DLQ_ROUTER),
         "create a consumer on EVENTS": lambda js: js.add_consumer(
             EVENTS_STREAM, ConsumerConfig(durable_name="spy")
         ),
@@ -111,20 +99,13 @@ async def test_the_notifier_cannot(
         event_subject("expired", "a", "X"), event_encoder.encode(_expired("real"))
     )
     await as_ops.publish("dlq.alerts.a.X", b"dead")
-    streams = {name: await as_ops.stream_info(name) for name in (ALERTS_STREAM, EVENTS_STREAM)}
-    streams[DLQ_STREAM] = await as_ops.stream_info(DLQ_STREAM)
-    consumers = len(await as_ops.consumers_info(EVENTS_STREAM))
+    names = (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM)
+    untouched = await Untouched.of(as_ops, names, consumers_of=(EVENTS_STREAM,))
     with pytest.raises(DENIED):
         await asyncio.wait_for(
             _attempts()[attempt](as_notifier.jetstream(prefix=prefix, timeout=0.5)), 1
         )
-    for name, before in streams.items():
-        after = await as_ops.stream_info(name)
-        assert after.state.messages == before.state.messages, name  # nothing in, nothing out
-        assert after.config == before.config, name
-    assert len(await as_ops.consumers_info(EVENTS_STREAM)) == consumers
-    partition = await as_ops.consumer_info(ALERTS_STREAM, partition_durable(0))
-    assert partition.num_ack_pending == 0 and partition.delivered.stream_seq == 0
+    await untouched.check(as_ops)
 
 
 @pytest.mark.parametrize("subject", ["events.>", "alerts.in.>", "_INBOX.>"])

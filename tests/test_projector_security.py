@@ -16,20 +16,17 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM, event_subject
 from contracts.topology import DLQ_ROUTER, NOTIFIER, PROJECTOR, partition_durable
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
 from projector.rebuild import read_range
-from tests.secured import DENIED_WITHIN, Secured, publish_alert
+from tests.secured import DENIED, DENIED_WITHIN, Secured, Untouched, fetch_one, publish_alert
 from tests.support import eventually
 from tests.workers import make_alert
 
-DENIED = (TimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 STREAMS = (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM)
 
 
@@ -65,24 +62,16 @@ async def test_the_projector_does_its_whole_job(
     assert secured.violations("projector")[before:] == []
 
 
-async def _fetch(js: JetStreamContext, stream: str, durable: str) -> object:
-    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
-    try:
-        return await sub.fetch(1, timeout=DENIED_WITHIN)
-    finally:
-        await sub.unsubscribe()
-
-
 def _attempts() -> dict[str, Callable[[JetStreamContext], Awaitable[object]]]:
     """What the projector must not do."""
     return {
         "publish an alert": lambda js: js.publish("alerts.in.a.X", b"{}"),
         "forge an event": lambda js: js.publish(event_subject("executed", "a", "X"), b"{}"),
         "forge a dead letter": lambda js: js.publish("dlq.alerts.a.X", b"{}"),
-        "pull a partition": lambda js: _fetch(js, ALERTS_STREAM, partition_durable(0)),
-        "pull ALERTS/projector": lambda js: _fetch(js, ALERTS_STREAM, PROJECTOR),
-        "pull the notifier's events": lambda js: _fetch(js, EVENTS_STREAM, NOTIFIER),
-        "pull the router's advisories": lambda js: _fetch(js, "ADVISORIES", DLQ_ROUTER),
+        "pull a partition": lambda js: fetch_one(js, ALERTS_STREAM, partition_durable(0)),
+        "pull ALERTS/projector": lambda js: fetch_one(js, ALERTS_STREAM, PROJECTOR),
+        "pull the notifier's events": lambda js: fetch_one(js, EVENTS_STREAM, NOTIFIER),
+        "pull the router's advisories": lambda js: fetch_one(js, "ADVISORIES", DLQ_ROUTER),
         "read an advisory": lambda js: js.get_msg("ADVISORIES", seq=1, direct=True),
         "create a consumer on EVENTS": lambda js: js.add_consumer(
             EVENTS_STREAM, ConsumerConfig(durable_name="spy", deliver_subject="events.x.a.b")
@@ -111,19 +100,12 @@ async def test_the_projector_cannot(
     await as_ops.add_consumer(
         ALERTS_STREAM, ConsumerConfig(durable_name=PROJECTOR, ack_policy=AckPolicy.EXPLICIT)
     )
-    streams = {name: await as_ops.stream_info(name) for name in STREAMS}
-    consumers = {name: len(await as_ops.consumers_info(name)) for name in STREAMS}
+    untouched = await Untouched.of(as_ops, STREAMS, consumers_of=STREAMS)
     with pytest.raises(DENIED):
         await asyncio.wait_for(
             _attempts()[attempt](as_projector.jetstream(prefix=prefix, timeout=0.5)), 1
         )
-    for name, before in streams.items():
-        after = await as_ops.stream_info(name)
-        assert after.state.messages == before.state.messages, name  # nothing in, nothing out
-        assert after.config == before.config, name
-        assert len(await as_ops.consumers_info(name)) == consumers[name]
-    partition = await as_ops.consumer_info(ALERTS_STREAM, partition_durable(0))
-    assert partition.num_ack_pending == 0 and partition.delivered.stream_seq == 0
+    await untouched.check(as_ops)
     notifier = await as_ops.consumer_info(EVENTS_STREAM, NOTIFIER)
     assert notifier.delivered.stream_seq == 0
     leftover = await as_ops.consumer_info(ALERTS_STREAM, PROJECTOR)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -22,9 +21,10 @@ from nats.errors import Error as NatsError
 from contracts.risk import HALTS_STREAM, LIMITS_STREAM
 from contracts.subjects import ADVISORIES_STREAM, ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
 from contracts.topology import MEMBERS_STREAM
-from ops.platform import heap, logs, provision, telemetry
+from ops.platform import heap, logs, provision
 from ops.platform.accounts import worker_accounts
 from ops.platform.healthserver import health_server, serve_probes
+from ops.platform.lifecycle import EXIT_SETTINGS, run_role, stop_on_signals
 from ops.platform.natsconn import connect, jetstream
 from ops.platform.settings import SettingsError, load
 from worker.accounts import Desk
@@ -50,7 +50,6 @@ WORKER_STREAMS: Final = (
 # and its account cannot even look at it).
 WORKER_CONSUMES: Final = (ALERTS_STREAM, ADVISORIES_STREAM)
 TOPOLOGY_RECHECK: Final = 2.0  # seconds between checks while something is missing
-EXIT_SETTINGS: Final = 2  # a bad setting, or one that does not match the server's
 
 
 async def serve(settings: WorkerSettings, *, spans: bool = True) -> int:
@@ -74,9 +73,7 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> int:
         if worker is not None:
             worker.stop()
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+    stop_on_signals(stop)
 
     async def ready() -> list[str]:
         return await readiness(nc, js, topology, worker)
@@ -190,16 +187,12 @@ def main() -> int:
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
-    providers = telemetry.setup("alertbridge-worker")
-    try:
-        # uvloop: the event loop's own overhead was a fifth of the worker's CPU.
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(serve(settings, spans=providers.records_spans))
-    except SettingsError as exc:
-        print(f"worker: {exc}", file=sys.stderr)
-        return EXIT_SETTINGS
-    finally:
-        providers.shutdown()
+    # uvloop: the event loop's own overhead was a fifth of the worker's CPU.
+    return run_role(
+        "worker",
+        lambda providers: serve(settings, spans=providers.records_spans),
+        loop_factory=uvloop.new_event_loop,
+    )
 
 
 if __name__ == "__main__":

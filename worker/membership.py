@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final
 
 from contracts.risk import KV_OPERATION, kv_subject
 from contracts.topology import MEMBERS_BUCKET, MEMBERS_STREAM, PIN_TIMEOUT
+from ops.platform import directget
 from worker.nats_compat import api_prefix, client_of
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ BEAT_EVERY: Final = PIN_TIMEOUT / 4  # a key lives PIN_TIMEOUT: three beats may 
 LOOK_EVERY: Final = 0.5  # seconds between reads of the member list
 READ_TIMEOUT: Final = 2.0
 _BATCH: Final = 10_000  # keys per read: one per worker process
-_END: Final = ("204", "404")  # end of batch; no key at all
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -117,28 +117,16 @@ class Membership:
 
     async def members(self) -> set[str]:
         """The names whose key is live (put, not deleted, not expired)."""
-        nc = client_of(self._js)
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        found: set[str] = set()
         try:
-            await nc.publish(self._read, self._body, reply=inbox)
-            async with asyncio.timeout(READ_TIMEOUT):
-                while True:
-                    msg = await sub.next_msg(timeout=READ_TIMEOUT)
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status in _END:
-                        return found
-                    if status is not None:
-                        raise MembershipError(f"member list unreadable: status {status}")
-                    if not headers.get(KV_OPERATION):  # a deleted key: a member that left
-                        found.add(headers.get("Nats-Subject", "").removeprefix(self._prefix))
-        except TimeoutError:
-            raise MembershipError("member list unreadable: no answer") from None
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            msgs = await directget.batch(client_of(self._js), self._read, self._body, READ_TIMEOUT)
+        except directget.DirectGetError as exc:
+            why = f"status {exc.status}" if exc.status else "no answer"
+            raise MembershipError(f"member list unreadable: {why}") from None
+        return {
+            (msg.headers or {}).get("Nats-Subject", "").removeprefix(self._prefix)
+            for msg in msgs
+            if not (msg.headers or {}).get(KV_OPERATION)  # a deleted key: a member that left
+        }
 
 
 class Share:

@@ -11,7 +11,6 @@ the console exactly these.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Final
@@ -36,6 +35,7 @@ from contracts.risk import (
     kv_subject,
 )
 from contracts.subjects import event_subject
+from ops.platform import directget
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 READ_TIMEOUT: Final = 2.0
 _BATCH: Final = 1000  # keys per read; a bucket holds three per account at most
-_END: Final = ("204", "404")  # end of batch; no key at all
 
 
 class HaltsUnreadableError(Exception):
@@ -97,27 +96,18 @@ def halt_value(msg: Msg) -> Halt | None:
 async def read_halts(nc: Client, js_api: str) -> list[HaltRow]:
     """The halts in force, read in one batched direct get on KV_HALTS through `js_api`
     (the connection's JetStream API prefix). HaltsUnreadableError when it fails."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
     body = json.dumps({"multi_last": [kv_subject(HALTS_BUCKET, ">")], "batch": _BATCH})
-    stored: dict[str, Stored] = {}
+    subject = f"{js_api}.DIRECT.GET.{HALTS_STREAM}"
     try:
-        await nc.publish(f"{js_api}.DIRECT.GET.{HALTS_STREAM}", body.encode(), reply=inbox)
-        async with asyncio.timeout(READ_TIMEOUT):
-            while True:
-                msg = await sub.next_msg(timeout=READ_TIMEOUT)
-                status = (msg.headers or {}).get("Status")
-                if status in _END:
-                    break
-                if status is not None:
-                    raise HaltsUnreadableError(f"halt keys unreadable: status {status}")
-                headers = msg.headers or {}
-                seq = int(headers.get("Nats-Sequence", "0"))
-                stored[headers.get("Nats-Subject", "")] = Stored(seq, halt_value(msg))
-    except TimeoutError:
-        raise HaltsUnreadableError("halt keys unreadable: no answer in time") from None
-    finally:
-        await sub.unsubscribe()
+        found = await directget.batch(nc, subject, body.encode(), READ_TIMEOUT)
+    except directget.DirectGetError as exc:
+        why = f"status {exc.status}" if exc.status else "no answer in time"
+        raise HaltsUnreadableError(f"halt keys unreadable: {why}") from None
+    stored: dict[str, Stored] = {}
+    for msg in found:
+        headers = msg.headers or {}
+        seq = int(headers.get("Nats-Sequence", "0"))
+        stored[headers.get("Nats-Subject", "")] = Stored(seq, halt_value(msg))
     return in_force(stored)
 
 

@@ -24,7 +24,7 @@ from ops.tools.paths import var_dir
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 T = TypeVar("T")
 EXIT_FAILED = 1
@@ -112,7 +112,18 @@ def _num(value: float | None) -> str:
     return "" if value is None else repr(float(value)).removesuffix(".0")
 
 
-def _more(page: views.Page[Any], as_json: bool) -> None:
+def _emit_page(
+    page: views.Page[Any],
+    as_json: bool,
+    headers: tuple[str, ...],
+    rows: Iterable[tuple[str, ...]],
+    empty: str,
+) -> None:
+    """A page as JSON lines or as a table, then where the next page starts, if any."""
+    if as_json:
+        emit_json(page.items)
+    else:
+        emit_table(headers, list(rows), empty=empty)
     if page.next_cursor is None:
         return
     if as_json:
@@ -133,16 +144,13 @@ def orders_command(
         db, account=account, symbol=symbol, alert_id=alert_id, since=since, limit=limit,
         cursor=cursor,
     ))  # fmt: skip
-    if as_json:
-        emit_json(page.items)
-    else:
-        emit_table(
-            ("at", "alert id", "account", "symbol", "side", "qty", "fill", "status", "order id"),
-            [(_stamp(o.at), o.alert_id, o.account, o.symbol, o.side, _num(o.quantity),
-              _num(o.fill_price), o.status, o.client_order_id) for o in page.items],
-            empty="no orders",
-        )  # fmt: skip
-    _more(page, as_json)
+    _emit_page(
+        page, as_json,
+        ("at", "alert id", "account", "symbol", "side", "qty", "fill", "status", "order id"),
+        ((_stamp(o.at), o.alert_id, o.account, o.symbol, o.side, _num(o.quantity),
+          _num(o.fill_price), o.status, o.client_order_id) for o in page.items),
+        empty="no orders",
+    )  # fmt: skip
 
 
 @click.command("ls")
@@ -157,18 +165,14 @@ def alerts_ls(
         db, account=account, symbol=symbol, status=status, since=since, limit=limit,
         cursor=cursor,
     ))  # fmt: skip
-    if as_json:
-        emit_json(page.items)
-    else:
-        emit_table(
-            ("received", "alert id", "account", "symbol", "side", "qty", "status", "tries",
-             "last error"),
-            [(_stamp(a.received), a.alert_id, a.account, a.symbol, a.side or "",
-              _num(a.quantity), a.status, str(a.attempts), (a.last_error or "")[:60])
-             for a in page.items],
-            empty="no alerts",
-        )  # fmt: skip
-    _more(page, as_json)
+    _emit_page(
+        page, as_json,
+        ("received", "alert id", "account", "symbol", "side", "qty", "status", "tries",
+         "last error"),
+        ((_stamp(a.received), a.alert_id, a.account, a.symbol, a.side or "", _num(a.quantity),
+          a.status, str(a.attempts), (a.last_error or "")[:60]) for a in page.items),
+        empty="no alerts",
+    )  # fmt: skip
 
 
 @click.command("show")
