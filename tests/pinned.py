@@ -12,7 +12,7 @@ from nats.js.client import JetStreamContext
 
 from contracts.subjects import ALERTS_STREAM
 from contracts.topology import PARTITION_GROUP
-from worker.nats_compat import api_prefix, client_of
+from ops.platform.nats_compat import api_prefix, client_of
 from worker.pull import PIN_ID
 
 

@@ -25,12 +25,12 @@ from contracts.risk import (
     ledger_encoder,
     ledger_subject,
 )
+from ops.platform.nats_compat import api_prefix
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API
 from ops.tools.cli_halt import halted_now, record
 from tests.secured import DENIED, DENIED_WITHIN, Secured
 from worker import ledger
 from worker.halts import HaltView
-from worker.nats_compat import api_prefix
 
 NOW = datetime(2026, 12, 7, 15, tzinfo=UTC)
 

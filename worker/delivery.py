@@ -14,7 +14,7 @@ from contracts import tracing
 from contracts.headers import MSG_ID, one_line
 from contracts.messages import Alert, alert_decoder
 from contracts.subjects import split_alert_subject
-from worker.nats_compat import client_of_msg
+from ops.platform.nats_compat import client_of_msg
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -20,7 +20,7 @@ from contracts.messages import (
 )
 from contracts.subjects import EVENTS_STREAM, event_subject
 from ops.platform.acks import Acks
-from worker.nats_compat import client_of
+from ops.platform.nats_compat import client_of
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

@@ -32,6 +32,7 @@ from contracts.risk import (
     halt_decoder,
     kv_subject,
 )
+from ops.platform.nats_compat import subscribe_inline
 from worker.errors import RetryableError
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ class HaltView:
 
     The replies come to one inbox subscribed on the first read, each read under a token
     of its own (a late reply to a read that gave up is dropped), rather than a
-    subscription and a `next_msg` timer per read.
+    subscription and a `next_msg` timer per read; each is queued for its read as nats-py
+    reads it (`subscribe_inline`).
     """
 
     def __init__(self, nc: Client, js_api: str) -> None:
@@ -105,7 +107,7 @@ class HaltView:
             async with asyncio.timeout(READ_TIMEOUT):
                 if not self._prefix:  # once: the inbox every read's replies come to
                     prefix = self._nc.new_inbox() + "."
-                    await self._nc.subscribe(prefix + "*", cb=self._on_reply)
+                    await subscribe_inline(self._nc, prefix + "*", self._on_reply)
                     self._prefix = prefix
                 await self._nc.publish(self._request, self._body, reply=self._prefix + token)
                 while True:
@@ -122,7 +124,7 @@ class HaltView:
         finally:
             del self._reads[token]
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         replies = self._reads.get(msg.subject[len(self._prefix) :])
         if replies is not None:  # else: for a read that gave up
             replies.put_nowait(msg)

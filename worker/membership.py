@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 from contracts.risk import KV_OPERATION, kv_subject
 from contracts.topology import MEMBERS_BUCKET, MEMBERS_STREAM, PIN_TIMEOUT
 from ops.platform import directget
-from worker.nats_compat import api_prefix, client_of
+from ops.platform.nats_compat import api_prefix, client_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable

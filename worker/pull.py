@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 from nats.errors import BadSubscriptionError, ConnectionClosedError
 from nats.js.api import Header
 
-from worker.nats_compat import api_prefix, client_of
+from ops.platform.nats_compat import api_prefix, client_of, subscribe_inline
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -101,7 +101,7 @@ class Puller:
         subscription is drained, and what the server had sent before it heard of it is
         handled too.
         """
-        sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._queue_msg)
+        sub = await subscribe_inline(self._nc, f"{self._inbox}.*", self._queue.put_nowait)
         ticks = asyncio.create_task(self._tick())
         try:
             await self._ask(first=True)
@@ -115,9 +115,6 @@ class Puller:
             ticks.cancel()
             with contextlib.suppress(ConnectionClosedError, BadSubscriptionError):
                 await sub.unsubscribe()
-
-    async def _queue_msg(self, msg: Msg) -> None:
-        self._queue.put_nowait(msg)
 
     async def _tick(self) -> None:
         """A tick (None) every half request, to replace a lost request, and one to stop."""

@@ -24,11 +24,11 @@ from contracts.headers import MSG_ID
 from contracts.messages import Halted, event_encoder, halt_event_msg_id
 from contracts.risk import Halt, Ledger, breaker_subject, halt_encoder
 from contracts.subjects import event_subject
+from ops.platform.nats_compat import api_prefix, client_of
 from worker import ledger
 from worker.accounts import size
 from worker.errors import OrderRejectedError, TerminalError
 from worker.halts import HaltView
-from worker.nats_compat import api_prefix, client_of
 from worker.outcomes import Placed
 
 if TYPE_CHECKING:

@@ -10,10 +10,11 @@ from now), a few times a second, and only while some publish waits
 (docs/performance.md has the figures). The ingress and the worker's events share it.
 
 Each publish still gets its own PubAck (its own `duplicate`), and the caller still waits
-for it or its deadline. Only public nats-py API is used: `new_inbox`, `subscribe` with a
-callback, `publish` with a reply subject and headers. The inbox is subscribed on first
-use, so an owner needs no start-up step; the subscription lives as long as the
-connection (nats-py subscribes it again after a reconnect).
+for it or its deadline. The PubAck settles its publish as nats-py reads it
+(`ops.platform.nats_compat.subscribe_inline`), without a task step of its own; the rest
+is public nats-py API: `new_inbox`, `publish` with a reply subject and headers. The inbox
+is subscribed on first use, so an owner needs no start-up step; the subscription lives
+as long as the connection (nats-py subscribes it again after a reconnect).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 from nats.js.errors import APIError, NoStreamResponseError
+
+from ops.platform.nats_compat import subscribe_inline
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -108,10 +111,11 @@ class Acks:
 
     async def _subscribe(self) -> None:
         prefix = self._nc.new_inbox() + "."
-        await self._nc.subscribe(prefix + "*", cb=self._on_reply)
+        await subscribe_inline(self._nc, prefix + "*", self._on_reply)
         self._prefix = prefix
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
+        """Settle the publish a PubAck answers (in nats-py's read loop: no task step)."""
         token = msg.subject[len(self._prefix) :]
         future = self._waiting.get(int(token)) if token.isdigit() else None
         if future is None or future.done():
