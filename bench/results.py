@@ -164,7 +164,9 @@ class Throughput(msgspec.Struct, kw_only=True):
     `alertbridge_fsync` with every write fsynced before its answer (`always` on both),
     `stripped` (bench.stripped: the floor under the ingress, at the one-second level),
     and each `--variant` by its label; medians and checks by side once every round has
-    run. `ceiling`: nats-server's fsynced publishes per second, once per round."""
+    run. `ceiling`: nats-server's fsynced publishes per second, once per round (the
+    client on the other CPU); `ceiling_shared`: the same with the client on nats-server's
+    CPU, as the ingress is placed."""
 
     reference: list[RefRound] = []
     alertbridge: list[AbRound] = []
@@ -173,6 +175,7 @@ class Throughput(msgspec.Struct, kw_only=True):
     stripped: list[AbRound] = []
     variants: dict[str, list[AbRound]] = {}
     ceiling: list[Ceiling] = []
+    ceiling_shared: list[Ceiling] = []
     medians: dict[str, Medians] = {}
     checks: dict[str, list[str]] = {}
 

@@ -98,9 +98,20 @@ def _fsync_rows(t: Throughput) -> list[Row]:
         ("  nats-server alone: fsynced publishes/s, 64 in flight", "", fmt(ceiling),
          f"ingress ≥ 0.9{TIMES} = {fmt(0.9 * ceiling if ceiling else None)}",
          f"{yes(of_ceiling is not None and of_ceiling >= 0.9)} ({fmt(of_ceiling, 2)}{TIMES})"),
+        *_shared_ceiling_rows(t, ab_f.rps or 0),
         ("  every 200 stored (runs OK)", f"{rc.count('OK')}/{len(rc)}",
          f"{ac.count('OK')}/{len(ac)}", "all", yes(all(c == "OK" for c in ac))),
     ]  # fmt: skip
+
+
+def _shared_ceiling_rows(t: Throughput, ingress_rps: float) -> list[Row]:
+    """The ceiling with the client on nats-server's CPU, as the ingress is (reported)."""
+    if not t.ceiling_shared:
+        return []
+    shared = statistics.median(c.per_s for c in t.ceiling_shared)
+    ratio = fmt(ingress_rps / shared, 2)
+    return [("    same, the client on nats-server's CPU (as the ingress is placed)", "",
+             fmt(shared), "reported", f"(ingress {ratio}{TIMES})")]  # fmt: skip
 
 
 def _p50_p99(m: Medians) -> str:

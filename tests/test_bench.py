@@ -133,6 +133,7 @@ def test_the_table_judges_the_fsync_level_and_the_stripped_floor() -> None:
         reference_fsync=[_ref("1000")], alertbridge_fsync=[_ab(1900.0)],
         stripped=[_ab(1800.0)],  # 90 % of a core at 1,800/s: 500 µs; shipped 1,000 µs
         ceiling=[Ceiling(published=2000, seconds=1.0, per_s=2000.0, store_cpu_pct=50)],
+        ceiling_shared=[Ceiling(published=1600, seconds=1.0, per_s=1600.0, store_cpu_pct=40)],
     )  # fmt: skip
     throughput.finish()
     table = text_table(Results(machine=machine, settings=opts, throughput=throughput))
@@ -140,6 +141,8 @@ def test_the_table_judges_the_fsync_level_and_the_stripped_floor() -> None:
     assert "NO (0.90\N{MULTIPLICATION SIGN})" in next(v for v in lines if "1 s level" in v)
     ceiling = next(v for v in lines if "fsynced publishes/s" in v)
     assert "yes (0.95\N{MULTIPLICATION SIGN})" in ceiling  # 1,900 of 2,000
+    shared = next(v for v in lines if "client on nats-server's CPU" in v)
+    assert "1,600" in shared and "(ingress 1.19\N{MULTIPLICATION SIGN})" in shared  # reported
     floor = next(v for v in lines if "shipped vs stripped" in v)
     assert "1,000 vs 500" in floor and "NO (2.00\N{MULTIPLICATION SIGN})" in floor
 
