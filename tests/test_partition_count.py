@@ -3,7 +3,8 @@
 moved to another partition could execute a newer alert before an older one), applies it
 once the queue is empty and deletes the consumers beyond it; a worker whose count is
 smaller than the server's refuses to consume (partitions beyond its count would wait
-forever); re-provisioning the same count with alerts waiting changes nothing.
+forever), at start and while it runs; re-provisioning the same count with alerts waiting
+changes nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -144,6 +146,38 @@ async def test_a_worker_with_fewer_partitions_than_the_server_refuses_to_consume
     assert "has 64 partitions" in text and "ALERTBRIDGE_PARTITIONS is 16" in text, text
     assert "ERROR" in text or '"level": "ERROR"' in text, text
     assert not [e for e in await read_events(as_ops) if isinstance(e, Executed)]
+
+
+async def test_a_running_worker_stops_once_ops_provisions_more_partitions(
+    secured: Secured, as_ops: JetStreamContext, as_ingress: Client, tmp_path: Path
+) -> None:
+    """A worker left running through a count change (the steps skipped): at its next
+    check it finishes what it holds and exits 2, naming both counts; while the count is
+    its own, the checks leave it consuming."""
+    await provision.apply(as_ops, topology(secured, 16))
+    log = tmp_path / "worker.log"
+    env = {**worker_env(secured, tmp_path, 16), "ALERTBRIDGE_PARTITION_RECHECK": "0.3"}
+    proc = python_module("worker", env, log)
+    try:
+        await publish_alert(secured.js("ingress", as_ingress), make_alert("rc-1", symbol="RC1"))
+        await eventually(lambda: settled(as_ops, 16), within=EXIT_WITHIN)
+        await asyncio.sleep(1.5)  # several checks with the count unchanged
+        assert proc.poll() is None, log.read_text(encoding="utf-8")
+        code, err = await provision_cli(secured, tmp_path, 64)
+        assert code == 0, err
+        status = await eventually(lambda: asyncio.to_thread(proc.poll), within=EXIT_WITHIN)
+    finally:
+        proc.kill()
+        proc.wait(15)
+    text = log.read_text(encoding="utf-8")
+    assert status == 2, text
+    # The count as found mid-provisioning (consumers worker-p16.. are being created).
+    found = re.search(r"has (\d+) partitions", text)
+    assert found and int(found.group(1)) > 16 and "ALERTBRIDGE_PARTITIONS is 16" in text, text
+    assert "finishing what it holds, then stopping" in text, text
+    assert "worker stopped" in text, text  # a stop, not a crash
+    executed = [e for e in await read_events(as_ops) if isinstance(e, Executed)]
+    assert [e.alert_id for e in executed] == ["rc-1"]
 
 
 async def test_a_worker_with_more_partitions_than_the_server_waits_for_provisioning(

@@ -33,6 +33,8 @@ from worker.settings import WorkerSettings
 from worker.supervise import LoopWatch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
@@ -83,7 +85,14 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> int:
     if settings.health_port:
         server = health_server(ready, settings.health_host, settings.health_port)
         tasks.append(asyncio.create_task(serve_probes(server, settings.health_port, "worker")))
-    poller = watcher = None
+    poller = watcher = recheck = None
+    status = 0
+
+    def outgrown() -> None:  # ops provisioned more partitions while it ran
+        nonlocal status
+        status = EXIT_SETTINGS
+        stop()
+
     try:
         if (refused := await _not_consuming(js, settings, stopping)) is not None:
             return refused
@@ -92,12 +101,13 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> int:
         poller = asyncio.create_task(worker.depth.poll(js, topology))
         watch = LoopWatch(lambda subject, data: js.publish(subject, data, timeout=2))
         watcher = asyncio.create_task(watch.run(stopping))
+        recheck = asyncio.create_task(_recheck_partitions(js, settings, stopping, outgrown))
         log.info("worker sharing %d partitions with the others", settings.partitions)
         await worker.run()
     finally:
         if server is not None:
             server.should_exit = True
-        for task in (poller, watcher):
+        for task in (poller, watcher, recheck):
             if task is not None:
                 task.cancel()
                 tasks.append(task)
@@ -106,7 +116,7 @@ async def serve(settings: WorkerSettings, *, spans: bool = True) -> int:
         await nc.drain()
         await desk.close()
         log.info("worker stopped")
-    return 0
+    return status
 
 
 async def readiness(
@@ -155,7 +165,9 @@ async def _not_consuming(
     return None if await _partitions_match(js, settings) else EXIT_SETTINGS
 
 
-async def _partitions_match(js: JetStreamContext, settings: WorkerSettings) -> bool:
+async def _partitions_match(
+    js: JetStreamContext, settings: WorkerSettings, then: str = "not consuming"
+) -> bool:
     """False, said at ERROR, when the server has more partitions than this worker's count:
     it would never pull the ones beyond it, and their alerts would wait forever. (Fewer:
     `_topology_present` names the missing consumers and waits for provisioning.)"""
@@ -166,10 +178,37 @@ async def _partitions_match(js: JetStreamContext, settings: WorkerSettings) -> b
         "the NATS server has %d partitions (consumers %s/worker-p0..%d) and this worker's "
         "ALERTBRIDGE_PARTITIONS is %d: partitions %d..%d would never be pulled and their "
         "alerts would wait forever. Start it with ALERTBRIDGE_PARTITIONS=%d, the count ops "
-        "provisioned with; not consuming",
+        "provisioned with; %s",
         more, ALERTS_STREAM, more - 1, settings.partitions, settings.partitions, more - 1, more,
+        then,
     )  # fmt: skip
     return False
+
+
+async def _recheck_partitions(
+    js: JetStreamContext,
+    settings: WorkerSettings,
+    stopping: asyncio.Event,
+    outgrown: Callable[[], None],
+) -> None:
+    """While consuming, check every `partition_recheck` seconds that the server has no
+    more partitions than this worker's count: if ops provisioned more, the alerts of the
+    new ones would wait for ever, so the worker stops (`outgrown`: what it holds is
+    finished, then it exits EXIT_SETTINGS, as it would at start). A failed check is
+    logged and tried again at the next one."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), settings.partition_recheck)
+        if stopping.is_set():
+            return
+        try:
+            match = await _partitions_match(js, settings, "finishing what it holds, then stopping")
+        except (NatsError, TimeoutError) as exc:
+            log.warning("could not check the partition count: %r", exc)
+            continue
+        if not match:
+            outgrown()
+            return
 
 
 def worker_topology(settings: WorkerSettings) -> Topology:

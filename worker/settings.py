@@ -25,6 +25,9 @@ class WorkerSettings(Common, frozen=True, kw_only=True):
     # A broker call slower than this counts as a retryable timeout.
     broker_timeout: Positive = 10.0
     shutdown_grace: Positive = 10.0
+    # Seconds between checks, while consuming, that ops has not provisioned more
+    # partitions than this worker's count (docs/topology.md).
+    partition_recheck: Positive = 30.0
     # /healthz, /readyz and /metrics (0: off).
     health_host: str = "127.0.0.1"
     health_port: Port = 8081
