@@ -339,13 +339,17 @@ class Results(msgspec.Struct, kw_only=True):
 
     def to_builtins(self) -> object:
         """results.json's layout: throughput's sides, medians and checks at the top level
-        under `throughput`, `throughput_<side>_median` and `throughput_<side>_checks`."""
+        under `throughput`, `throughput_<side>_median` and `throughput_<side>_checks`;
+        nats-server's fsync ceilings under `throughput_ceiling` and
+        `throughput_ceiling_shared`."""
         out: dict[str, object] = {"machine": self.machine, "settings": self.settings}
         if self.throughput is not None:
             out["throughput"] = self.throughput.sides()
             for side, medians in self.throughput.medians.items():
                 out[f"throughput_{side}_median"] = medians
                 out[f"throughput_{side}_checks"] = self.throughput.checks[side]
+            out["throughput_ceiling"] = self.throughput.ceiling
+            out["throughput_ceiling_shared"] = self.throughput.ceiling_shared
         phases = {
             "burst": self.burst,
             "worker": self.worker,

@@ -145,6 +145,10 @@ def test_the_table_judges_the_fsync_level_and_the_stripped_floor() -> None:
     assert "1,600" in shared and "(ingress 1.19\N{MULTIPLICATION SIGN})" in shared  # reported
     floor = next(v for v in lines if "shipped vs stripped" in v)
     assert "1,000 vs 500" in floor and "NO (2.00\N{MULTIPLICATION SIGN})" in floor
+    saved = msgspec.json.decode(msgspec.json.encode(
+        Results(machine=machine, settings=opts, throughput=throughput).to_builtins()))  # fmt: skip
+    assert [c["per_s"] for c in saved["throughput_ceiling"]] == [2000.0]  # results.json
+    assert [c["per_s"] for c in saved["throughput_ceiling_shared"]] == [1600.0]
 
 
 def _machine() -> Machine:
