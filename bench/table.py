@@ -106,9 +106,9 @@ def _fsync_rows(t: Throughput) -> list[Row]:
 
 def _shared_ceiling_rows(t: Throughput, ingress_rps: float) -> list[Row]:
     """The ceiling with the client on nats-server's CPU, as the ingress is (reported)."""
-    if not t.ceiling_shared:
+    shared = statistics.median(c.per_s for c in t.ceiling_shared) if t.ceiling_shared else 0
+    if not shared:
         return []
-    shared = statistics.median(c.per_s for c in t.ceiling_shared)
     ratio = fmt(ingress_rps / shared, 2)
     return [("    same, the client on nats-server's CPU (as the ingress is placed)", "",
              fmt(shared), "reported", f"(ingress {ratio}{TIMES})")]  # fmt: skip

@@ -66,7 +66,8 @@ async def subscribe_inline(nc: Client, subject: str, sink: Callable[[Msg], None]
     `sink` runs in nats-py's read loop: it must be quick and must not block; what it
     raises is logged and dropped, never let into the read loop. The subscription is
     otherwise nats-py's: `unsubscribe`, `drain` (nothing is left pending: each message
-    was handed over when it came) and the re-subscription after a reconnect.
+    was handed over when it came) and the re-subscription after a reconnect; not
+    `next_msg` nor `messages`, which read the queue the sink replaces.
     """
     sub = await nc.subscribe(subject)  # no callback: no task of its own
     inline, queued = _Inline(sub, sink), sub._pending_queue
