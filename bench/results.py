@@ -116,7 +116,8 @@ class AbRound(msgspec.Struct, kw_only=True):
     loadavg: str
 
 
-def _number(value: str | float | None) -> float | None:
+def number(value: str | float | None) -> float | None:
+    """A figure as results.json may hold it (a string from the reference's TSV), or None."""
     if value is None or value in ("", "na"):
         return None
     return float(value)
@@ -145,7 +146,7 @@ class Medians(msgspec.Struct, kw_only=True):
     def of(cls, rounds: list[RefRound] | list[AbRound]) -> Medians:
         """Over `rounds`, each figure's median."""
         names = [f.name for f in msgspec.structs.fields(cls)]
-        return cls(**{k: _median([_number(getattr(r, k)) for r in rounds]) for k in names})
+        return cls(**{k: _median([number(getattr(r, k)) for r in rounds]) for k in names})
 
 
 class Ceiling(msgspec.Struct, kw_only=True):

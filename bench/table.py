@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Literal
 
+from bench.results import number
 from bench.table_worker import scaling_rows, worker_rows
 from bench.tablefmt import HEAD, MICRO, TIMES, Row, fmt, le, yes
 
@@ -62,7 +63,25 @@ def _throughput_rows(r: Results) -> list[Row]:
     noisy = sum(x.noise == "noisy" for side in sides for x in side)
     out.append(("  noisy runs (other load > 10 % of a core / steal)", "",
                 f"{noisy} of {runs_total}", "0", ""))  # fmt: skip
+    out += _speed_rows([x.calib_ms for side in sides for x in side])
     return out
+
+
+# Past this spread of the host-speed probe within a run, the VM itself ran at different
+# speeds between rounds (which the load and steal counters above do not see).
+SPEED_SPREAD = 1.25
+
+
+def _speed_rows(probes: list[str | int]) -> list[Row]:
+    """The host-speed probe taken before each run (sha256 of 128 MiB on CPU 0)."""
+    ms = [v for v in (number(p) for p in probes) if v]
+    if not ms:
+        return []
+    spread = max(ms) / min(ms)
+    return [("  host-speed probe before each run (sha256 of 128 MiB, CPU 0): min / max ms",
+             "", f"{fmt(min(ms))} / {fmt(max(ms))}",
+             f"spread ≤ {SPEED_SPREAD}{TIMES}",
+             f"{yes(spread <= SPEED_SPREAD)} ({spread:.2f}{TIMES})")]  # fmt: skip
 
 
 def _app_us(m: Medians) -> float | None:

@@ -383,3 +383,19 @@ def _fake_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_first:
     (tmp_path / "out").mkdir()
     # ref_round reads only the options and the output folder: a Harness would start servers.
     return cast("Harness", SimpleNamespace(opts=opts, out=tmp_path / "out"))
+
+
+@pytest.mark.parametrize(("slowest", "verdict"), [(480, "yes (1.20"), (600, "NO (1.50")])
+def test_the_table_says_when_the_host_itself_ran_at_different_speeds(
+    slowest: int, verdict: str
+) -> None:
+    """The host-speed probe before each run: a spread past 1.25x is flagged (a VM slowed
+    by its host, which neither the load nor the steal counters show)."""
+    opts = parse_options(["--ref-dir", "r", "--out", "o"])
+    ref = msgspec.structs.replace(_ref("1000"), calib_ms="450")
+    slow = msgspec.structs.replace(_ab(950.0), calib_ms=slowest)
+    throughput = Throughput(reference=[ref], alertbridge=[_ab(900.0), slow])
+    throughput.finish()
+    table = text_table(Results(machine=_machine(), settings=opts, throughput=throughput))
+    row = next(v for v in table.splitlines() if "host-speed probe" in v)
+    assert f"400 / {slowest}" in row and verdict in row, row
