@@ -22,6 +22,7 @@ from contracts.subjects import (
 from contracts.topology import MEMBERS_STREAM
 from ops.platform import provision
 from ops.platform.settings import load
+from tests.compose_support import compose, compose_schema  # noqa: F401 (fixtures)
 from tests.secured import (  # noqa: F401 (fixtures)
     as_console,
     as_ingress,

@@ -36,8 +36,7 @@ from notifier.settings import NotifierSettings
 from ops.platform.settings import PREFIX, Common, load
 from ops.tools.paths import NATS_ROLES, nats_config_file, nats_js_api, nats_server_binary
 from projector.settings import ProjectorSettings
-from tests.support import eventually, free_port
-from tests.test_compose import (
+from tests.compose_support import (
     INTERPOLATION,
     _as_run_here,
     _container_ports,
@@ -46,9 +45,9 @@ from tests.test_compose import (
     _roles_after_provisioning,
     _seconds,
 )
-from tests.test_compose import _environment as environment
-from tests.test_compose import _interpolate as interpolate
-from tests.test_compose import compose_schema as compose_schema  # the fixture
+from tests.compose_support import _environment as environment
+from tests.compose_support import _interpolate as interpolate
+from tests.support import eventually, free_port
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent

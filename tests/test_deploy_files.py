@@ -33,9 +33,9 @@ from notifier.settings import NotifierSettings
 from ops.platform.settings import PREFIX, Common, load
 from ops.tools.paths import NATS_ROLES, nats_config_file, nats_js_api
 from projector.settings import ProjectorSettings
+from tests.compose_support import _roles_after_provisioning
 from tests.ingress_support import SECRET, alert, serving_ingress, settings, stored
 from tests.support import NatsServer, eventually, free_port
-from tests.test_compose import _roles_after_provisioning
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
