@@ -3,9 +3,13 @@ security tests, and a connection as each role made by the code the processes use
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -209,3 +213,15 @@ async def publish_alert(js: JetStreamContext, alert: Alert) -> int:
         headers={MSG_ID: alert_msg_id(alert.account, alert.id)},
     )
     return ack.seq
+
+
+ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `alertbridge` CLI as a process with `env` (and none of this one's ALERTBRIDGE_*)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ALERTBRIDGE_")}
+    return subprocess.run(
+        [ALERTBRIDGE, *args], env={**clean, **env}, capture_output=True, text=True,
+        timeout=30, check=False,
+    )  # fmt: skip
