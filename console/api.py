@@ -111,12 +111,20 @@ async def halt(rt: Runtime, account: str | None, reason: str | None) -> HaltAnsw
     return HaltAnswer(account=value.account, halted=value.halted, kv_seq=seq, in_force=left)
 
 
+# Seconds the console waits for a worker's replay (a replay is a few NATS round trips).
+REPLAY_WAIT = 10.0
+
+
 async def replay(rt: Runtime, dlq_seq: int) -> ReplayAnswer:
-    """Replay one DLQ entry (404: none; 409: it cannot be replayed, and stays)."""
+    """Have the workers replay one DLQ entry (404: none; 409: it cannot be replayed, and
+    stays; 503: no worker answered). The console's role cannot store an alert itself
+    (ops.platform.deadletters)."""
     try:
-        event = await deadletters.replay(rt.js, dlq_seq)
+        event = await deadletters.request_replay(rt.client, dlq_seq, REPLAY_WAIT)
     except deadletters.NoEntryError as exc:
         raise NotFoundException(str(exc)) from None
+    except deadletters.NoReplayerError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
     except deadletters.DlqError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
     return ReplayAnswer(

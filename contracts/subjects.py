@@ -27,6 +27,12 @@ EVENTS_PREFIX: Final = "events"
 DLQ_PREFIX: Final = "dlq.alerts"
 RESENDS_PREFIX: Final = "resends"
 
+# The replay service (core NATS request/reply): the workers answer it, in one queue
+# group; the console asks it to replay a DLQ entry, by its sequence, and nothing else
+# (ops.platform.deadletters, deploy/nats-server.conf).
+REPLAY_SERVICE: Final = "alertbridge.replay"
+REPLAY_QUEUE: Final = "replayers"
+
 # The server's advisories about the ALERTS consumers (core NATS, fire-and-forget).
 MAX_DELIVERIES_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{ALERTS_STREAM}.*"
 TERMINATED_ADVISORY: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{ALERTS_STREAM}.*"

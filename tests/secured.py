@@ -3,6 +3,8 @@ security tests, and a connection as each role made by the code the processes use
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -33,6 +35,7 @@ from ops.tools.paths import (
     new_nats_password,
 )
 from tests.support import NatsServer, eventually
+from worker.replays import ReplayService
 from worker.settings import WorkerSettings
 
 # The worker's topology here: two partitions, quick retries, two deliveries at most.
@@ -225,3 +228,17 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         [ALERTBRIDGE, *args], env={**clean, **env}, capture_output=True, text=True,
         timeout=30, check=False,
     )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def replay_service(secured: Secured, worker: Client) -> AsyncIterator[None]:
+    """The workers' replay service (worker.replays), served as the worker role."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(ReplayService(secured.js("worker", worker)).run(stopping))
+    await asyncio.sleep(0.2)  # subscribed
+    await worker.flush()
+    try:
+        yield
+    finally:
+        stopping.set()
+        await task

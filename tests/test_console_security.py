@@ -39,7 +39,14 @@ from console.feed import QUEUE, Feed, FeedItem
 from console.files import StaticFileSystem
 from console.settings import ConsoleSettings
 from contracts.headers import MSG_ID, DeadLetterHeaders
-from contracts.messages import Expired, Replayed, alert_decoder, event_decoder, event_encoder
+from contracts.messages import (
+    Expired,
+    Replayed,
+    alert_decoder,
+    alert_encoder,
+    event_decoder,
+    event_encoder,
+)
 from contracts.risk import HALTS_STREAM, Halt, breaker_subject
 from contracts.subjects import (
     ALERTS_STREAM,
@@ -54,7 +61,15 @@ from ops.platform import deadletters, halting, queues
 from ops.platform.projection_schema import SCHEMA
 from ops.platform.settings import DEFAULT_JS_API, ROLE_JS_API, Secret
 from tests.console_support import ConsoleProcess, raw_get
-from tests.secured import DENIED, DENIED_WITHIN, Secured, Untouched, fetch_one, publish_alert
+from tests.secured import (
+    DENIED,
+    DENIED_WITHIN,
+    Secured,
+    Untouched,
+    fetch_one,
+    publish_alert,
+    replay_service,
+)
 from tests.workers import make_alert
 
 if TYPE_CHECKING:
@@ -89,11 +104,15 @@ async def test_the_console_does_its_whole_job(
 ) -> None:
     before = len(secured.violations("console"))
     js = secured.js("console", as_console)
-    # A replay: read the entry, store the alert again, record it, remove the entry.
+    # A replay: read the entry, then ask the workers' replay service (as the worker role)
+    # to store the alert again, record it and remove the entry.
     dlq_seq = await _dead_letter(as_ops, "dead")
     entry = await deadletters.entry(js, dlq_seq)
     assert entry.alert_id == "dead" and entry.reason == "rejected: halted"
-    done = await deadletters.replay(js, dlq_seq)
+    async with replay_service(secured, as_worker):
+        done = await deadletters.request_replay(as_console, dlq_seq, 5)
+        with pytest.raises(deadletters.NoEntryError):  # gone: it cannot run twice
+            await deadletters.request_replay(as_console, dlq_seq, 5)
     assert (done.alert_id, done.replay, done.dlq_seq) == ("dead", 1, dlq_seq)
     stored = await as_ops.get_msg(ALERTS_STREAM, seq=done.stream_seq)
     assert alert_decoder.decode(stored.data or b"").replay == 1
@@ -101,8 +120,6 @@ async def test_the_console_does_its_whole_job(
     recorded = event_decoder.decode(last.data or b"")
     assert isinstance(recorded, Replayed) and recorded.alert_id == "dead"
     assert (await as_ops.stream_info(DLQ_STREAM)).state.messages == 0
-    with pytest.raises(deadletters.NoEntryError):
-        await deadletters.replay(js, dlq_seq)  # gone: the same replay cannot run twice
     # The kill switch: halt one account, see it, resume it.
     await halting.record(js, Halt(account="a", halted=True, reason="test", at=datetime.now(UTC)))
     (row,) = await halting.read_halts(as_console, ROLE_JS_API)
@@ -120,6 +137,11 @@ async def test_the_console_does_its_whole_job(
 def _attempts() -> dict[str, Callable[[JetStreamContext], Awaitable[object]]]:
     """What the console must not do."""
     forged = event_encoder.encode(_expired("forged"))
+    alert = alert_encoder.encode(make_alert("forged-order"))
+    replayed = event_encoder.encode(
+        Replayed(alert_id="x", account="a", symbol="X", at=datetime.now(UTC), replay=1,
+                 dlq_seq=1, stream_seq=1)
+    )  # fmt: skip
     trip = msgspec.json.encode(Halt(account="a", halted=True, at=datetime.now(UTC)))
     return {
         "forge an execution event": lambda js: js.publish(
@@ -127,6 +149,12 @@ def _attempts() -> dict[str, Callable[[JetStreamContext], Awaitable[object]]]:
         ),
         "forge an expiry": lambda js: js.publish(event_subject("expired", "a", "X"), forged),
         "forge a dead letter": lambda js: js.publish("dlq.alerts.a.X", b"{}"),
+        "store an alert of its own": lambda js: js.publish(
+            alert_subject("default", "BTCUSDT"), alert, headers={MSG_ID: "alert.default.f"}
+        ),
+        "record a replay": lambda js: js.publish(event_subject("replayed", "a", "X"), replayed),
+        "delete a dead letter": lambda js: js.delete_msg(DLQ_STREAM, 1),
+        "read an alert": lambda js: js.get_msg(ALERTS_STREAM, seq=1, direct=True),
         "trip a breaker": lambda js: js.publish(breaker_subject("a"), trip),
         "write a risk ledger": lambda js: js.publish("$KV.LIMITS.ledger.a", b"{}"),
         "read an event": lambda js: js.get_msg(EVENTS_STREAM, seq=1, direct=True),

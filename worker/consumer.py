@@ -44,6 +44,7 @@ from worker.outcomes import (
 )
 from worker.partitions import PartitionLoops
 from worker.pull import Puller, unpin
+from worker.replays import ReplayService
 from worker.risk import RiskGate
 from worker.spans import Spans
 from worker.supervise import Supervised
@@ -126,6 +127,7 @@ class Worker:
                 lambda: router.run(self._stopping, self._settings.fetch_timeout),
                 restarts,
             ),
+            Supervised("replays", lambda: ReplayService(self._js).run(self._stopping), restarts),
         ]
         tasks = [
             asyncio.create_task(loop.run(self._stopping), name=loop.name) for loop in self._loops

@@ -11,16 +11,21 @@ the replay's own message is stored (a duplicate PubAck must point at this very a
 and round, else the entry stays and the replay fails).
 
 It needs, on the JetStream API it is given: a direct get on DLQ and ALERTS, a publish
-on `alerts.in.>` and `events.replayed.>`, and deleting a DLQ message (the ops role has
-them all; deploy/nats-server.conf gives the console exactly these).
+on `alerts.in.>` and `events.replayed.>`, and deleting a DLQ message. The ops role has
+them all and replays directly (the CLI). The console, which faces the web, has none of
+the writes: it asks the workers' replay service (`request_replay`, answered by
+`answer_replay` in worker.replays) to replay one entry by its DLQ sequence, so a stolen
+console password can replay what is dead-lettered but never store an alert of its own.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
 from contracts import headers as h
@@ -33,9 +38,16 @@ from contracts.messages import (
     event_msg_id,
     replay_msg_id,
 )
-from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, alert_subject, event_subject
+from contracts.subjects import (
+    ALERTS_STREAM,
+    DLQ_STREAM,
+    REPLAY_SERVICE,
+    alert_subject,
+    event_subject,
+)
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
 # What a replay does, in the words the console's API and pages show before and after one.
@@ -52,6 +64,24 @@ class DlqError(Exception):
 
 class NoEntryError(DlqError):
     """There is no DLQ entry with that sequence (never was, replayed, or purged)."""
+
+
+class NoReplayerError(DlqError):
+    """No worker answered the replay service (none running, or none in time)."""
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """What the replay service takes: one DLQ sequence, nothing else."""
+
+    dlq_seq: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ReplayAnswer(msgspec.Struct, omit_defaults=True):
+    """What it answers: the replay, or why there was none."""
+
+    outcome: Literal["replayed", "no_entry", "refused", "bad_request", "failed"]
+    detail: str = ""
+    event: Replayed | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,3 +179,37 @@ async def _check_is_ours(js: JetStreamContext, seq: int, again: Alert, dlq_seq: 
             f"DLQ entry {dlq_seq} not replayed: its message id is taken by ALERTS message "
             f"{seq}, which is not this alert's replay {again.replay}; the entry is kept"
         )
+
+
+async def request_replay(nc: Client, dlq_seq: int, wait: float) -> Replayed:
+    """Ask the workers' replay service to replay one entry. NoEntryError (none with that
+    sequence), DlqError (it cannot be replayed: the entry stays), NoReplayerError."""
+    body = msgspec.json.encode(ReplayRequest(dlq_seq=dlq_seq))
+    try:
+        reply = await nc.request(REPLAY_SERVICE, body, timeout=wait)
+    except NoRespondersError:
+        raise NoReplayerError("no worker is running to replay it: start one") from None
+    except NatsTimeoutError:
+        raise NoReplayerError(f"no worker answered the replay within {wait:g}s") from None
+    answer = msgspec.json.decode(reply.data, type=ReplayAnswer)
+    if answer.outcome == "replayed" and answer.event is not None:
+        return answer.event
+    if answer.outcome == "no_entry":
+        raise NoEntryError(answer.detail)
+    raise DlqError(answer.detail or answer.outcome)
+
+
+async def answer_replay(js: JetStreamContext, data: bytes) -> ReplayAnswer:
+    """The replay service's answer to one request (`data`): replay the entry it names."""
+    try:
+        asked = msgspec.json.decode(data, type=ReplayRequest)
+    except msgspec.DecodeError as exc:
+        return ReplayAnswer(outcome="bad_request", detail=f"not a replay request: {exc}")
+    try:
+        return ReplayAnswer(outcome="replayed", event=await replay(js, asked.dlq_seq))
+    except NoEntryError as exc:
+        return ReplayAnswer(outcome="no_entry", detail=str(exc))
+    except DlqError as exc:
+        return ReplayAnswer(outcome="refused", detail=str(exc))
+    except Exception as exc:  # noqa: BLE001 - answered, so the console need not wait it out
+        return ReplayAnswer(outcome="failed", detail=f"the replay failed: {exc!r}")
