@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
 
+from contracts.messages import Replayed
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM, REPLAY_SERVICE
 from ops.platform import deadletters
 from tests.secured import Untouched, publish_alert, replay_service
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
         b'{"dlq_seq": 1.5}',
         b'{"dlq_seq": 1, "alert": {"id": "forged", "account": "default"}}',
         b'[{"dlq_seq": 1}]',
+        b'{"dlq_seq": 1, "x\\n2026-12-07 INFO worker.replays replayed DLQ entry 7": 1}',
     ],
 )
 async def test_anything_but_one_dlq_sequence_is_refused_and_stores_nothing(
@@ -48,7 +51,7 @@ async def test_anything_but_one_dlq_sequence_is_refused_and_stores_nothing(
         reply = await as_console.request(REPLAY_SERVICE, body, timeout=5)
     answer = msgspec.json.decode(reply.data, type=deadletters.ReplayAnswer)
     assert (answer.outcome, answer.event) == ("bad_request", None), answer
-    assert "not a replay request" in answer.detail
+    assert answer.detail == deadletters.NOT_A_REQUEST  # what was sent is never echoed
     await untouched.check(as_ops)
 
 
@@ -76,3 +79,47 @@ async def test_with_no_worker_running_the_console_is_told_at_once(as_console: Cl
     async with asyncio.timeout(2):  # no responders: not the whole wait
         with pytest.raises(deadletters.NoReplayerError, match="no worker is running"):
             await deadletters.request_replay(as_console, 1, 10)
+
+
+async def test_a_big_request_costs_the_console_its_connection_not_the_worker(
+    secured: Secured, as_worker: Client
+) -> None:
+    """Its account's payload limit: a flood of big requests could otherwise fill the
+    worker connection's buffer at the server, which then cuts the worker off."""
+    console = await secured.connect("console")
+    try:
+        async with replay_service(secured, as_worker):
+            with pytest.raises(NatsTimeoutError):  # never answered: never delivered
+                await console.request(REPLAY_SERVICE, b"x" * 100_000, timeout=2)
+            assert "maximum payload violation" in repr(console.last_error)
+            assert as_worker.is_connected
+            small = await as_worker.request(REPLAY_SERVICE, b'{"dlq_seq": 999}', timeout=2)
+            assert b"no_entry" in small.data  # still serving
+    finally:
+        await console.close()
+
+
+async def test_two_workers_replaying_one_entry_at_once_store_it_once(
+    secured: Secured, as_console: Client, as_worker: Client, as_ops: JetStreamContext
+) -> None:
+    """Each request is one worker's (a queue group), but a console that asks twice at
+    once can have two workers on one entry: both answers are true (replayed, or no
+    entry any more), never a failure, and the alert, its event and the removal happen
+    once."""
+    alert = make_alert("twice")
+    await publish_alert(as_ops, alert)
+    dlq_seq = (await as_ops.publish("dlq.alerts.default.X", msgspec.json.encode(alert))).seq
+    other = await secured.connect("worker")
+    try:
+        async with replay_service(secured, as_worker), replay_service(secured, other):
+            answers = await asyncio.gather(
+                *(deadletters.request_replay(as_console, dlq_seq, 5) for _ in range(8)),
+                return_exceptions=True,
+            )
+    finally:
+        await other.close()
+    assert all(isinstance(a, Replayed | deadletters.NoEntryError) for a in answers), answers
+    assert any(isinstance(a, Replayed) for a in answers)
+    assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 2  # once replayed
+    assert (await as_ops.stream_info(EVENTS_STREAM)).state.messages == 1
+    assert (await as_ops.stream_info(DLQ_STREAM)).state.messages == 0

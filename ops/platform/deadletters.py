@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from contracts import headers as h
 from contracts.messages import (
@@ -74,6 +74,9 @@ class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
     """What the replay service takes: one DLQ sequence, nothing else."""
 
     dlq_seq: Annotated[int, msgspec.Meta(ge=1)]
+
+
+NOT_A_REQUEST = 'not a replay request: send {"dlq_seq": <a DLQ sequence>} and nothing else'
 
 
 class ReplayAnswer(msgspec.Struct, omit_defaults=True):
@@ -158,8 +161,20 @@ async def replay(js: JetStreamContext, dlq_seq: int) -> Replayed:
         event_encoder.encode(event),
         headers={h.MSG_ID: event_msg_id(event)},
     )
-    await js.delete_msg(DLQ_STREAM, dlq_seq)
+    try:
+        await js.delete_msg(DLQ_STREAM, dlq_seq)
+    except APIError:  # two replays of one entry at once: the other one removed it
+        if await _still_there(js, dlq_seq):
+            raise
     return event
+
+
+async def _still_there(js: JetStreamContext, dlq_seq: int) -> bool:
+    try:
+        await js.get_msg(DLQ_STREAM, seq=dlq_seq, direct=True)
+    except NotFoundError:
+        return False
+    return True
 
 
 async def _check_is_ours(js: JetStreamContext, seq: int, again: Alert, dlq_seq: int) -> None:
@@ -203,8 +218,8 @@ async def answer_replay(js: JetStreamContext, data: bytes) -> ReplayAnswer:
     """The replay service's answer to one request (`data`): replay the entry it names."""
     try:
         asked = msgspec.json.decode(data, type=ReplayRequest)
-    except msgspec.DecodeError as exc:
-        return ReplayAnswer(outcome="bad_request", detail=f"not a replay request: {exc}")
+    except msgspec.DecodeError:  # its text would echo what was sent: not repeated
+        return ReplayAnswer(outcome="bad_request", detail=NOT_A_REQUEST)
     try:
         return ReplayAnswer(outcome="replayed", event=await replay(js, asked.dlq_seq))
     except NoEntryError as exc:
