@@ -102,6 +102,10 @@ async def caught_up(as_ops: JetStreamContext, db: Path) -> bool | None:
     conn = views.open_readonly(db)
     try:
         done = views.applied(conn)
+    except sqlite3.OperationalError as exc:  # the file made, its tables not yet
+        if "no such table" in str(exc):
+            return None
+        raise
     finally:
         conn.close()
     return True if all(done[s] >= last[s] for s in last) else None
