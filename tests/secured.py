@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from contracts.headers import MSG_ID
 from contracts.messages import Alert, alert_encoder, alert_msg_id
-from contracts.subjects import ALERTS_STREAM, alert_subject
+from contracts.subjects import ALERTS_STREAM, REPLAY_SERVICE, alert_subject
 from contracts.topology import partition_durable
 from ops.platform import provision
 from ops.platform.natsconn import connect, jetstream
@@ -235,8 +236,15 @@ async def replay_service(secured: Secured, worker: Client) -> AsyncIterator[None
     """The workers' replay service (worker.replays), served as the worker role."""
     stopping = asyncio.Event()
     task = asyncio.create_task(ReplayService(secured.js("worker", worker)).run(stopping))
-    await asyncio.sleep(0.2)  # subscribed
-    await worker.flush()
+
+    async def serving() -> bool | None:  # subscribed: it answers (a request of nothing is refused)
+        try:
+            await worker.request(REPLAY_SERVICE, b"{}", timeout=1)
+        except (NoRespondersError, NatsTimeoutError):
+            return None
+        return True
+
+    await eventually(serving)
     try:
         yield
     finally:
