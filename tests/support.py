@@ -33,6 +33,23 @@ def free_port() -> int:
         return port
 
 
+def free_stack_port(workers: int = 1) -> int:
+    """A port for `alertbridge up --port`, with the ports after it free too: under `up`
+    worker *i* serves its health port on --port + 1 + i. (A port chosen alone can have its
+    neighbour held by any socket, an outgoing one included: that once failed a test.)"""
+    for _ in range(50):
+        base = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + 1 + workers):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no run of free ports found")
+
+
 def listening(port: int) -> bool:
     """Whether something accepts connections on 127.0.0.1:port now."""
     try:

@@ -26,7 +26,7 @@ from ops.platform.natsconn import NatsUnreachableError, connect
 from ops.platform.settings import Common, load
 from ops.tools import dlq
 from ops.tools.cli_views import _num
-from tests.support import NatsServer, free_port
+from tests.support import NatsServer, free_port, free_stack_port
 from tests.upstack import Up, start
 from tests.workers import make_alert
 from worker.dlq import DeadLetters
@@ -184,7 +184,7 @@ def test_config_check_names_every_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     var = tmp_path_factory.mktemp("edges") / "var"
-    stack = start(var, free_port(), free_port(), free_port())
+    stack = start(var, free_stack_port(), free_port(), free_port())
     yield stack
     stack.stop()
 

@@ -25,7 +25,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from ops.tools.paths import console_token_file, read_secret
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, free_stack_port
 from tests.upstack import Up, launch, wait_ready
 
 CHROMIUM = os.environ.get("ALERTBRIDGE_CHROMIUM") or shutil.which("chromium") or "chromium"
@@ -51,7 +51,9 @@ class Console:
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     var = tmp_path_factory.mktemp("console-stack") / "var"
     port = free_port()
-    up = launch(var, free_port(), free_port(), free_port(), args=("--console-port", str(port)))
+    up = launch(
+        var, free_stack_port(), free_port(), free_port(), args=("--console-port", str(port))
+    )
     try:
         wait_ready(up, f"{up.url}/readyz", timeout=60)
         wait_ready(up, f"http://127.0.0.1:{port}/login", timeout=30)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, free_stack_port
 from tests.upstack import (
     ALERTBRIDGE,
     paper_orders,
@@ -34,7 +34,7 @@ EXPECTED = {
 
 @pytest.fixture
 def ports() -> Iterator[tuple[int, int, int]]:
-    yield free_port(), free_port(), free_port()
+    yield free_stack_port(), free_port(), free_port()
 
 
 def test_samples_become_paper_orders_and_survive_a_restart(

@@ -25,7 +25,7 @@ import pytest
 
 from ops.tools.paths import read_secret
 from ops.tools.supervisor import Child, CrashLoop, RestartPolicy, tend
-from tests.support import free_port
+from tests.support import free_port, free_stack_port
 from tests.upstack import Up, launch, paper_orders, start, wait_ready
 
 T = TypeVar("T")
@@ -112,7 +112,7 @@ def replaced(up: Up, role: str, old: int) -> int:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     var = tmp_path_factory.mktemp("up") / "var"
-    running = start(var, free_port(), free_port(), free_port())
+    running = start(var, free_stack_port(), free_port(), free_port())
     wait_serving(running)
     yield running
     assert running.stop() == 0, running.log.read_text()  # Ctrl-C
@@ -158,7 +158,7 @@ def test_a_child_that_exits_0_by_itself_is_restarted_too(up: Up) -> None:
 def test_a_child_that_keeps_dying_stops_the_stack_naming_it(tmp_path: Path) -> None:
     var = tmp_path / "var"
     crashing = launch(
-        var, free_port(), free_port(), free_port(),
+        var, free_stack_port(), free_port(), free_port(),
         args=("--restart-limit", "2", "--restart-window", "120"),
         env={"ALERTBRIDGE_SHUTDOWN_GRACE": "soon"},  # the worker's own setting: it exits 2
     )  # fmt: skip
@@ -177,7 +177,7 @@ def test_sigterm_stops_every_child_and_exits_0_logs_for_people_on_a_terminal(
 ) -> None:
     var = tmp_path / "var"
     health = free_port()  # the worker's, from the environment
-    running = launch(var, free_port(), free_port(), free_port(), tty=True,
+    running = launch(var, free_stack_port(), free_port(), free_port(), tty=True,
                      env={"ALERTBRIDGE_HEALTH_PORT": str(health)})  # fmt: skip
     wait_ready(running, f"http://127.0.0.1:{health}/readyz", timeout=60)
     assert set(children(running.proc.pid)) == set(ROLES)
@@ -191,7 +191,7 @@ def test_sigterm_stops_every_child_and_exits_0_logs_for_people_on_a_terminal(
 
 
 def test_a_bad_restart_setting_is_named(tmp_path: Path) -> None:
-    bad = launch(tmp_path / "var", free_port(), free_port(), free_port(),
+    bad = launch(tmp_path / "var", free_stack_port(), free_port(), free_port(),
                  env={"ALERTBRIDGE_RESTART_WINDOW": "-1"})  # fmt: skip
     assert bad.proc.wait(30) == 2
     assert "Invalid value for '--restart-window' (env var: 'ALERTBRIDGE_RESTART_WINDOW')" in (
