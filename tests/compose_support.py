@@ -115,12 +115,17 @@ DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 # --- loading ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    """compose.yaml as Compose reads it (YAML merge keys resolved, not interpolated)."""
-    document = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+def read_compose(path: Path) -> dict[str, Any]:
+    """A compose file as Compose reads it (YAML merge keys resolved, not interpolated)."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(document, dict)
     return document
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """compose.yaml."""
+    return read_compose(COMPOSE_FILE)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 import httpx
 import jsonschema
 import pytest
-import yaml
 
 from console.settings import ConsoleSettings, read_token
 from ingress.access import TRADINGVIEW, parse_networks
@@ -44,6 +43,7 @@ from tests.compose_support import (
     _python_module,
     _roles_after_provisioning,
     _seconds,
+    read_compose,
 )
 from tests.compose_support import _environment as environment
 from tests.compose_support import _interpolate as interpolate
@@ -87,9 +87,7 @@ EXPORT = re.compile(r"^\s*secret (?P<var>\w+) (?P<file>/run/secrets/\w+)$", re.M
 
 @pytest.fixture(scope="module")
 def prod() -> dict[str, Any]:
-    document = yaml.safe_load(PROD_FILE.read_text(encoding="utf-8"))
-    assert isinstance(document, dict)
-    return document
+    return read_compose(PROD_FILE)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -69,6 +70,16 @@ async def publish_waiting(secured: Secured, ingress: Client) -> list[int]:
     """WAITING alerts, as the ingress stores them; their stream sequences."""
     js = secured.js("ingress", ingress)
     return [await publish_alert(js, make_alert(f"pc-{i}", symbol=f"PC{i}")) for i in range(WAITING)]
+
+
+async def exit_of(proc: subprocess.Popen[bytes], log: Path) -> tuple[int, str]:
+    """A worker's exit status within EXIT_WITHIN (killed after), and its log."""
+    try:
+        code = await eventually(lambda: asyncio.to_thread(proc.poll), within=EXIT_WITHIN)
+    finally:
+        proc.kill()
+        proc.wait(15)
+    return code, await asyncio.to_thread(log.read_text, encoding="utf-8")
 
 
 def worker_env(secured: Secured, tmp_path: Path, partitions: int) -> dict[str, str]:
@@ -136,12 +147,7 @@ async def test_a_worker_with_fewer_partitions_than_the_server_refuses_to_consume
     assert min([await partition_of(as_ops, s) for s in seqs]) < 16  # it could take one
     log = tmp_path / "worker.log"
     proc = python_module("worker", worker_env(secured, tmp_path, 16), log)
-    try:
-        code = await eventually(lambda: asyncio.to_thread(proc.poll), within=EXIT_WITHIN)
-    finally:
-        proc.kill()
-        proc.wait(15)
-    text = log.read_text(encoding="utf-8")
+    code, text = await exit_of(proc, log)
     assert code == 2, text
     assert "has 64 partitions" in text and "ALERTBRIDGE_PARTITIONS is 16" in text, text
     assert "ERROR" in text or '"level": "ERROR"' in text, text
@@ -165,11 +171,11 @@ async def test_a_running_worker_stops_once_ops_provisions_more_partitions(
         assert proc.poll() is None, log.read_text(encoding="utf-8")
         code, err = await provision_cli(secured, tmp_path, 64)
         assert code == 0, err
-        status = await eventually(lambda: asyncio.to_thread(proc.poll), within=EXIT_WITHIN)
-    finally:
+    except BaseException:
         proc.kill()
         proc.wait(15)
-    text = log.read_text(encoding="utf-8")
+        raise
+    status, text = await exit_of(proc, log)
     assert status == 2, text
     # The count as found, maybe mid-provisioning (consumers worker-p16.. being created).
     found = re.search(r"has (\d+) partitions", text)
