@@ -123,3 +123,25 @@ async def test_two_workers_replaying_one_entry_at_once_store_it_once(
     assert (await as_ops.stream_info(ALERTS_STREAM)).state.messages == 2  # once replayed
     assert (await as_ops.stream_info(EVENTS_STREAM)).state.messages == 1
     assert (await as_ops.stream_info(DLQ_STREAM)).state.messages == 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["alerts.in.default.FORGED", "events.executed.default.X", "dlq.alerts.default.X",
+     "$JS.alertbridge.API.STREAM.PURGE.ALERTS", "$JS.API.STREAM.PURGE.ALERTS"],
+)  # fmt: skip
+async def test_a_forged_reply_subject_writes_the_answer_nowhere_the_console_may_not(
+    secured: Secured, as_console: Client, as_worker: Client, as_ops: JetStreamContext,
+    reply: str,
+) -> None:  # fmt: skip
+    """The worker answers to the reply subject the console chose: mapped back into the
+    console's account, where it reaches no stream and no API the console lacks."""
+    await publish_alert(as_ops, make_alert("there"))
+    names = (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM)
+    untouched = await Untouched.of(as_ops, names, ())
+    async with replay_service(secured, as_worker):
+        for body in (b'{"dlq_seq": 999}', b"garbage"):
+            await as_console.publish(REPLAY_SERVICE, body, reply=reply)
+        with pytest.raises(deadletters.NoEntryError):  # answered after them, in order
+            await deadletters.request_replay(as_console, 999, 5)
+    await untouched.check(as_ops)
