@@ -108,7 +108,8 @@ class Writer:
         self._db.execute("PRAGMA journal_mode=WAL")
         # A commit is on disk before its batch is acked: a lost commit would be a gap.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        # All tables at once: a reader never sees some without the others (open_readonly).
+        self._db.executescript(f"BEGIN;\n{SCHEMA}\nCOMMIT;")
         self._applied = {s: 0 for s in STREAMS}
         self._applied.update(dict(self._db.execute("SELECT stream, seq FROM applied")))
 

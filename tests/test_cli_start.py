@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -93,3 +94,20 @@ def test_orders_prints_the_order(env: dict[str, str]) -> None:
 def test_up_help_states_the_stack_default() -> None:
     # --help shows it without importing the stack: the text must follow the constant.
     assert f"one per core, at most {stack.MAX_DEFAULT_INGRESSES}" == cli.UP_INGRESSES
+
+
+@pytest.mark.parametrize("args", [["orders"], ["alerts", "ls"], ["positions"]])
+def test_a_projections_file_without_tables_yet_is_a_plain_error(
+    args: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The moment between a projector's creating its file and its tables."""
+    empty = tmp_path / "new.db"
+    sqlite3.connect(empty).close()
+    command = "from ops.tools.cli import cli; cli(prog_name='alertbridge')"
+    done = subprocess.run(
+        [sys.executable, "-c", command, *args],
+        capture_output=True, text=True, env=env | {"ALERTBRIDGE_PROJECTIONS_DB": str(empty)},
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done
+    assert "no projections yet" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -117,6 +117,25 @@ async def test_no_projections_yet_is_503(tmp_path: Path) -> None:
     assert answer.status_code == 503 and "projector" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize("wal", [False, True], ids=["empty file", "header only"])
+@pytest.mark.parametrize(
+    "path", ["/api/alerts", "/api/orders", "/api/positions", "/api/alerts/default/a1"]
+)
+async def test_projections_without_tables_yet_are_503(tmp_path: Path, wal: bool, path: str) -> None:
+    """A projector's first start creates the file, then its tables: a request between
+    the two is told to come back, not given a 500 ("no such table")."""
+    file = tmp_path / "new.db"
+    db = sqlite3.connect(file)
+    if wal:
+        db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    settings = ConsoleSettings(projections_db=str(file))
+    app = create_app(settings, Secret(TOKEN), connect_nats=False)
+    async with AsyncTestClient(app, base_url="https://console.test") as found:
+        answer = await found.get(path, headers=BEARER)
+    assert answer.status_code == 503 and "projector" in answer.json()["detail"]
+
+
 @pytest.mark.parametrize("path", PAGES)
 async def test_a_page_without_the_cookie_is_the_login_form(client: Client, path: str) -> None:
     answer = await client.get(path)

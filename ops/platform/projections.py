@@ -153,12 +153,22 @@ class LagRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
-    """The projections file, read-only. FileNotFoundError when no projector made it yet."""
+    """The projections file, read-only. FileNotFoundError when no projector made it yet,
+    or it has no tables yet (a projector's first start creates the file, then its tables,
+    in one transaction: projector.fold)."""
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"{file}: no projections yet (is the projector running?)")
     db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-    db.execute("PRAGMA query_only=ON")
+    try:
+        db.execute("PRAGMA query_only=ON")
+        tables = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'applied'").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    if tables is None:
+        db.close()
+        raise FileNotFoundError(f"{file}: no projections yet (the projector is creating them)")
     return db
 
 
