@@ -1,6 +1,6 @@
 """The operators' DLQ functions (ops.tools.dlq) in-process, against a real nats-server:
 `entry` (dlq show), `purge`, and what a replay carries (its clock, its trace, its event's
-subject). The CLI around them: tests/test_dlq.py; the whole flow with workers too."""
+subject). The CLI around them: tests/test_dlq_replay.py; the whole flow with workers too."""
 
 from __future__ import annotations
 
