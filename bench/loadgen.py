@@ -21,160 +21,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import json
 import os
-import random
-import select
-import socket
-import struct
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-HDR_END = b"\r\n\r\n"
+if __name__ == "__main__":
+    # Run as a script, this folder is sys.path[0]: the checkout's root goes first, so that
+    # `bench` is the package (not bench/bench.py) for the modes' modules below.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.loadgen_burst import burst
+from bench.loadgen_requests import HDR_END, Ids, Load, parse_one, percentile
 
-def percentile(sorted_values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list (None when empty)."""
-    if not sorted_values:
-        return None
-    k = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[k]
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
-
-
-def parse_one(buf: bytearray, eof: bool = False) -> tuple[int, bytes, int] | None:
-    """(status, body, bytes consumed) of the first complete response in buf, else None."""
-    end = buf.find(HDR_END)
-    if end < 0:
-        return None
-    head = bytes(buf[:end]).decode("latin-1")
-    lines = head.split("\r\n")
-    try:
-        status = int(lines[0].split(" ", 2)[1])
-    except (IndexError, ValueError):
-        return (0, b"", len(buf)) if eof else None
-    length = None
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
-    start = end + 4
-    if length is None:  # body until EOF (Connection: close without a length)
-        return (status, bytes(buf[start:]), len(buf)) if eof else None
-    if len(buf) - start < length:
-        return None
-    return status, bytes(buf[start : start + length]), start + length
-
-
-class Ids:
-    """alerts.lua's ids: <prefix>-<n>; with dup_every, every Nth repeats an earlier one."""
-
-    def __init__(self, prefix: str, dup_every: int, dup_lag: int) -> None:
-        self.prefix, self.dup_every, self.dup_lag = prefix, dup_every, dup_lag
-        self.sent: list[str] = []
-        self.n = 0
-
-    def next(self) -> tuple[str, bool]:
-        self.n += 1
-        if self.dup_every >= 2 and self.n % self.dup_every == 0 and self.sent:
-            back = min(self.dup_lag, len(self.sent))
-            return self.sent[-back], True
-        new = f"{self.prefix}-{len(self.sent)}"
-        self.sent.append(new)
-        return new, False
-
-
-class Load:
-    """Request bytes and result bookkeeping shared by the modes."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.host, self.port = args.host, args.port
-        prefix = args.prefix or f"{random.getrandbits(32):08x}"
-        self.ids = Ids(prefix, args.dup_every, args.dup_lag)
-        self.symbols = [s for s in args.symbols.split(",") if s] or ["BTCUSDT"]
-        self.status: Counter[int | str] = Counter()
-        self.fresh = 0
-        self.dupe = 0
-        self.latency: list[float] = []
-        self.errors: Counter[str] = Counter()
-        self.inflight = 0
-        self.peak = 0
-        self.first_send: float | None = None
-        self.last_send: float | None = None
-        self.sent = 0
-        self.sent_dup = 0
-        self.accepted_ids: set[str] = set()
-        self.fresh_ids: list[str] = []
-
-    def request(self, close: bool) -> tuple[bytes, str]:
-        alert_id, dup = self.ids.next()
-        self.sent_dup += dup
-        symbol = self.symbols[self.sent % len(self.symbols)]
-        self.sent += 1
-        body = (
-            f'{{"secret":"{self.args.secret}","id":"{alert_id}","symbol":"{symbol}",'
-            f'"action":"buy","qty":1}}'
-        ).encode()
-        head = (
-            f"POST {self.args.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            + ("Connection: close\r\n" if close else "")
-            + "\r\n"
-        ).encode()
-        return head + body, alert_id
-
-    def record(self, alert_id: str, status: int | str, body: bytes, seconds: float) -> None:
-        self.status[status] += 1
-        self.latency.append(seconds)
-        if isinstance(status, int) and 200 <= status < 300:
-            self.accepted_ids.add(alert_id)
-            if b'"duplicate":true' in body:
-                self.dupe += 1
-            else:
-                self.fresh += 1
-                self.fresh_ids.append(alert_id)
-
-    def mark_send(self, now: float) -> None:
-        if self.first_send is None:
-            self.first_send = now
-        self.last_send = now
-        self.inflight += 1
-        self.peak = max(self.peak, self.inflight)
-
-    def summary(self, elapsed: float) -> dict[str, Any]:
-        lat = sorted(self.latency)
-        answered = sum(n for s, n in self.status.items() if isinstance(s, int))
-        span = (self.last_send - self.first_send) if self.first_send and self.last_send else 0.0
-        return {
-            "mode": self.args.mode,
-            "sent": self.sent,
-            "sent_dup_ids": self.sent_dup,
-            "answered": answered,
-            "status": {str(k): v for k, v in sorted(self.status.items(), key=str)},
-            "fresh_2xx": self.fresh,
-            "duplicate_2xx": self.dupe,
-            "accepted_unique_ids": len(self.accepted_ids),
-            "errors": dict(self.errors),
-            "p50_ms": _ms(percentile(lat, 50)),
-            "p90_ms": _ms(percentile(lat, 90)),
-            "p99_ms": _ms(percentile(lat, 99)),
-            "max_ms": _ms(lat[-1] if lat else None),
-            "over_3s": sum(1 for v in lat if v >= 3.0),
-            "send_span_s": round(span, 3),
-            "elapsed_s": round(elapsed, 3),
-            "achieved_rps": round(answered / elapsed, 1) if elapsed > 0 else None,
-            "peak_concurrency": self.peak,
-            "id_prefix": self.ids.prefix,
-        }
+# The names this module had before its parts moved out (bench/loadgen_requests.py,
+# bench/loadgen_burst.py), still importable from here.
+__all__ = [
+    "HDR_END",
+    "Ids",
+    "KeepAlive",
+    "Load",
+    "burst",
+    "main",
+    "parse_one",
+    "percentile",
+    "pooled",
+]
 
 
 class KeepAlive(asyncio.Protocol):
@@ -207,131 +81,6 @@ class KeepAlive(asyncio.Protocol):
             raise ConnectionResetError("not connected")
         self.transport.write(data)
         return await self.waiter
-
-
-@dataclass(slots=True)
-class _Conn:
-    """One burst request on its own connection."""
-
-    sock: socket.socket
-    data: bytes
-    alert_id: str
-    start: float
-    buf: bytearray = field(default_factory=bytearray)
-    sent: bool = False
-
-
-class _Burst:
-    """burst()'s open connections, by fd, on one epoll."""
-
-    LINGER = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT pile-up on loopback
-
-    def __init__(self, load: Load) -> None:
-        self.load = load
-        self.ep = select.epoll()
-        self.conns: dict[int, _Conn] = {}
-        self.finished = 0
-
-    def open(self, data: bytes, alert_id: str, now: float) -> None:
-        """Start connecting (non-blocking); the request goes once the socket is writable."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        err = sock.connect_ex((self.load.host, self.load.port))
-        self.load.mark_send(now)
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
-            self.load.inflight -= 1
-            self.finished += 1
-            self.load.errors[errno.errorcode.get(err, str(err))] += 1
-            self.load.record(alert_id, "error", b"", 0.0)
-            return
-        self.conns[sock.fileno()] = _Conn(sock, data, alert_id, now)
-        self.ep.register(sock.fileno(), select.EPOLLOUT)
-
-    def close(self, fd: int) -> None:
-        c = self.conns.pop(fd)
-        self.ep.unregister(fd)
-        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, self.LINGER)
-        c.sock.close()
-        self.load.inflight -= 1
-        self.finished += 1
-
-    def fail(self, fd: int, c: _Conn, why: str) -> None:
-        self.load.errors[why] += 1
-        self.load.record(c.alert_id, "error", b"", time.monotonic() - c.start)
-        self.close(fd)
-
-    def event(self, fd: int, ev: int) -> None:
-        """Writable: send the request; readable: read the answer (or fail)."""
-        c = self.conns.get(fd)
-        if c is None:
-            return
-        if c.sent:
-            self._receive(fd, c)
-        elif ev & (select.EPOLLERR | select.EPOLLHUP):
-            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            self.fail(fd, c, errno.errorcode.get(err, str(err)))
-        else:
-            self._send(fd, c)
-
-    def _send(self, fd: int, c: _Conn) -> None:
-        try:
-            c.sock.send(c.data)
-        except OSError as exc:
-            self.fail(fd, c, type(exc).__name__)
-            return
-        c.sent = True
-        self.ep.modify(fd, select.EPOLLIN)
-
-    def _receive(self, fd: int, c: _Conn) -> None:
-        try:
-            chunk = c.sock.recv(65536)
-        except OSError as exc:
-            self.fail(fd, c, type(exc).__name__)
-            return
-        if chunk:
-            c.buf += chunk
-        got = parse_one(c.buf, eof=not chunk)
-        if got is not None:
-            self.load.record(c.alert_id, got[0], got[1], time.monotonic() - c.start)
-            self.close(fd)
-        elif not chunk:
-            self.fail(fd, c, "closed before an answer")
-
-    def reap(self, now: float, timeout: float) -> None:
-        """Give up on the requests older than `timeout`."""
-        for fd in [fd for fd, c in self.conns.items() if now - c.start > timeout]:
-            c = self.conns[fd]
-            self.load.errors["timeout"] += 1
-            self.load.record(c.alert_id, "timeout", b"", now - c.start)
-            self.close(fd)
-
-
-def burst(load: Load) -> float:
-    """Open-loop fresh connections on one epoll loop (asyncio is too slow to open
-    10,000 connections a second). A request's time runs from its connect() to the
-    last byte of its answer; requests are built before the first is sent."""
-    args = load.args
-    n, over = args.requests, args.over
-    prepared = [load.request(close=True) for _ in range(n)]
-    b = _Burst(load)
-    t0 = time.monotonic() + 0.05
-    i = 0
-    last_scan = t0
-    while b.finished < n:
-        now = time.monotonic()
-        while i < n and t0 + i * over / n <= now:
-            b.open(*prepared[i], now)
-            i += 1
-        wait = 0.05 if i >= n else max(0.0, min(0.002, t0 + i * over / n - time.monotonic()))
-        for fd, ev in b.ep.poll(wait):
-            b.event(fd, ev)
-        now = time.monotonic()
-        if now - last_scan > 0.1:
-            last_scan = now
-            b.reap(now, args.timeout)
-    b.ep.close()
-    return time.monotonic() - t0
 
 
 async def _connect(load: Load) -> KeepAlive:

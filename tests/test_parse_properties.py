@@ -109,7 +109,7 @@ names = st.text(
     st.characters(exclude_categories=["Cs"], exclude_characters="\x7f").filter(lambda c: c >= " "),
     min_size=1,
     max_size=64,
-).filter(lambda name: name == name.strip())  # blank or padded names are refused (test_parse)
+).filter(lambda name: name == name.strip())  # blank or padded names are refused (test_parse_fields)
 amounts = st.floats(min_value=1e-9, max_value=1e14, allow_nan=False, allow_infinity=False)
 
 
