@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from ops.platform import projections
 from ops.tools.paths import nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +190,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+def projections_or_none(db: Path) -> sqlite3.Connection | None:
+    """The projections file read-only, or None while the projector has made neither it nor
+    its tables yet (`open_readonly` says so with FileNotFoundError)."""
+    try:
+        return projections.open_readonly(db)
+    except FileNotFoundError:
+        return None
 
 
 def python_module(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

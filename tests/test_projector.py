@@ -25,7 +25,7 @@ from contracts.subjects import ALERTS_STREAM, DLQ_STREAM, EVENTS_STREAM
 from ops.platform import projections as views
 from tests.fleet import Fleet
 from tests.secured import Secured, publish_alert
-from tests.support import eventually, python_module
+from tests.support import eventually, projections_or_none, python_module
 from tests.workers import make_alert, paper_rows
 
 ALERTBRIDGE = str(Path(sys.executable).parent / "alertbridge")
@@ -93,19 +93,15 @@ def dump(db: Path) -> dict[str, list[tuple[object, ...]]]:
 
 async def caught_up(as_ops: JetStreamContext, db: Path) -> bool | None:
     """The views have applied every stream up to its last sequence."""
-    if not await asyncio.to_thread(db.exists):
-        return None
     last = {
         s: (await as_ops.stream_info(s)).state.last_seq
         for s in (ALERTS_STREAM, EVENTS_STREAM, DLQ_STREAM)
     }
-    conn = views.open_readonly(db)
+    conn = await asyncio.to_thread(projections_or_none, db)
+    if conn is None:
+        return None
     try:
         done = views.applied(conn)
-    except sqlite3.OperationalError as exc:  # the file made, its tables not yet
-        if "no such table" in str(exc):
-            return None
-        raise
     finally:
         conn.close()
     return True if all(done[s] >= last[s] for s in last) else None

@@ -17,7 +17,7 @@ from ops.platform import projections as views
 from ops.platform.settings import ROLE_JS_API
 from projector.follow import unread
 from tests.secured import Secured, publish_alert
-from tests.support import eventually, python_module
+from tests.support import eventually, projections_or_none, python_module
 from tests.workers import make_alert
 
 
@@ -76,9 +76,9 @@ async def test_the_projector_catches_up_past_dropped_alerts_with_no_lag(
     try:
 
         def read() -> tuple[list[str], dict[str, tuple[int, int]]] | None:
-            if not db.exists():
+            conn = projections_or_none(db)
+            if conn is None:
                 return None
-            conn = views.open_readonly(db)
             try:
                 ids = [a.alert_id for a in views.list_alerts(conn).items]
                 return ids, {row.stream: (row.applied, row.lag) for row in views.lag(conn)}

@@ -32,7 +32,7 @@ from contracts.topology import PROJECTOR, partition_durable
 from ops.platform import projections as views
 from ops.platform.settings import Common, load
 from tests.secured import DENIED_WITHIN, Secured, publish_alert
-from tests.support import eventually, python_module
+from tests.support import eventually, projections_or_none, python_module
 from tests.workers import make_alert
 
 DENIED = (TimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
@@ -46,9 +46,11 @@ def start(secured: Secured, db: Path) -> subprocess.Popen[bytes]:
     return python_module("projector", env, db.with_name("projector.log"))
 
 
-def _read(db: Path) -> tuple[list[str], dict[str, int]]:
-    """The alert ids the views hold, and the ALERTS lag they record."""
-    conn = views.open_readonly(db)
+def _read(db: Path) -> tuple[list[str], dict[str, int]] | None:
+    """The alert ids the views hold, and the ALERTS lag they record (None: no views yet)."""
+    conn = projections_or_none(db)
+    if conn is None:
+        return None
     try:
         ids = [a.alert_id for a in views.list_alerts(conn, limit=views.MAX_LIMIT).items]
         return ids, {row.stream: row.lag for row in views.lag(conn)}
@@ -83,9 +85,9 @@ async def test_a_worker_taking_every_alerts_delivery_keeps_nothing_from_the_view
     try:
 
         async def in_the_views() -> bool | None:
-            if not await asyncio.to_thread(projector_db.exists):
+            if (found := await asyncio.to_thread(_read, projector_db)) is None:
                 return None
-            ids, lag = await asyncio.to_thread(_read, projector_db)
+            ids, lag = found
             return True if ids == ["coveted"] and lag[ALERTS_STREAM] == 0 else None
 
         # No second alert is needed to bring it in (the old projector waited for one).
@@ -93,7 +95,9 @@ async def test_a_worker_taking_every_alerts_delivery_keeps_nothing_from_the_view
         await publish_alert(as_ops, make_alert("next"))
 
         async def both() -> bool | None:
-            ids, lag = await asyncio.to_thread(_read, projector_db)
+            if (found := await asyncio.to_thread(_read, projector_db)) is None:
+                return None
+            ids, lag = found
             return True if sorted(ids) == ["coveted", "next"] and lag[ALERTS_STREAM] == 0 else None
 
         await eventually(both, within=30, interval=0.2)
