@@ -34,21 +34,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen_burst import burst
-from bench.loadgen_requests import HDR_END, Ids, Load, parse_one, percentile
-
-# The names this module had before its parts moved out (bench/loadgen_requests.py,
-# bench/loadgen_burst.py), still importable from here.
-__all__ = [
-    "HDR_END",
-    "Ids",
-    "KeepAlive",
-    "Load",
-    "burst",
-    "main",
-    "parse_one",
-    "percentile",
-    "pooled",
-]
+from bench.loadgen_requests import Load, parse_one
 
 
 class KeepAlive(asyncio.Protocol):
