@@ -268,6 +268,15 @@ async def test_kill_9_neither_loses_nor_repeats_a_notification(
     await receiver.wait_for("everything", "owed-2")
     await receiver.wait_for("everything", "fold-0")
     await receiver.wait_for("everything", "2 more alerts expired on account a")
+
+    # Taken is not yet known to be taken: a kill before the store hears so sends the
+    # message again (the one gap no sender closes). Wait for the store, then kill.
+    async def all_known_sent() -> bool | None:
+        logged = notifier.logged()
+        targets = ("ALERTBRIDGE_NOTIFY_URL", "ALERTBRIDGE_NOTIFY_A")
+        return all(f"sent '2 more alerts expired: a' to {t}" in logged for t in targets) or None
+
+    await eventually(all_known_sent, within=10)
     # Killed again with nothing owed: the next start repeats nothing.
     notifier.kill()
     notifier.start()
