@@ -17,6 +17,7 @@ from litestar.middleware import ASGIMiddleware
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from ops.platform.otel_compat import LocalHistogram
 from ops.platform.telemetry import status_class
 
 if TYPE_CHECKING:
@@ -51,11 +52,13 @@ class IngressMetrics:
             callbacks=[lambda _: [Observation(self.unavailable)]],
             description="Alerts answered 503 (not stored)",
         )
-        self.publish_duration = meter.create_histogram(
+        # Counted here, handed to the SDK when collected (ops.platform.otel_compat).
+        self.publish_duration = LocalHistogram(
+            meter,
             "alertbridge.ingress.publish.duration",
             unit="s",
             description="Time from publish to JetStream's acknowledgement",
-            explicit_bucket_boundaries_advisory=[
+            boundaries=[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ],
         )  # fmt: skip

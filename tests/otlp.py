@@ -6,6 +6,9 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
@@ -25,10 +28,12 @@ class Span:
 
 
 class Receiver:
-    """Accepts `POST /v1/traces` (and ignores metrics/logs) on a free loopback port."""
+    """Accepts `POST /v1/traces` and `/v1/metrics` (and ignores logs) on a free loopback
+    port."""
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
+        self.metrics: list[ExportMetricsServiceRequest] = []
         self._lock = threading.Lock()
         receiver = self
 
@@ -37,6 +42,11 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path == "/v1/traces":
                     receiver._add(body)
+                elif self.path == "/v1/metrics":
+                    request = ExportMetricsServiceRequest()
+                    request.ParseFromString(body)
+                    with receiver._lock:
+                        receiver.metrics.append(request)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")

@@ -14,10 +14,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ingress import uvicorn_compat
-from ops.platform import nats_compat
+from ops.platform import nats_compat, otel_compat
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKED = {"nats-py": nats_compat.CHECKED, "uvicorn": uvicorn_compat.CHECKED}
+CHECKED = {
+    "nats-py": nats_compat.CHECKED,
+    "uvicorn": uvicorn_compat.CHECKED,
+    "opentelemetry-sdk": otel_compat.CHECKED,
+}
 
 
 @pytest.mark.parametrize("package", sorted(CHECKED))
@@ -40,7 +44,11 @@ def test_pyproject_pins_the_minor_version_checked(package: str) -> None:
 def test_no_private_attribute_is_reached_outside_the_compat_modules() -> None:
     """`x._name` on anything but `self`/`cls` (ours) is a library's private API."""
     private = re.compile(r"(?<![\w.])(?!self\b|cls\b)([a-z_][\w]*)\._[a-z]\w*")
-    compat = {ROOT / "ops/platform/nats_compat.py", ROOT / "ingress/uvicorn_compat.py"}
+    compat = {
+        ROOT / "ops/platform/nats_compat.py",
+        ROOT / "ops/platform/otel_compat.py",
+        ROOT / "ingress/uvicorn_compat.py",
+    }
     found = []
     for package in ("contracts", "ops", "ingress", "worker"):
         for path in sorted((ROOT / package).rglob("*.py")):

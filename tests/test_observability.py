@@ -180,6 +180,9 @@ def test_metrics_count_what_happened(stack: Stack) -> None:
     assert _metric(text, requests, route="/webhook", status="413") == 1
     assert _metric(text, "alertbridge_ingress_duplicates_total") == 1
     assert _metric(text, "alertbridge_ingress_publish_duration_seconds_count") == 3
+    assert _metric(text, "alertbridge_ingress_publish_duration_seconds_bucket", le="+Inf") == 3
+    assert 0 < _metric(text, "alertbridge_ingress_publish_duration_seconds_sum") < 15
+    assert "handover" not in text  # the hand-over instrument observes nothing
 
     deadline = time.monotonic() + 20
     while True:
@@ -194,6 +197,9 @@ def test_metrics_count_what_happened(stack: Stack) -> None:
     assert _metric(worker, "alertbridge_dlq_depth") == 0
     assert _metric(worker, "alertbridge_worker_alert_age_seconds_count") == 2
     assert _metric(worker, "alertbridge_worker_broker_duration_seconds_count", outcome="ok") == 2
+    broker_buckets = "alertbridge_worker_broker_duration_seconds_bucket"
+    assert _metric(worker, broker_buckets, outcome="ok", le="+Inf") == 2
+    assert _metric(worker, "alertbridge_worker_alert_age_seconds_bucket", le="+Inf") == 2
 
 
 def test_logs_are_json_with_trace_ids_and_never_a_secret(stack: Stack) -> None:

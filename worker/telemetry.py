@@ -15,6 +15,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from contracts.subjects import ALERTS_STREAM, DLQ_STREAM
+from ops.platform.otel_compat import LocalHistogram
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -49,17 +50,20 @@ class WorkerMetrics:
             callbacks=[lambda _: [Observation(self.redeliveries)]],
             description="Deliveries after the first",
         )
-        self.broker_duration = meter.create_histogram(
+        # Counted here, handed to the SDK when collected (ops.platform.otel_compat).
+        self.broker_duration = LocalHistogram(
+            meter,
             "alertbridge.worker.broker.duration",
             unit="s",
             description="Broker call latency by broker and outcome",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            boundaries=_LATENCY_BUCKETS,
         )
-        self.alert_age = meter.create_histogram(
+        self.alert_age = LocalHistogram(
+            meter,
             "alertbridge.worker.alert.age",
             unit="s",
             description="Ingress receipt to broker answer: end-to-end latency",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            boundaries=_LATENCY_BUCKETS,
         )
         self.loop_restarts = meter.create_counter(
             "alertbridge.worker.loop_restarts",
