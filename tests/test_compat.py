@@ -50,7 +50,7 @@ def test_no_private_attribute_is_reached_outside_the_compat_modules() -> None:
         ROOT / "ingress/uvicorn_compat.py",
     }
     found = []
-    for package in ("contracts", "ops", "ingress", "worker"):
+    for package in ("contracts", "ops", "ingress", "worker", "notifier", "console", "projector"):
         for path in sorted((ROOT / package).rglob("*.py")):
             if path in compat:
                 continue
