@@ -10,7 +10,7 @@ import ipaddress
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,49 @@ async def wait_ready(url: str, client: httpx.AsyncClient, within: float = 15.0) 
                 return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{url} not ready within {within}s")
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port`, read from /proc (an
+    ingress binds its SO_REUSEPORT socket early and listens only once its app started)."""
+    inodes = set()
+    with contextlib.suppress(OSError):  # gone, or not ours to look at: not listening
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                target = str(fd.readlink())
+                if target.startswith("socket:["):
+                    inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        with contextlib.suppress(FileNotFoundError):
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()  # sl local remote state ... inode (the 10th)
+                local_port = int(fields[1].rpartition(":")[2], 16)
+                if fields[3] == "0A" and local_port == port and fields[9] in inodes:
+                    return True
+    return False
+
+
+async def all_ready(url: str, port: int, pids: Collection[int], within: float = 20.0) -> None:
+    """Until each process of `pids` listens on `port` and then 40 fresh connections in a row
+    find a ready ingress. The kernel hashes each connection to one of the listeners, so
+    every one has answered; one that listens but is still connecting to NATS answers 503
+    and the count starts over. (Readiness through one connection, or before every one
+    listens, says nothing of the others: a late one would answer alerts 503, or none.)"""
+    deadline = time.monotonic() + within
+    while not all(listens(pid, port) for pid in pids):
+        assert time.monotonic() < deadline, f"not every ingress of {sorted(pids)} listens"
+        await asyncio.sleep(0.05)
+    in_a_row = 0
+    while in_a_row < 40:
+        assert time.monotonic() < deadline, "not every ingress got ready"
+        async with httpx.AsyncClient(timeout=5) as client:
+            try:
+                ok = (await client.get(f"{url}/readyz")).status_code == 200
+            except httpx.TransportError:
+                ok = False
+        in_a_row = in_a_row + 1 if ok else 0
+        if not ok:
+            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

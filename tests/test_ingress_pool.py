@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from ingress import pool
-from tests.ingress_support import alert, ingress_env, stored, wait_ready
+from tests.ingress_support import alert, all_ready, ingress_env, stored
 from tests.support import free_port, python_module
 
 if TYPE_CHECKING:
@@ -81,14 +81,22 @@ async def test_the_pool_replaces_a_killed_child_and_stops_on_sigterm(
     try:
         await _until(lambda: len(_children(parent.pid)) == 2, "two children")
         first = _children(parent.pid)
-        async with httpx.AsyncClient(timeout=5) as client:
-            await wait_ready(url, client)
+        # Both ready, not just the one a /readyz met: a child listens before it has
+        # connected to NATS, and answers 503 until then.
+        await all_ready(url, port, first)
         assert await _send_fresh(url, 0, 20) == [200] * 20
 
         victim = min(first)
-        os.kill(victim, signal.SIGKILL)
-        await _until(lambda: victim not in _children(parent.pid), "the killed child gone")
-        assert await _send_fresh(url, 20, 20) == [200] * 20  # the other one answers
+        # The pool held still while the other one answers alone: its replacement, listening
+        # and still connecting, would answer some of them 503 (it starts after 0.5 s, a
+        # moment a loaded machine can stretch these sends past).
+        parent.send_signal(signal.SIGSTOP)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            await _until(lambda: victim not in _children(parent.pid), "the killed child gone")
+            assert await _send_fresh(url, 20, 20) == [200] * 20  # the other one answers
+        finally:
+            parent.send_signal(signal.SIGCONT)
 
         await _until(lambda: len(_children(parent.pid) - first) == 1, "a new child")
         assert _children(parent.pid) == (first - {victim}) | (_children(parent.pid) - first)

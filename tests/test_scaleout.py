@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from tests.ingress_support import alert, ingress_env, stored, wait_ready
+from tests.ingress_support import alert, all_ready, ingress_env, stored, wait_ready
 from tests.support import free_port, python_module
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ async def test_two_ingress_processes_share_a_port(
     procs = [python_module("ingress", env, log) for log in logs]
     url = f"http://127.0.0.1:{port}"
     try:
-        await _all_ready(url)
+        await all_ready(url, port, [proc.pid for proc in procs])
         statuses = await _send_fresh(url, 0, 80)
         assert statuses == [200] * 80
         assert await stored(nc) == 80
@@ -80,23 +80,6 @@ def test_without_reuse_port_a_second_ingress_cannot_start(
     finally:
         first.terminate()
         first.wait(15)
-
-
-async def _all_ready(url: str, within: float = 20.0) -> None:
-    """Until 40 fresh connections in a row find a ready ingress: the kernel hashes each
-    to one of the processes, so every one that listens has answered."""
-    deadline = asyncio.get_running_loop().time() + within
-    in_a_row = 0
-    while in_a_row < 40:
-        assert asyncio.get_running_loop().time() < deadline, "not every ingress got ready"
-        async with httpx.AsyncClient(timeout=5) as client:
-            try:
-                ok = (await client.get(f"{url}/readyz")).status_code == 200
-            except httpx.TransportError:
-                ok = False
-        in_a_row = in_a_row + 1 if ok else 0
-        if not ok:
-            await asyncio.sleep(0.05)
 
 
 async def _ready(url: str) -> None:
