@@ -77,8 +77,18 @@ async def wait_ready(url: str, client: httpx.AsyncClient, within: float = 15.0) 
 def listens(pid: int, port: int) -> bool:
     """Whether process `pid` holds a TCP socket listening on `port`, read from /proc (an
     ingress binds its SO_REUSEPORT socket early and listens only once its app started)."""
+    return any(state == "0A" and local == port for state, local, _ in _tcp_sockets(pid))
+
+
+def connects_to(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP connection to `port` (e.g. a NATS server's)."""
+    return any(state == "01" and remote == port for state, _, remote in _tcp_sockets(pid))
+
+
+def _tcp_sockets(pid: int) -> Iterator[tuple[str, int, int]]:
+    """(state, local port, remote port) of each TCP socket process `pid` holds."""
     inodes = set()
-    with contextlib.suppress(OSError):  # gone, or not ours to look at: not listening
+    with contextlib.suppress(OSError):  # gone, or not ours to look at: none
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             with contextlib.suppress(OSError):  # closed meanwhile
                 target = str(fd.readlink())
@@ -88,10 +98,10 @@ def listens(pid: int, port: int) -> bool:
         with contextlib.suppress(FileNotFoundError):
             for line in table.read_text().splitlines()[1:]:
                 fields = line.split()  # sl local remote state ... inode (the 10th)
-                local_port = int(fields[1].rpartition(":")[2], 16)
-                if fields[3] == "0A" and local_port == port and fields[9] in inodes:
-                    return True
-    return False
+                if fields[9] in inodes:
+                    local = int(fields[1].rpartition(":")[2], 16)
+                    remote = int(fields[2].rpartition(":")[2], 16)
+                    yield fields[3], local, remote
 
 
 async def all_ready(url: str, port: int, pids: Collection[int], within: float = 20.0) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from tests.ingress_support import alert, all_ready, ingress_env, stored, wait_ready
+from tests.ingress_support import alert, all_ready, connects_to, ingress_env, stored, wait_ready
 from tests.support import free_port, python_module
 
 if TYPE_CHECKING:
@@ -85,3 +85,46 @@ def test_without_reuse_port_a_second_ingress_cannot_start(
 async def _ready(url: str) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         await wait_ready(url, client)
+
+
+async def test_what_reaches_a_starting_process_is_answered_200_not_503(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    """A process starts answering only once it has connected to NATS (or has waited
+    ingress.publisher.FIRST_CONNECT_WAIT for it): what reaches it as it starts is stored,
+    a 200, not a 503 that TradingView would resend 5 s later. A paused server (SIGSTOP:
+    its socket takes the connection, its handshake waits) holds the connection back for
+    half a second, on any machine."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    statuses: list[int] = []
+
+    async def knock(n: int) -> None:  # fresh connections, from before it listens
+        while True:
+            try:
+                async with httpx.AsyncClient(timeout=5) as client:
+                    body = alert(id=f"early-{n}")
+                    statuses.append((await client.post(f"{url}/webhook", content=body)).status_code)
+                    return
+            except httpx.ConnectError:
+                await asyncio.sleep(0.005)
+
+    nats_server.pause()
+    proc = python_module("ingress", ingress_env(nats_server.url, http_port=str(port)),
+                         tmp_path / "ingress.log")  # fmt: skip
+    try:
+        early = [asyncio.create_task(knock(n)) for n in range(8)]
+        nats_port = int(nats_server.url.rpartition(":")[2])
+        deadline = asyncio.get_running_loop().time() + 30
+        while not connects_to(proc.pid, nats_port):  # its first connection is on its way
+            assert asyncio.get_running_loop().time() < deadline, "never connected"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        nats_server.resume()
+        await asyncio.wait_for(asyncio.gather(*early), 20)
+        assert statuses == [200] * 8, statuses
+        assert await stored(nc) == 8
+    finally:
+        nats_server.resume()
+        proc.terminate()
+        proc.wait(15)
