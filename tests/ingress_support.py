@@ -107,8 +107,9 @@ def _tcp_sockets(pid: int) -> Iterator[tuple[str, int, int]]:
 async def all_ready(url: str, port: int, pids: Collection[int], within: float = 20.0) -> None:
     """Until each process of `pids` listens on `port` and then 40 fresh connections in a row
     find a ready ingress. The kernel hashes each connection to one of the listeners, so
-    every one has answered; one that listens but is still connecting to NATS answers 503
-    and the count starts over. (Readiness through one connection, or before every one
+    every one has answered; one that listens without NATS (it gave up waiting for its first
+    connection, ingress.publisher.FIRST_CONNECT_WAIT) answers 503 and the count starts
+    over. (Readiness through one connection, or before every one
     listens, says nothing of the others: a late one would answer alerts 503, or none.)"""
     deadline = time.monotonic() + within
     while not all(listens(pid, port) for pid in pids):

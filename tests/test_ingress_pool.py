@@ -81,15 +81,15 @@ async def test_the_pool_replaces_a_killed_child_and_stops_on_sigterm(
     try:
         await _until(lambda: len(_children(parent.pid)) == 2, "two children")
         first = _children(parent.pid)
-        # Both ready, not just the one a /readyz met: a child listens before it has
-        # connected to NATS, and answers 503 until then.
+        # Both ready, not just the one a /readyz met: a child that listens without NATS
+        # (it waits for its first connection for a while only) answers 503.
         await all_ready(url, port, first)
         assert await _send_fresh(url, 0, 20) == [200] * 20
 
         victim = min(first)
-        # The pool held still while the other one answers alone: its replacement, listening
-        # and still connecting, would answer some of them 503 (it starts after 0.5 s, a
-        # moment a loaded machine can stretch these sends past).
+        # The pool held still while the other one answers alone: its replacement (started
+        # after 0.5 s, a moment a loaded machine can stretch these sends past) would take
+        # some of them.
         parent.send_signal(signal.SIGSTOP)
         try:
             os.kill(victim, signal.SIGKILL)
