@@ -96,7 +96,8 @@ class LocalHistogram:
             )
 
     def record(self, value: float, attributes: Mapping[str, str] | None = None) -> None:
-        """Count `value` under `attributes` (say them in the same order each time)."""
+        """Count `value` under `attributes` (the same keys in another order are counted
+        apart here and merged into one series in the SDK)."""
         if self.direct is not None:
             self.direct.record(value, attributes)
             return
