@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 _KEY_TAKEN: Final = 10071
 _FIRST_WRITE: Final = {"Nats-Expected-Last-Subject-Sequence": "0"}
 _EXPECTED_STREAM: Final = "Nats-Expected-Stream"
-# Seconds a starting ingress waits for its first connection before it answers: within
-# TradingView's 3 s, so a request that came meanwhile still gets its answer.
+# Seconds a starting ingress waits for its first connection before it listens (less
+# than TradingView's 3 s); past it, it listens without NATS and answers 503.
 FIRST_CONNECT_WAIT: Final = 2.0
 
 
@@ -69,10 +69,10 @@ class Publisher:
     async def start(self) -> None:
         """Connect in the background: the ingress answers (503) even while NATS is down.
 
-        The first connection is waited for a moment (`FIRST_CONNECT_WAIT`): a process
-        that starts listens before it connects, and what reaches it meanwhile (a new or
-        replacement process of a pool, beside the others) waits in the socket's queue
-        for a stored alert's 200, not a 503 that TradingView resends 5 s later.
+        The first connection is waited for a moment (`FIRST_CONNECT_WAIT`): the server
+        listens once this returns, so a new or replacement process of a pool takes its
+        first requests connected (a 200) instead of in the instant before (a 503, which
+        TradingView resends only 5 s later).
         """
         self._connecting = asyncio.create_task(self._connect_until_up())
         await asyncio.wait({self._connecting}, timeout=FIRST_CONNECT_WAIT)
