@@ -51,7 +51,7 @@ def values(seed: int, n: int) -> list[float]:
     return [*drawn, *BOUNDS, 0.0, 3.5, 1e-9]
 
 
-def points(reader: MetricReader | InMemoryMetricReader) -> dict[tuple[str, frozenset[Any]], Any]:
+def points(reader: MetricReader) -> dict[tuple[str, frozenset[Any]], Any]:
     """Each histogram point a collection gives, by (metric, attributes)."""
     assert isinstance(reader, InMemoryMetricReader)
     data = reader.get_metrics_data()
@@ -225,7 +225,7 @@ def test_values_recorded_while_another_thread_collects_are_each_counted_once() -
     assert len(counted) > 1  # collected while recording, not only at the end
 
 
-def test_an_otlp_export_carries_the_same_histogram(tmp_path: Any) -> None:
+def test_an_otlp_export_carries_the_same_histogram() -> None:
     with Receiver() as receiver:
         exporter = OTLPMetricExporter(endpoint=f"{receiver.endpoint}/v1/metrics")
         periodic = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
