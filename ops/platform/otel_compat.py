@@ -41,7 +41,7 @@ from opentelemetry.sdk.metrics._internal.aggregation import (
 from opentelemetry.sdk.metrics._internal.instrument import _Histogram
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
@@ -114,18 +114,20 @@ class LocalHistogram:
             counts.low = min(counts.low, value)
             counts.high = max(counts.high, value)
 
-    def _storages(self) -> Iterable[Any]:
-        return list(self._instrument._measurement_consumer._reader_storages.values())  # type: ignore[attr-defined]
+    def _matches(self) -> Iterator[tuple[Any, Any]]:
+        """(reader storage, view match) for each view of this histogram in each reader."""
+        storages = list(self._instrument._measurement_consumer._reader_storages.values())  # type: ignore[attr-defined]
+        for storage in storages:
+            for match in storage._get_or_init_view_instrument_match(self._instrument):
+                yield storage, match
 
     def _fits_every_reader(self) -> bool:
         """Whether every reader there is takes this histogram as explicit buckets of
         these bounds (or drops it)."""
-        for storage in self._storages():
-            for match in storage._get_or_init_view_instrument_match(self._instrument):
-                if not self._fits(match._aggregation):
-                    log.info("%s: a view changes its aggregation; recorded by the SDK", self.name)
-                    return False
-        return True
+        if all(self._fits(match._aggregation) for _, match in self._matches()):
+            return True
+        log.info("%s: a view changes its aggregation; recorded by the SDK", self.name)
+        return False
 
     def _fits(self, aggregation: object) -> bool:
         if isinstance(aggregation, _DropAggregation):
@@ -142,13 +144,12 @@ class LocalHistogram:
             pending, self._pending = self._pending, {}
         if not pending or not self._instrument._is_enabled():  # type: ignore[attr-defined]
             return []
-        for storage in self._storages():
-            for match in storage._get_or_init_view_instrument_match(self._instrument):
-                if not self._fits(match._aggregation):
-                    self._refuse(storage)
-                elif not isinstance(match._aggregation, _DropAggregation):
-                    for key, counts in pending.items():
-                        _merge(match, dict(key), counts)
+        for storage, match in self._matches():
+            if not self._fits(match._aggregation):
+                self._refuse(storage)
+            elif not isinstance(match._aggregation, _DropAggregation):
+                for key, counts in pending.items():
+                    _merge(match, dict(key), counts)
         return []
 
     def _refuse(self, storage: object) -> None:
